@@ -1,0 +1,31 @@
+"""Shared helpers of the parity tests: random re-draws of reference weights and the error measure."""
+import numpy as np
+
+
+def redraw(module, seed, scale=1.0):
+    """Re-draws every parameter of a torch module at random (no zero-init may hide a wrong key mapping).
+
+    Matrices get N(0, 1/fan_in), vectors N(0, 0.1^2) (LayerNorm/RMSNorm weights 1 + that), all times `scale`.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+            if p.ndim >= 2:
+                p.copy_(noise * scale / np.sqrt(np.prod(p.shape[1:])))
+            elif "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.1 * noise)
+            else:
+                p.copy_(0.1 * scale * noise)
+    return module
+
+
+def rel_error(ours, ref):
+    """max |ours - ref| / max |ref|, the measure every parity test bounds (1e-5 in fp32)."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    scale = np.abs(ref).max()
+    assert scale > 0, "reference output is all zeros: the comparison would prove nothing"
+    return float(np.abs(ours - ref).max() / scale)
