@@ -13,19 +13,19 @@ def _dotted(path):
 def abstract_shapes(make_model):
     """{path: shape} of every variable of the model `make_model()` would build, without allocating it."""
     _, state = nnx.split(nnx.eval_shape(make_model))
-    return {_dotted(p): tuple(v.get_value().shape) for p, v in state.flat_state()}
+    return {_dotted(p): tuple(v.get_value().shape) for p, v in nnx.to_flat_state(state)}
 
 
 def flat_arrays(model):
     """{path: array} of every variable (parameters and buffers) of `model`."""
-    return {_dotted(p): v.get_value() for p, v in nnx.state(model).flat_state()}
+    return {_dotted(p): v.get_value() for p, v in nnx.to_flat_state(nnx.state(model))}
 
 
 def build_model(make_model, arrays, where="checkpoint"):
     """The model `make_model()` describes, with every variable taken from `arrays` (cast to its dtype)."""
     graphdef, state = nnx.split(nnx.eval_shape(make_model))
     filled = {}
-    for path, var in state.flat_state():
+    for path, var in nnx.to_flat_state(state):
         key, spec = _dotted(path), var.get_value()
         if key not in arrays:
             raise CheckpointError(f"{where}: no value for parameter {key} (shape {tuple(spec.shape)})")
@@ -37,4 +37,4 @@ def build_model(make_model, arrays, where="checkpoint"):
     extra = sorted(set(arrays) - {_dotted(p) for p in filled})
     if extra:
         raise CheckpointError(f"{where}: unexpected entries {extra[:10]} not part of the model")
-    return nnx.merge(graphdef, nnx.State.from_flat_path(filled))
+    return nnx.merge(graphdef, nnx.from_flat_state(filled))

@@ -1,0 +1,159 @@
+"""Loading and saving PixArt transformer weights in every supported layout.
+
+Formats: a diffusers `transformer/` directory (config.json + safetensors, single or sharded), an original PixArt
+`.pth` (or original-layout `.safetensors`) state dict, and our own directory (config.json + an Orbax checkpoint).
+Every writer produces its output in a temporary location and moves it into place only when complete.
+"""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from pixart_jax.config import PixArtConfig, preset
+from pixart_jax.keymaps import pixart as keys
+from pixart_jax.transformer import PixArtTransformer, null_caption_init
+from pixart_jax.weights import (CheckpointError, export_weights, import_weights, save_safetensors)
+from pixart_jax.weights.files import atomic_directory, read_safetensors_dir, read_state_dict
+from pixart_jax.weights.nnx_state import abstract_shapes, build_model, flat_arrays
+
+JAX_FORMAT = "pixart-jax"
+DIFFUSERS_CLASSES = ("PixArtTransformer2DModel", "Transformer2DModel")
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+
+
+def detect_format(path):
+    """'diffusers', 'jax' or 'original' for a path `load_transformer` accepts (a pipeline dir means its
+    `transformer/`)."""
+    if os.path.isfile(path):
+        return "original"
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path} does not exist")
+    config_path = os.path.join(path, "config.json")
+    if not os.path.exists(config_path):
+        if os.path.exists(os.path.join(path, "model_index.json")):
+            return detect_format(os.path.join(path, "transformer"))
+        raise CheckpointError(f"{path} is not a PixArt checkpoint directory: it has no config.json "
+                              "(expected a diffusers transformer/ directory, a pipeline directory with "
+                              "model_index.json, or a directory written by pixart-jax)")
+    config = _read_json(config_path)
+    if config.get("_format") == JAX_FORMAT:
+        return "jax"
+    if config.get("_class_name") in DIFFUSERS_CLASSES:
+        return "diffusers"
+    raise CheckpointError(f"{config_path} describes a {config.get('_class_name')!r}, not a PixArt transformer")
+
+
+def _build(cfg, arrays, dtype, where):
+    return build_model(lambda: PixArtTransformer(cfg, dtype, rngs=nnx.Rngs(0)), arrays, where)
+
+
+def _import(rules, cfg, state_dict, where, ignore=()):
+    expected = abstract_shapes(lambda: PixArtTransformer(cfg, rngs=nnx.Rngs(0)))
+    return import_weights(rules, state_dict, expected, where=where, ignore=ignore)
+
+
+def load_diffusers(directory, dtype=jnp.float32):
+    """A diffusers `PixArtTransformer2DModel` directory. The null caption `y_embedding`, which diffusers does not
+    store, keeps its initial value (it only matters for training with caption dropout)."""
+    if os.path.exists(os.path.join(directory, "model_index.json")):
+        directory = os.path.join(directory, "transformer")
+    cfg = PixArtConfig.from_diffusers(_read_json(os.path.join(directory, "config.json")))
+    arrays = _import(keys.DIFFUSERS, cfg, read_safetensors_dir(directory, "diffusion_pytorch_model"), directory)
+    arrays["y_embedding"] = np.asarray(null_caption_init(jax.random.key(0), cfg))
+    return _build(cfg, arrays, dtype, directory)
+
+
+def load_original(path, config=None, dtype=jnp.float32):
+    """An original PixArt state dict (`.pth`, or `.safetensors` with the same keys). `config`: a PixArtConfig or a
+    variant name; by default the variant is read from the file name (e.g. `PixArt-XL-2-1024-MS.pth`)."""
+    cfg = config if isinstance(config, PixArtConfig) else preset(config or os.path.basename(path))
+    state_dict = read_state_dict(path)
+    arrays = _import(keys.ORIGINAL, cfg, state_dict, path, ignore=keys.ORIGINAL_IGNORED)
+    return _build(cfg, arrays, dtype, path)
+
+
+def load_jax(directory, dtype=jnp.float32):
+    """A directory written by `save_jax`: our config.json and an Orbax checkpoint of the flat parameters."""
+    meta = _read_json(os.path.join(directory, "config.json"))
+    cfg = PixArtConfig.from_dict(meta["config"])
+    shapes = abstract_shapes(lambda: PixArtTransformer(cfg, rngs=nnx.Rngs(0)))
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+    target = {k: jax.ShapeDtypeStruct(s, jnp.float32, sharding=device) for k, s in shapes.items()}
+    with ocp.StandardCheckpointer() as ckpt:
+        arrays = ckpt.restore(os.path.abspath(os.path.join(directory, "params")), target)
+    return _build(cfg, arrays, dtype, directory)
+
+
+def load_transformer(path, dtype=jnp.float32, config=None):
+    """Loads a PixArt transformer from any supported layout, detected from `path` (see module docstring).
+
+    dtype: the compute dtype (parameters stay fp32). config: only for original `.pth` files, a PixArtConfig or a
+    variant name such as "PixArt-XL-2-1024-MS" when the file name does not say which.
+    """
+    fmt = detect_format(path)
+    if fmt == "diffusers":
+        return load_diffusers(path, dtype)
+    if fmt == "jax":
+        return load_jax(path, dtype)
+    return load_original(path, config, dtype)
+
+
+def _numpy_params(model):
+    return {k: np.asarray(v) for k, v in flat_arrays(model).items()}
+
+
+def save_diffusers(model, dst):
+    """Writes a diffusers `transformer/` directory (config.json + diffusion_pytorch_model.safetensors)."""
+    config = model.cfg.to_diffusers()
+    config["_diffusers_version"] = "0.42.1"
+    tensors = export_weights(keys.DIFFUSERS, _numpy_params(model))
+    with atomic_directory(dst) as tmp:
+        save_safetensors(tensors, os.path.join(tmp, "diffusion_pytorch_model.safetensors"), {"format": "pt"})
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+
+
+def original_state_dict(model):
+    """Our parameters in the original repo's key layout, `y_embedding` included ({key: np.ndarray})."""
+    return export_weights(keys.ORIGINAL, _numpy_params(model))
+
+
+def save_original(model, path):
+    """Writes the original-layout state dict: `.safetensors` by extension, otherwise a torch `.pth`
+    ({"state_dict": ...}, needs torch) as the reference loaders read it."""
+    tensors = original_state_dict(model)
+    if path.endswith(".safetensors"):
+        save_safetensors(tensors, path)
+        return
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError("writing a .pth file needs torch; install it or write a .safetensors path") from None
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        torch.save({"state_dict": {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_jax(model, dst):
+    """Writes our format: config.json (with `_format: pixart-jax`) and an Orbax checkpoint under params/."""
+    arrays = flat_arrays(model)
+    with atomic_directory(dst) as tmp:
+        with ocp.StandardCheckpointer() as ckpt:
+            ckpt.save(os.path.join(tmp, "params"), arrays)
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump({"_format": JAX_FORMAT, "config": model.cfg.to_dict()}, f, indent=2)

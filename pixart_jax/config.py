@@ -1,0 +1,105 @@
+"""PixArt transformer configuration: the released variants, a tiny test size, and the diffusers config.json."""
+import dataclasses
+import re
+
+
+@dataclasses.dataclass(frozen=True)
+class PixArtConfig:
+    depth: int = 28
+    hidden_size: int = 1152
+    num_heads: int = 16
+    patch_size: int = 2
+    in_channels: int = 4
+    out_channels: int = 8          # learned sigma: eps (4) + variance interpolation v (4)
+    mlp_ratio: float = 4.0
+    caption_channels: int = 4096
+    max_tokens: int = 120          # T5 tokens; the size of the y_embedding null caption
+    sample_size: int = 128         # native latent side; base_size = sample_size / patch_size
+    interpolation_scale: float = 2.0   # "lewei_scale" of the original code
+    micro_conditions: bool = True  # resolution + aspect-ratio embedders (the MS models)
+    norm_eps: float = 1e-6
+
+    @property
+    def head_dim(self):
+        return self.hidden_size // self.num_heads
+
+    @property
+    def base_size(self):
+        return self.sample_size // self.patch_size
+
+    @property
+    def mlp_hidden(self):
+        return int(self.hidden_size * self.mlp_ratio)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown PixArtConfig fields: {unknown}")
+        return cls(**d)
+
+    def to_diffusers(self):
+        """The `config.json` of a diffusers `PixArtTransformer2DModel` with this architecture."""
+        return {
+            "_class_name": "PixArtTransformer2DModel",
+            "num_attention_heads": self.num_heads, "attention_head_dim": self.head_dim,
+            "in_channels": self.in_channels, "out_channels": self.out_channels, "num_layers": self.depth,
+            "patch_size": self.patch_size, "attention_bias": True, "cross_attention_dim": self.hidden_size,
+            "activation_fn": "gelu-approximate", "num_embeds_ada_norm": 1000, "norm_type": "ada_norm_single",
+            "norm_elementwise_affine": False, "norm_eps": self.norm_eps, "caption_channels": self.caption_channels,
+            "sample_size": self.sample_size, "interpolation_scale": self.interpolation_scale,
+            "use_additional_conditions": self.micro_conditions, "dropout": 0.0, "upcast_attention": False,
+            "only_cross_attention": False, "double_self_attention": False, "num_vector_embeds": None,
+            "use_linear_projection": False, "norm_num_groups": 32,
+        }
+
+    @classmethod
+    def from_diffusers(cls, d):
+        """From a diffusers `PixArtTransformer2DModel` (or older `Transformer2DModel`) config.json dict."""
+        if d.get("norm_type") != "ada_norm_single":
+            raise ValueError(f"not a PixArt transformer config: norm_type is {d.get('norm_type')!r}, "
+                             "expected 'ada_norm_single'")
+        heads, head_dim = d["num_attention_heads"], d["attention_head_dim"]
+        in_channels = d.get("in_channels", 4)
+        sample_size = d.get("sample_size", 128)
+        micro = d.get("use_additional_conditions")
+        return cls(
+            depth=d["num_layers"], hidden_size=heads * head_dim, num_heads=heads,
+            patch_size=d.get("patch_size", 2), in_channels=in_channels,
+            out_channels=d.get("out_channels") or in_channels, caption_channels=d.get("caption_channels", 4096),
+            sample_size=sample_size,
+            interpolation_scale=float(d.get("interpolation_scale") or max(sample_size // 64, 1)),
+            micro_conditions=sample_size == 128 if micro is None else bool(micro),
+            norm_eps=d.get("norm_eps", 1e-6),
+        )
+
+
+XL_2 = PixArtConfig()
+PRESETS = {
+    "PixArt-XL-2-256x256": XL_2.replace(sample_size=32, interpolation_scale=1.0, micro_conditions=False),
+    "PixArt-XL-2-512x512": XL_2.replace(sample_size=64, interpolation_scale=1.0, micro_conditions=False),
+    "PixArt-XL-2-1024-MS": XL_2,
+    "tiny": PixArtConfig(depth=2, hidden_size=48, num_heads=2, caption_channels=32, max_tokens=8,
+                         sample_size=16, interpolation_scale=1.0, micro_conditions=True),
+}
+# Released file names that map onto a preset (SAM / MSCOCO 256 models share the 256 architecture).
+_NAME_PATTERNS = [(r"1024-MS", "PixArt-XL-2-1024-MS"), (r"512x512", "PixArt-XL-2-512x512"),
+                  (r"256x256", "PixArt-XL-2-256x256")]
+
+
+def preset(name_or_path):
+    """A released variant's config, from its name or any file name containing it (e.g. `PixArt-XL-2-512x512.pth`)."""
+    if name_or_path in PRESETS:
+        return PRESETS[name_or_path]
+    for pattern, name in _NAME_PATTERNS:
+        if re.search(pattern, str(name_or_path)):
+            return PRESETS[name]
+    raise ValueError(f"cannot tell the PixArt variant from {name_or_path!r}: pass config= one of "
+                     f"{sorted(PRESETS)} or a PixArtConfig")

@@ -1,0 +1,200 @@
+"""The PixArt-α DiT in Flax NNX (spec §1): patch tokens, adaLN-single, self- and cross-attention blocks.
+
+Parameters are fp32; `dtype` is the compute dtype of the matmuls. LayerNorm, softmax and the timestep features
+run in fp32, and in fp32 compute every matmul runs at "highest" precision so fp32 means fp32 on GPU/TPU too.
+The blocks are stored stacked (leading `depth` axis) and run with `jax.lax.scan`: one block is compiled once.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pixart_jax.attention import attention
+from pixart_jax.config import PixArtConfig
+from pixart_jax.embeddings import patchify, sincos_pos_embed, timestep_features, unpatchify
+
+xavier = nnx.initializers.xavier_uniform()
+normal_002 = nnx.initializers.normal(0.02)
+zeros = nnx.initializers.zeros
+
+
+class Buffer(nnx.Variable):
+    """A loaded, never-trained tensor (the `y_embedding` null caption): not an nnx.Param, so no optimizer sees it."""
+
+
+def layer_norm(x, eps):
+    """LayerNorm without affine parameters, computed in fp32."""
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    return (x32 - mean) * jax.lax.rsqrt(var + eps)
+
+
+def gelu_tanh(x):
+    return jax.nn.gelu(x, approximate=True)
+
+
+class Dense(nnx.Linear):
+    def __init__(self, din, dout, dtype, kernel_init=xavier, bias_init=zeros, *, rngs):
+        super().__init__(din, dout, dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
+                         bias_init=bias_init, rngs=rngs)
+
+
+class Mlp(nnx.Module):
+    """fc1 -> activation -> fc2."""
+
+    def __init__(self, din, dhidden, dout, act, dtype, init=xavier, *, rngs):
+        self.fc1 = Dense(din, dhidden, dtype, init, rngs=rngs)
+        self.fc2 = Dense(dhidden, dout, dtype, init, rngs=rngs)
+        self.act = act
+
+    def __call__(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SelfAttention(nnx.Module):
+    def __init__(self, cfg, dtype, *, rngs):
+        d = cfg.hidden_size
+        self.heads = cfg.num_heads
+        self.qkv = Dense(d, 3 * d, dtype, rngs=rngs)
+        self.proj = Dense(d, d, dtype, rngs=rngs)
+
+    def __call__(self, x):
+        b, n, d = x.shape
+        q, k, v = jnp.split(self.qkv(x).reshape(b, n, 3 * self.heads, d // self.heads), 3, axis=2)
+        return self.proj(attention(q, k, v).reshape(b, n, d))
+
+
+class CrossAttention(nnx.Module):
+    """Image tokens attend to the projected caption tokens; padded tokens are masked out. No norm, no gate."""
+
+    def __init__(self, cfg, dtype, *, rngs):
+        d = cfg.hidden_size
+        self.heads = cfg.num_heads
+        self.q = Dense(d, d, dtype, rngs=rngs)
+        self.kv = Dense(d, 2 * d, dtype, rngs=rngs)
+        self.proj = Dense(d, d, dtype, zeros, rngs=rngs)
+
+    def __call__(self, x, context, mask):
+        b, n, d = x.shape
+        q = self.q(x).reshape(b, n, self.heads, d // self.heads)
+        k, v = jnp.split(self.kv(context).reshape(b, context.shape[1], 2 * self.heads, d // self.heads), 2, 2)
+        return self.proj(attention(q, k, v, mask=mask).reshape(b, n, d))
+
+
+class PixArtBlock(nnx.Module):
+    """x += gate_msa*SelfAttn(mod(LN x)); x += CrossAttn(x, c); x += gate_mlp*MLP(mod(LN x))  (spec §1.9)."""
+
+    def __init__(self, cfg, dtype, *, rngs):
+        d = cfg.hidden_size
+        self.eps = cfg.norm_eps
+        self.scale_shift_table = nnx.Param(jax.random.normal(rngs.params(), (6, d)) / np.sqrt(d))
+        self.attn = SelfAttention(cfg, dtype, rngs=rngs)
+        self.cross_attn = CrossAttention(cfg, dtype, rngs=rngs)
+        self.mlp = Mlp(d, cfg.mlp_hidden, d, gelu_tanh, dtype, rngs=rngs)
+
+    def __call__(self, x, t0, context, mask):
+        mod = self.scale_shift_table[None] + t0.reshape(t0.shape[0], 6, -1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=1)
+        x = x + gate_msa * self.attn(layer_norm(x, self.eps) * (1 + scale_msa) + shift_msa)
+        x = x + self.cross_attn(x, context, mask)
+        return x + gate_mlp * self.mlp(layer_norm(x, self.eps) * (1 + scale_mlp) + shift_mlp)
+
+
+class FinalLayer(nnx.Module):
+    """LN, modulated by its own 2-row table plus the raw conditioning t (not t_block(t)), then a zero-init linear."""
+
+    def __init__(self, cfg, dtype, *, rngs):
+        d = cfg.hidden_size
+        self.eps = cfg.norm_eps
+        self.scale_shift_table = nnx.Param(jax.random.normal(rngs.params(), (2, d)) / np.sqrt(d))
+        self.linear = Dense(d, cfg.patch_size ** 2 * cfg.out_channels, dtype, zeros, rngs=rngs)
+
+    def __call__(self, x, t):
+        shift, scale = jnp.split(self.scale_shift_table[None] + t[:, None], 2, axis=1)
+        return self.linear(layer_norm(x, self.eps) * (1 + scale) + shift)
+
+
+class PatchEmbed(nnx.Module):
+    """The 2x2 stride-2 conv as a dense layer over flattened patches; kernel kept in conv (kh, kw, in, out) form."""
+
+    def __init__(self, cfg, dtype, *, rngs):
+        p, c, d = cfg.patch_size, cfg.in_channels, cfg.hidden_size
+        self.patch, self.dtype = p, dtype
+        self.kernel = nnx.Param(xavier(rngs.params(), (p * p * c, d)).reshape(p, p, c, d))
+        bound = 1 / np.sqrt(p * p * c)  # PyTorch's Conv2d default bias init, which the reference keeps
+        self.bias = nnx.Param(jax.random.uniform(rngs.params(), (d,), minval=-bound, maxval=bound))
+
+    def __call__(self, latents):
+        patches = patchify(latents, self.patch).astype(self.dtype)
+        return jnp.einsum("bnijc,ijcd->bnd", patches, self.kernel[...].astype(self.dtype)) + self.bias[...]
+
+
+def null_caption_init(key, cfg):
+    """The `y_embedding` a model starts with: N(0, 1/caption_channels), as the reference initialises it."""
+    return jax.random.normal(key, (cfg.max_tokens, cfg.caption_channels)) / np.sqrt(cfg.caption_channels)
+
+
+class PixArtTransformer(nnx.Module):
+    """PixArt-α / PixArt-δ DiT. Call with diffusers' tensors: latents (B, C, H, W) NCHW, timestep (B,),
+    encoder_hidden_states (B, L, caption_channels), encoder_attention_mask (B, L) 0/1, and for micro-conditioned
+    (MS) models resolution (B, 2) = [height, width] in pixels and aspect_ratio (B, 1). Returns (B, 8, H, W)."""
+
+    def __init__(self, cfg: PixArtConfig, dtype=jnp.float32, *, rngs: nnx.Rngs):
+        d = cfg.hidden_size
+        self.cfg, self.dtype = cfg, dtype
+        self.x_embedder = PatchEmbed(cfg, dtype, rngs=rngs)
+        self.t_embedder = Mlp(256, d, d, jax.nn.silu, dtype, normal_002, rngs=rngs)
+        if cfg.micro_conditions:
+            self.csize_embedder = Mlp(256, d // 3, d // 3, jax.nn.silu, dtype, normal_002, rngs=rngs)
+            self.ar_embedder = Mlp(256, d // 3, d // 3, jax.nn.silu, dtype, normal_002, rngs=rngs)
+        self.t_block = Dense(d, 6 * d, dtype, normal_002, rngs=rngs)
+        self.y_proj = Mlp(cfg.caption_channels, d, d, gelu_tanh, dtype, normal_002, rngs=rngs)
+        self.y_embedding = Buffer(null_caption_init(rngs.params(), cfg))
+        keys = jax.random.split(rngs.params(), cfg.depth)
+        block_def = nnx.graphdef(nnx.eval_shape(lambda: PixArtBlock(cfg, dtype, rngs=nnx.Rngs(0))))
+        self.blocks = nnx.merge(block_def, jax.vmap(
+            lambda k: nnx.split(PixArtBlock(cfg, dtype, rngs=nnx.Rngs(k)))[1])(keys))
+        self.final_layer = FinalLayer(cfg, dtype, rngs=rngs)
+
+    def condition(self, timestep, resolution=None, aspect_ratio=None):
+        """The summed conditioning vector t (B, D): timestep embedding + [emb(h), emb(w), emb(ar)] for MS."""
+        t = self.t_embedder(timestep_features(timestep).astype(self.dtype))
+        if self.cfg.micro_conditions:
+            if resolution is None or aspect_ratio is None:
+                raise ValueError("this PixArt model is micro-conditioned (an MS model): pass resolution (B, 2) "
+                                 "and aspect_ratio (B, 1)")
+            b = t.shape[0]
+            hw = self.csize_embedder(timestep_features(jnp.reshape(resolution, -1)).astype(self.dtype))
+            ar = self.ar_embedder(timestep_features(jnp.reshape(aspect_ratio, -1)).astype(self.dtype))
+            t = t + jnp.concatenate([hw.reshape(b, -1), ar.reshape(b, -1)], axis=1)
+        return t
+
+    def __call__(self, latents, timestep, encoder_hidden_states, encoder_attention_mask=None,
+                 resolution=None, aspect_ratio=None):
+        cfg = self.cfg
+        b, _, hh, ww = latents.shape
+        p = cfg.patch_size
+        if hh % p or ww % p:
+            raise ValueError(f"latent size {hh}x{ww} is not divisible by the patch size {p}")
+        h, w = hh // p, ww // p
+        precision = "highest" if jnp.dtype(self.dtype) == jnp.float32 else "default"
+        with jax.default_matmul_precision(precision):
+            pos = sincos_pos_embed(cfg.hidden_size, h, w, cfg.base_size, cfg.interpolation_scale)
+            x = self.x_embedder(latents) + jnp.asarray(pos, jnp.float32)[None]
+            timestep = jnp.broadcast_to(jnp.asarray(timestep, jnp.float32).reshape(-1), (b,))
+            t = self.condition(timestep, resolution, aspect_ratio)
+            t0 = self.t_block(jax.nn.silu(t))
+            context = self.y_proj(encoder_hidden_states)
+            mask = None
+            if encoder_attention_mask is not None:
+                mask = (jnp.asarray(encoder_attention_mask) > 0)[:, None, None, :]
+
+            block_def, block_state = nnx.split(self.blocks)
+
+            def run_block(x, state):
+                return nnx.merge(block_def, state)(x, t0, context, mask), None
+
+            x, _ = jax.lax.scan(run_block, x, block_state)
+            out = self.final_layer(x, t)
+        return unpatchify(out.astype(jnp.float32), h, w, p, cfg.out_channels)
