@@ -56,8 +56,7 @@ class PixArtConfig:
             "norm_elementwise_affine": False, "norm_eps": self.norm_eps, "caption_channels": self.caption_channels,
             "sample_size": self.sample_size, "interpolation_scale": self.interpolation_scale,
             "use_additional_conditions": self.micro_conditions, "dropout": 0.0, "upcast_attention": False,
-            "only_cross_attention": False, "double_self_attention": False, "num_vector_embeds": None,
-            "use_linear_projection": False, "norm_num_groups": 32,
+            "norm_num_groups": 32, "attention_type": "default",
         }
 
     @classmethod
@@ -86,7 +85,7 @@ PRESETS = {
     "PixArt-XL-2-256x256": XL_2.replace(sample_size=32, interpolation_scale=1.0, micro_conditions=False),
     "PixArt-XL-2-512x512": XL_2.replace(sample_size=64, interpolation_scale=1.0, micro_conditions=False),
     "PixArt-XL-2-1024-MS": XL_2,
-    "tiny": PixArtConfig(depth=2, hidden_size=48, num_heads=2, caption_channels=32, max_tokens=8,
+    "tiny": PixArtConfig(depth=2, hidden_size=48, num_heads=2, caption_channels=32,
                          sample_size=16, interpolation_scale=1.0, micro_conditions=True),
 }
 # Released file names that map onto a preset (SAM / MSCOCO 256 models share the 256 architecture).
