@@ -16,7 +16,7 @@ from flax import nnx
 from pixart_jax.config import PixArtConfig, preset
 from pixart_jax.keymaps import pixart as keys
 from pixart_jax.transformer import PixArtTransformer, null_caption_init
-from pixart_jax.weights import (CheckpointError, export_weights, import_weights, save_safetensors)
+from pixart_jax.weights import CheckpointError, export_weights, import_weights, save_pth, save_safetensors
 from pixart_jax.weights.files import atomic_directory, read_safetensors_dir, read_state_dict
 from pixart_jax.weights.nnx_state import abstract_shapes, build_model, flat_arrays
 
@@ -130,23 +130,13 @@ def original_state_dict(model):
 
 
 def save_original(model, path):
-    """Writes the original-layout state dict: `.safetensors` by extension, otherwise a torch `.pth`
-    ({"state_dict": ...}, needs torch) as the reference loaders read it."""
+    """Writes the original-layout state dict: `.safetensors` by extension, otherwise a `.pth` that `torch.load`
+    reads ({"state_dict": ...}, as the reference loaders expect; written without torch)."""
     tensors = original_state_dict(model)
     if path.endswith(".safetensors"):
         save_safetensors(tensors, path)
-        return
-    try:
-        import torch
-    except ImportError:
-        raise CheckpointError("writing a .pth file needs torch; install it or write a .safetensors path") from None
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        torch.save({"state_dict": {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    else:
+        save_pth({"state_dict": tensors}, path)
 
 
 def save_jax(model, dst):

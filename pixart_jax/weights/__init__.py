@@ -2,4 +2,4 @@
 from pixart_jax.weights.errors import CheckpointError
 from pixart_jax.weights.mapping import Rule, export_weights, import_weights
 from pixart_jax.weights.safetensors_io import load_safetensors, save_safetensors
-from pixart_jax.weights.torch_pickle import load_pth
+from pixart_jax.weights.torch_pickle import load_pth, save_pth

@@ -54,7 +54,7 @@ def save_safetensors(tensors, path, metadata=None):
     """Writes atomically: a temporary file beside `path`, renamed into place when complete."""
     header, offset, arrays = {}, 0, []
     for name, value in tensors.items():
-        array = np.ascontiguousarray(value)
+        array = np.require(value, requirements="C")
         if array.dtype not in NAMES:
             raise CheckpointError(f"cannot store tensor {name!r} of dtype {array.dtype} in safetensors")
         header[name] = {"dtype": NAMES[array.dtype], "shape": list(array.shape),

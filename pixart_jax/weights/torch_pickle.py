@@ -1,9 +1,11 @@
-"""Reading PyTorch `.pth` files (the zip container of `torch.save`) without torch.
+"""Reading and writing PyTorch `.pth` files (the zip container of `torch.save`) without torch.
 
 Only what state dicts need is unpickled: tensors, parameters, ordered dicts and plain Python values. Any other
 global in the pickle is refused, so loading a checkpoint can never run code.
 """
 import collections
+import io
+import os
 import pickle
 import zipfile
 
@@ -74,3 +76,84 @@ def load_pth(path):
                 return _StateDictUnpickler(f, archive, prefix).load()
             except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as e:
                 raise CheckpointError(f"{path}: cannot read the checkpoint: {e}") from None
+
+
+class _Global:
+    """Stands for a torch global (a function or storage class) in a pickle written without torch."""
+
+    def __init__(self, module, name):
+        self.module, self.name = module, name
+
+    def __call__(self, *args):  # pickle only writes callables as a REDUCE target; never called here
+        raise TypeError(f"{self.module}.{self.name} is a placeholder")
+
+
+_REBUILD_TENSOR = _Global("torch._utils", "_rebuild_tensor_v2")
+_ORDERED_DICT = _Global("collections", "OrderedDict")
+_STORAGE_CLASSES = {np.dtype(dtype): _Global("torch", name) for name, dtype in STORAGE_DTYPES.items()}
+
+
+class _Storage:
+    def __init__(self, key, array):
+        self.key, self.array = key, array
+
+
+class _TensorRef:
+    def __init__(self, key, array):
+        self.storage = _Storage(key, array)
+
+    def __reduce__(self):
+        a = self.storage.array
+        strides = tuple(s // a.itemsize for s in a.strides)
+        return _REBUILD_TENSOR, (self.storage, 0, a.shape, strides, False, _OrderedDictCall())
+
+
+class _OrderedDictCall:
+    def __reduce__(self):
+        return _ORDERED_DICT, ()
+
+
+class _StateDictPickler(pickle._Pickler):  # the pure-Python pickler lets save_global be replaced
+    def save_global(self, obj, name=None):
+        if isinstance(obj, _Global):
+            self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
+            self.memoize(obj)
+        else:
+            super().save_global(obj, name)
+
+    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch[_Global] = save_global
+
+    def persistent_id(self, obj):
+        if isinstance(obj, _Storage):
+            return ("storage", _STORAGE_CLASSES[obj.array.dtype], obj.key, "cpu", obj.array.size)
+        return None
+
+
+def save_pth(obj, path):
+    """`torch.save`-compatible zip file of `obj` (dicts of NumPy arrays, nested), written atomically."""
+    arrays = []
+
+    def wrap(value):
+        if isinstance(value, dict):
+            return {k: wrap(v) for k, v in value.items()}
+        if isinstance(value, np.ndarray):
+            arrays.append(np.require(value, requirements="C"))
+            return _TensorRef(str(len(arrays) - 1), arrays[-1])
+        return value
+
+    buffer = io.BytesIO()
+    _StateDictPickler(buffer, protocol=2).dump(wrap(obj))
+    name = "archive"
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+            z.writestr(f"{name}/data.pkl", buffer.getvalue())
+            z.writestr(f"{name}/byteorder", "little")
+            for i, array in enumerate(arrays):
+                z.writestr(f"{name}/data/{i}", array.tobytes())
+            z.writestr(f"{name}/version", "3\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

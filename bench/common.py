@@ -1,0 +1,36 @@
+"""Timing helpers shared by the benchmark scripts (same process, median of several runs)."""
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def median_seconds(fn, runs):
+    """Median wall time of fn() over `runs` calls, after one warm-up call (compilation excluded)."""
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_gflops(n=4096, runs=5):
+    """Measured fp32 n x n matmul rate (GFLOP/s) of JAX/XLA and of PyTorch on this machine."""
+    import torch
+
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    ja = jnp.asarray(a)
+    mm = jax.jit(lambda x: x @ x)
+    ta = torch.from_numpy(a)
+    flops = 2 * n ** 3 / 1e9
+    return flops / median_seconds(lambda: mm(ja), runs), flops / median_seconds(lambda: ta @ ta, runs)
+
+
+def print_table(header, rows):
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    for row in [header, ["-" * w for w in widths]] + rows:
+        print("  ".join(str(c).rjust(w) for c, w in zip(row, widths)))

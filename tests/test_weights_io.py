@@ -1,0 +1,75 @@
+"""Our torch-free readers/writers of `.pth` and safetensors against torch and the safetensors library."""
+import json
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from pixart_jax.weights import CheckpointError, load_pth, load_safetensors, save_pth, save_safetensors
+from pixart_jax.weights.files import read_safetensors_dir
+
+FIXTURE = "../shared/fixtures/controlnet-ms-tiny/controlnet.pth"
+
+
+def sample_tensors():
+    rng = np.random.default_rng(0)
+    return {"w": rng.standard_normal((3, 5)).astype(np.float32), "t": rng.standard_normal((5, 3)).astype(np.float32).T,
+            "b": rng.standard_normal(4).astype(ml_dtypes.bfloat16), "i": np.arange(6, dtype=np.int64),
+            "s": np.array(1.5, np.float16)}
+
+
+def test_pth_round_trip_without_torch(tmp_path):
+    tensors = sample_tensors()
+    save_pth({"state_dict": tensors, "epoch": 3}, str(tmp_path / "x.pth"))
+    back = load_pth(str(tmp_path / "x.pth"))
+    assert back["epoch"] == 3
+    for k, v in tensors.items():
+        assert back["state_dict"][k].dtype == v.dtype and back["state_dict"][k].shape == v.shape
+        np.testing.assert_array_equal(back["state_dict"][k], v)
+
+
+def test_safetensors_round_trip_and_sharded_index(tmp_path):
+    tensors = sample_tensors()
+    save_safetensors({k: tensors[k] for k in ("w", "b")}, str(tmp_path / "m-00001-of-00002.safetensors"))
+    save_safetensors({k: tensors[k] for k in ("t", "i", "s")}, str(tmp_path / "m-00002-of-00002.safetensors"))
+    weight_map = {k: f"m-0000{1 if k in 'wb' else 2}-of-00002.safetensors" for k in tensors}
+    (tmp_path / "m.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    back = read_safetensors_dir(str(tmp_path), "m")
+    assert back.keys() == tensors.keys()
+    for k, v in tensors.items():
+        np.testing.assert_array_equal(back[k], v)
+    with pytest.raises(CheckpointError, match="has neither x.safetensors nor x.safetensors.index.json"):
+        read_safetensors_dir(str(tmp_path), "x")
+
+
+def test_unpickler_refuses_arbitrary_globals(tmp_path):
+    import pickle
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "evil.pth", "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"x": print}, protocol=2))
+    with pytest.raises(CheckpointError, match="refusing to unpickle .*print"):
+        load_pth(str(tmp_path / "evil.pth"))
+
+
+def test_agrees_with_torch_and_safetensors_library(tmp_path):
+    torch = pytest.importorskip("torch")
+    import safetensors.torch
+
+    reference = torch.load(FIXTURE, weights_only=True)["state_dict"]
+    ours = load_pth(FIXTURE)["state_dict"]
+    assert ours.keys() == reference.keys()
+    assert all(np.array_equal(ours[k], reference[k].numpy()) for k in reference)
+
+    tensors = sample_tensors()
+    save_pth({"state_dict": tensors}, str(tmp_path / "ours.pth"))
+    loaded = torch.load(tmp_path / "ours.pth", weights_only=True)["state_dict"]
+    save_safetensors(tensors, str(tmp_path / "ours.safetensors"))
+    by_library = safetensors.torch.load_file(tmp_path / "ours.safetensors")
+    for k, v in tensors.items():
+        for t in (loaded[k], by_library[k]):
+            assert tuple(t.shape) == v.shape
+            np.testing.assert_array_equal(t.float().numpy(), v.astype(np.float32))
+    safetensors.torch.save_file({"b": torch.ones(2, 3, dtype=torch.bfloat16)}, tmp_path / "lib.safetensors")
+    np.testing.assert_array_equal(load_safetensors(str(tmp_path / "lib.safetensors"))["b"],
+                                  np.ones((2, 3), ml_dtypes.bfloat16))
