@@ -1,0 +1,1 @@
+"""Training programs (run as `python -m train.<program> CONFIG key=value ...` from a checkout)."""
