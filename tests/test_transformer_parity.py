@@ -175,3 +175,27 @@ def test_full_size_xl2_1024_ms_parity(tmp_path):
     err = rel_error(run_ours(ours, x), expected)
     print(f"XL/2-1024-MS rel error {err:.2e}")
     assert err <= 1e-5
+
+
+@pytest.mark.parametrize("h,w,b,s", [(16, 16, 16, 1.0), (32, 32, 32, 1.0), (64, 64, 64, 2.0), (32, 128, 64, 2.0)])
+def test_pos_embed_matches_diffusers(h, w, b, s):
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed
+
+    from pixart_jax.embeddings import sincos_pos_embed
+
+    ref = get_2d_sincos_pos_embed(1152, (h, w), interpolation_scale=s, base_size=b).numpy()
+    np.testing.assert_allclose(sincos_pos_embed(1152, h, w, b, s), ref, atol=1e-6)
+
+
+def test_timestep_and_size_embeddings_match_diffusers(saved):
+    variant, ref, path = saved
+    if variant != "ms":
+        pytest.skip("size embedders exist only in micro-conditioned models")
+    ours = checkpoints.load_transformer(str(path))
+    t = np.array([0.0, 1.0, 499.5, 999.0, 250.0, 3.0, 700.0, 999.0, 0.0], np.float32)
+    hw = np.array([[h, w] for h in (512, 1024, 2048) for w in (512, 1024, 2048)], np.float32)
+    ar = np.array([[a] for a in (0.25, 1.0, 4.0) * 3], np.float32)
+    with torch.no_grad():
+        expected = ref.adaln_single.emb(torch.from_numpy(t), torch.from_numpy(hw), torch.from_numpy(ar),
+                                        batch_size=9, hidden_dtype=torch.float32).numpy()
+    assert rel_error(ours.condition(t, hw, ar), expected) <= 1e-5
