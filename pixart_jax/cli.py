@@ -11,7 +11,7 @@ from flax import nnx
 from PIL import Image
 
 from pixart_jax.config import PRESETS
-from pixart_jax.ddim import ddim_sample
+from pixart_jax.samplers import DDIM
 from pixart_jax.transformer import PixArtTransformer
 from pixart_jax.vae import AutoencoderKL, VAEConfig
 
@@ -44,7 +44,7 @@ def sample_random(args):
     def generate(state, noise):
         model, vae = nnx.merge(graphdef, state)
         eps = lambda x, t: model(x, t, caption, None, size, jnp.ones((1, 1)))[:, :cfg.in_channels]  # noqa: E731
-        return vae.decode(ddim_sample(eps, noise, args.steps) / TINY_VAE.scaling_factor)
+        return vae.decode(DDIM().sample(eps, noise, args.steps) / TINY_VAE.scaling_factor)
 
     start = time.perf_counter()
     compiled = generate.lower(state, noise).compile()

@@ -1,0 +1,97 @@
+"""What every sampler shares: the per-step protocol and one jittable denoising loop (a lax.scan over host tables).
+
+A sampler turns `steps` into a NamedTuple of float32 tables with one row per step (built in float64 NumPy at trace
+time, so they are constants of the compiled program) and provides `step(row, x, model_output, state, noise)`. The
+loop calls the model once per row; inside `jax.jit` it compiles once per (input shape, steps).
+"""
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def check_steps(steps):
+    """The number of sampling steps as a Python int; ValueError unless it is a positive integer."""
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise ValueError(f"number of steps must be a positive integer, got {steps!r}")
+    return int(steps)
+
+
+def as_tables(cls, **columns):
+    """A tables NamedTuple from float64 host columns: every column cast to a float32 device array."""
+    return cls(**{name: jnp.asarray(np.asarray(col, np.float64), jnp.float32) for name, col in columns.items()})
+
+
+def table_row(tables, i):
+    """Row `i` of a sampler's tables: the `row` argument of its `step`."""
+    return jax.tree.map(lambda column: column[i], tables)
+
+
+def f32(a):
+    """`a` as a float32 array: every step computes in float32 whatever the sample dtype."""
+    return jnp.asarray(a).astype(jnp.float32)
+
+
+class Sampler:
+    """Base of the samplers. Subclasses define `timesteps(steps)`, `tables(steps)` (with a `timestep` column) and
+    `step(row, x, model_output, state, noise=None) -> (x_next, denoised, state)`; they may override the others."""
+
+    def needs_noise(self, steps):
+        """Whether sampling with `steps` steps injects fresh noise (then `sample` needs a key or the noise)."""
+        return False
+
+    def init_state(self, x):
+        """The carried state before the first step (multistep solvers keep earlier model values)."""
+        return ()
+
+    def model_output_shape(self, x_shape):
+        """The shape `model_fn(x, t)` must return for a sample of shape `x_shape`."""
+        return tuple(x_shape)
+
+    def sample(self, model_fn, x_T, steps, *, key=None, noise=None, return_denoised=False):
+        """Runs the whole denoising loop from `x_T`; jit-compatible (call it inside `jax.jit`).
+
+        model_fn(x, t) -> model output, with `t` the (B,) float32 timesteps the model is conditioned on (already
+        classifier-free guided by the caller). Fresh noise, where the sampler injects any, comes from `key` or from
+        `noise` of shape (steps, *x_T.shape) (row i used at step i). Returns the final sample, or with
+        `return_denoised` the last step's denoised estimate (x̂_0 / LCM's denoised), in x_T's dtype.
+        """
+        steps = check_steps(steps)
+        x_T = jnp.asarray(x_T)
+        tables = self.tables(steps)
+        per_step = self._noise_source(x_T, steps, key, noise)
+        draw = key is not None and per_step is not None  # per_step holds keys, not noise
+        expected = self.model_output_shape(x_T.shape)
+
+        def body(carry, xs):
+            x, _, state = carry
+            row, source = xs
+            out = model_fn(x, jnp.full((x.shape[0],), row.timestep, jnp.float32))
+            if tuple(out.shape) != expected:
+                raise ValueError(f"{type(self).__name__}: model_fn returned shape {tuple(out.shape)}, expected "
+                                 f"{expected} for a sample of shape {tuple(x.shape)}")
+            if draw:
+                source = jax.random.normal(source, x.shape, jnp.float32)
+            x, denoised, state = self.step(row, x, out, state, source)
+            return (x, denoised, state), None
+
+        init = (x_T, jnp.zeros(x_T.shape, jnp.float32), self.init_state(x_T))
+        (x, denoised, _), _ = jax.lax.scan(body, init, (tables, per_step))
+        return denoised.astype(x_T.dtype) if return_denoised else x
+
+    def _noise_source(self, x_T, steps, key, noise):
+        """Per-step keys, given noise (steps, *shape), or None when nothing is injected."""
+        if key is not None and noise is not None:
+            raise ValueError("pass either key or noise, not both")
+        if noise is not None:
+            noise = jnp.asarray(noise)
+            if tuple(noise.shape) != (steps, *x_T.shape):
+                raise ValueError(f"noise must have shape (steps, *x_T.shape) = {(steps, *x_T.shape)}, "
+                                 f"got {tuple(noise.shape)}")
+            return noise
+        if not self.needs_noise(steps):
+            return None
+        if key is None:
+            raise ValueError(f"{type(self).__name__} injects fresh noise with {steps} steps: pass key= or noise=")
+        return jax.random.split(key, steps)
