@@ -1,0 +1,170 @@
+"""Prompts -> T5 embeddings as the PixArt pipelines produce them (spec §3.7, §2.8).
+
+Caption cleaning (the DeepFloyd-IF / PixArt `clean_caption` procedure, applied twice), T5 tokenisation padded and
+truncated to 120 tokens with an attention mask, and the conditional / unconditional embeddings for guidance.
+"""
+import html
+import logging
+import re
+import urllib.parse as urlparse
+from typing import NamedTuple
+
+import ftfy
+import jax.numpy as jnp
+import numpy as np
+from bs4 import BeautifulSoup
+from flax import nnx
+
+MAX_LENGTH = 120
+logger = logging.getLogger(__name__)
+
+_URL = r"\b(?:{scheme}:(?:/{{1,3}}|[a-zA-Z0-9%])|[a-zA-Z0-9.\-]+\.(?:com|co|ru|net|org|edu|gov|it)[\w/-]*\b/?(?!@))"
+_DASHES = ("\u002d\u058a\u05be\u1400\u1806\u2010-\u2015\u2e17\u2e1a\u2e3a\u2e3b\u2e40\u301c\u3030\u30a0\ufe31"
+           "\ufe32\ufe58\ufe63\uff0d")
+_EXTENSIONS = "png|jpg|jpeg|bmp|webp|eps|pdf|apk|mp4"
+
+# (pattern, replacement) applied in order before the HTML parse ...
+_BEFORE_HTML = [
+    ("<person>", "person"),
+    (_URL.format(scheme="https?"), ""),
+    (_URL.format(scheme="www"), ""),
+]
+# ... between the HTML parse and ftfy ...
+_BEFORE_FTFY = [
+    (r"@[\w\d]+\b", ""),  # @handles
+    (r"[\u31c0-\u9fff]+", ""),  # CJK strokes, katakana ext., enclosed CJK, compatibility, ideographs (+ ext. A)
+    (f"[{_DASHES}]+", "-"),  # every dash-like character
+    ("[`´«»“”¨]", '"'),
+    ("[‘’]", "'"),
+    ("&quot;?", ""),
+    ("&amp", ""),
+    (r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}", " "),  # IP addresses
+    (r"\d:\d\d\s+$", ""),  # trailing article ids
+    (r"\\n", " "),  # a literal backslash-n
+    (r"#\d{1,3}\b", ""),
+    (r"#\d{5,}\b", ""),
+    (r"\b\d{6,}\b", ""),
+    (rf"\S+\.(?:{_EXTENSIONS})", ""),  # file names
+    ("[\"']{2,}", '"'),
+    (r"\.{2,}", " "),
+    (r"[#®•©™&@·º½¾¿¡§~)(\]\[}{|\\/*]+", " "),  # runs of decorative punctuation
+    (r"\s+\.\s+", " "),
+]
+# ... and after ftfy and HTML unescaping.
+_AFTER_FTFY = [
+    (r"\b[a-zA-Z]{1,3}\d{3,15}\b", ""),  # product codes: jc6640
+    (r"\b[a-zA-Z]+\d+[a-zA-Z]+\b", ""),  # jc6640vc
+    (r"\b\d+[a-zA-Z]+\d+\b", ""),  # 6640vc231
+    (r"(worldwide\s+)?(free\s+)?shipping", ""),
+    (r"(free\s)?download(\sfree)?", ""),
+    (r"\bclick\b\s(?:for|on)\s\w+", ""),
+    (rf"\b(?:{_EXTENSIONS})(\simage[s]?)?", ""),
+    (r"\bpage\s+\d+\b", ""),
+    (r"\b\d*[a-zA-Z]+\d+[a-zA-Z]+\d+[a-zA-Z\d]*\b", " "),  # j2d1a2a...
+    (r"\b\d+\.?\d*[xх×]\d+\.?\d*\b", ""),  # dimensions 1920x1080 (latin x, cyrillic х, ×)
+    (r"\b\s+:\s+", ": "),
+    (r"(\D[,./])\b", r"\1 "),
+    (r"\s+", " "),
+    # The whitespace is collapsed but not stripped here, so a leading/trailing space blocks the next rules.
+    (r"^[\"']([\w\W]+)[\"']$", r"\1"),
+    (r"^['_,\-:;]", ""),
+    (r"['_,\-:+]$", ""),
+    (r"^\.\S+$", ""),
+]
+
+
+def _apply(rules, text):
+    for pattern, replacement in rules:
+        text = re.sub(pattern, replacement, text)
+    return text
+
+
+def clean_caption_once(caption):
+    """One pass of the caption cleaning of spec §3.7 (web-scraped caption noise removed, lower-cased)."""
+    text = urlparse.unquote_plus(str(caption)).strip().lower()
+    text = _apply(_BEFORE_HTML, text)
+    text = BeautifulSoup(text, features="html.parser").text
+    text = _apply(_BEFORE_FTFY, text)
+    if len(re.findall(r"[-_]", text)) > 3:  # this-is-a-slug / this_is_a_slug
+        text = re.sub(r"[-_]", " ", text)
+    text = html.unescape(html.unescape(ftfy.fix_text(text)))
+    return _apply(_AFTER_FTFY, text).strip()
+
+
+def preprocess(prompts, clean_caption=True):
+    """The text the tokenizer sees: cleaned twice when `clean_caption`, else only lower-cased and stripped."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if clean_caption:
+        return [clean_caption_once(clean_caption_once(p)) for p in prompts]
+    return [p.lower().strip() for p in prompts]
+
+
+def load_tokenizer(directory):
+    """The T5 SentencePiece tokenizer of a `tokenizer/` folder (`spiece.model` and/or `tokenizer.json`)."""
+    from transformers import T5Tokenizer  # imported on use: transformers takes seconds to import
+
+    return T5Tokenizer.from_pretrained(directory)
+
+
+def tokenize(tokenizer, texts, max_length=MAX_LENGTH):
+    """(input_ids, attention_mask), both int32 (B, max_length): EOS appended, padded with 0, truncated to fit.
+
+    A text longer than `max_length` tokens (EOS included) loses its tail; that is logged as a warning with the
+    removed text, as the diffusers pipeline does.
+    """
+    batch = tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, add_special_tokens=True,
+                      return_attention_mask=True, return_tensors="np")
+    for ids in tokenizer(texts, add_special_tokens=True).input_ids:
+        if len(ids) > max_length:
+            removed = tokenizer.decode(ids[max_length - 1:-1])
+            logger.warning("The following part of your input was truncated because T5 can only handle sequences up "
+                           "to %d tokens: %s", max_length, removed)
+    return batch.input_ids.astype(np.int32), batch.attention_mask.astype(np.int32)
+
+
+class PromptEmbeddings(NamedTuple):
+    """Conditional and unconditional T5 embeddings (B, L, D) with their masks (B, L)."""
+
+    embeds: jnp.ndarray
+    mask: jnp.ndarray
+    negative_embeds: jnp.ndarray
+    negative_mask: jnp.ndarray
+
+
+@nnx.jit
+def _run_module(text_encoder, input_ids, attention_mask):
+    return text_encoder(input_ids, attention_mask)
+
+
+def _encode(text_encoder, input_ids, attention_mask):
+    if isinstance(text_encoder, nnx.Module):
+        return _run_module(text_encoder, input_ids, attention_mask)
+    return jnp.asarray(text_encoder(input_ids, attention_mask))
+
+
+def encode_prompt(prompts, negative_prompt="", *, tokenizer, text_encoder, max_length=MAX_LENGTH,
+                  clean_caption=True, null_embedding=None):
+    """T5 embeddings and masks of `prompts` and of the unconditional branch of classifier-free guidance.
+
+    prompts: a string or a list of B strings; negative_prompt: a string (used for every prompt) or B strings.
+    Unconditional branch (spec §2.8): with `null_embedding` (the checkpoint's `y_embedding`, (max_length, D)),
+    that embedding for every prompt with the prompt's own mask, as the original repo does; otherwise the T5
+    encoding of `negative_prompt` with its own mask, as the diffusers pipeline does.
+    """
+    texts = preprocess(prompts, clean_caption)
+    ids, mask = tokenize(tokenizer, texts, max_length)
+    batch = len(texts)
+    if null_embedding is not None:
+        null_embedding = jnp.asarray(null_embedding)
+        if null_embedding.shape[0] != max_length:
+            raise ValueError(f"null_embedding has {null_embedding.shape[0]} tokens, prompts have {max_length}")
+        embeds = _encode(text_encoder, ids, mask)
+        negative = jnp.broadcast_to(null_embedding.astype(embeds.dtype), (batch, *null_embedding.shape))
+        return PromptEmbeddings(embeds, jnp.asarray(mask), negative, jnp.asarray(mask))
+    negatives = [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
+    if len(negatives) != batch:
+        raise ValueError(f"{len(negatives)} negative prompts for {batch} prompts")
+    negative_ids, negative_mask = tokenize(tokenizer, preprocess(negatives, clean_caption), max_length)
+    # One encoder call for both branches: rows do not interact, and it is one compilation per batch size.
+    both = _encode(text_encoder, np.concatenate([ids, negative_ids]), np.concatenate([mask, negative_mask]))
+    return PromptEmbeddings(both[:batch], jnp.asarray(mask), both[batch:], jnp.asarray(negative_mask))
