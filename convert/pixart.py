@@ -16,7 +16,7 @@ import numpy as np
 from pixart_jax import checkpoints
 from pixart_jax.config import PRESETS
 from pixart_jax.weights import CheckpointError
-from pixart_jax.weights.files import read_safetensors_dir, read_state_dict
+from pixart_jax.weights.files import read_state_dict, read_weights
 from pixart_jax.weights.nnx_state import flat_arrays
 
 WRITERS = {"diffusers": checkpoints.save_diffusers, "jax": checkpoints.save_jax}
@@ -47,7 +47,7 @@ def tensors_of(path):
         return read_state_dict(path)
     if fmt == "diffusers":
         directory = path if os.path.exists(os.path.join(path, "config.json")) else os.path.join(path, "transformer")
-        return read_safetensors_dir(directory, "diffusion_pytorch_model")
+        return read_weights(directory, checkpoints.DIFFUSERS_WEIGHTS)
     return flat_arrays(checkpoints.load_jax(path))
 
 

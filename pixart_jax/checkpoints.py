@@ -17,19 +17,12 @@ from pixart_jax.config import PixArtConfig, preset
 from pixart_jax.keymaps import pixart as keys
 from pixart_jax.transformer import PixArtTransformer, null_caption_init
 from pixart_jax.weights import CheckpointError, export_weights, import_weights, save_pth, save_safetensors
-from pixart_jax.weights.files import atomic_directory, read_safetensors_dir, read_state_dict
+from pixart_jax.weights.files import atomic_directory, read_json, read_state_dict, read_weights
 from pixart_jax.weights.nnx_state import abstract_shapes, build_model, flat_arrays
 
 JAX_FORMAT = "pixart-jax"
 DIFFUSERS_CLASSES = ("PixArtTransformer2DModel", "Transformer2DModel")
-
-
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from None
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
 def detect_format(path):
@@ -46,7 +39,7 @@ def detect_format(path):
         raise CheckpointError(f"{path} is not a PixArt checkpoint directory: it has no config.json "
                               "(expected a diffusers transformer/ directory, a pipeline directory with "
                               "model_index.json, or a directory written by pixart-jax)")
-    config = _read_json(config_path)
+    config = read_json(config_path)
     if config.get("_format") == JAX_FORMAT:
         return "jax"
     if config.get("_class_name") in DIFFUSERS_CLASSES:
@@ -68,8 +61,8 @@ def load_diffusers(directory, dtype=jnp.float32):
     store, keeps its initial value (it only matters for training with caption dropout)."""
     if os.path.exists(os.path.join(directory, "model_index.json")):
         directory = os.path.join(directory, "transformer")
-    cfg = PixArtConfig.from_diffusers(_read_json(os.path.join(directory, "config.json")))
-    arrays = _import(keys.DIFFUSERS, cfg, read_safetensors_dir(directory, "diffusion_pytorch_model"), directory)
+    cfg = PixArtConfig.from_diffusers(read_json(os.path.join(directory, "config.json")))
+    arrays = _import(keys.DIFFUSERS, cfg, read_weights(directory, DIFFUSERS_WEIGHTS), directory)
     arrays["y_embedding"] = np.asarray(null_caption_init(jax.random.key(0), cfg))
     return _build(cfg, arrays, dtype, directory)
 
@@ -85,7 +78,7 @@ def load_original(path, config=None, dtype=jnp.float32):
 
 def load_jax(directory, dtype=jnp.float32):
     """A directory written by `save_jax`: our config.json and an Orbax checkpoint of the flat parameters."""
-    meta = _read_json(os.path.join(directory, "config.json"))
+    meta = read_json(os.path.join(directory, "config.json"))
     cfg = PixArtConfig.from_dict(meta["config"])
     shapes = abstract_shapes(lambda: PixArtTransformer(cfg, rngs=nnx.Rngs(0)))
     device = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
@@ -119,7 +112,7 @@ def save_diffusers(model, dst):
     config["_diffusers_version"] = "0.42.1"
     tensors = export_weights(keys.DIFFUSERS, _numpy_params(model))
     with atomic_directory(dst) as tmp:
-        save_safetensors(tensors, os.path.join(tmp, "diffusion_pytorch_model.safetensors"), {"format": "pt"})
+        save_safetensors(tensors, os.path.join(tmp, DIFFUSERS_WEIGHTS), {"format": "pt"})
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
 

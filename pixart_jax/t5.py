@@ -6,9 +6,7 @@ comes from one table owned by the first block and is added in every block. RMS n
 Compute runs in fp32 or bf16 (fp16 overflows in T5's feed-forward, so it is refused); weights may be int8.
 """
 import dataclasses
-import json
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +17,7 @@ from pixart_jax.attention import attention
 from pixart_jax.int8 import Int8Linear, quantize_linears
 from pixart_jax.keymaps.t5 import DECODER_PREFIXES, ENCODER_EMBED, GLOBAL, block_rules, t5_rules
 from pixart_jax.weights.errors import CheckpointError
-from pixart_jax.weights.files import read_safetensors_dir, read_state_dict
+from pixart_jax.weights.files import read_model_config, read_weights
 from pixart_jax.weights.mapping import import_weights
 from pixart_jax.weights.nnx_state import abstract_shapes, build_model
 
@@ -58,13 +56,7 @@ class T5Config:
     @classmethod
     def from_directory(cls, directory):
         """Reads `directory/config.json`; a CheckpointError says why a folder is not a T5 encoder."""
-        path = os.path.join(directory, "config.json")
-        if not os.path.isfile(path):
-            hint = (" (it is a pipeline folder: pass its text_encoder/ subfolder)"
-                    if os.path.isfile(os.path.join(directory, "model_index.json")) else "")
-            raise CheckpointError(f"{directory} is not a T5 text encoder folder: it has no config.json{hint}")
-        with open(path) as f:
-            raw = json.load(f)
+        path, raw = read_model_config(directory, "T5 text encoder", "text_encoder")
         if raw.get("model_type") != "t5":
             raise CheckpointError(f"{path} describes a {raw.get('model_type') or raw.get('_class_name')!r} model, "
                                   "not a T5 text encoder (model_type 't5')")
@@ -202,24 +194,6 @@ class T5Encoder(nnx.Module):
             return self.final_norm(x)
 
 
-def _read_weights(directory):
-    """HF weight files of a text encoder: safetensors (single or sharded), else `pytorch_model.bin` (+ shards)."""
-    if any(os.path.exists(os.path.join(directory, f"model.safetensors{s}")) for s in ("", ".index.json")):
-        return read_safetensors_dir(directory, "model")
-    single = os.path.join(directory, "pytorch_model.bin")
-    index = single + ".index.json"
-    if os.path.exists(single):
-        return read_state_dict(single)
-    if os.path.exists(index):
-        with open(index) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-        tensors = {}
-        for shard in shards:
-            tensors.update(read_state_dict(os.path.join(directory, shard)))
-        return tensors
-    raise CheckpointError(f"{directory} has no T5 weights (model.safetensors, its sharded index, or pytorch_model.bin)")
-
-
 def _encoder_view(source):
     """Source with the tied embedding under `shared.weight`, and the keys an encoder ignores."""
     if "shared.weight" not in source and ENCODER_EMBED in source:
@@ -260,7 +234,7 @@ def load_text_encoder(directory, dtype=jnp.float32, int8=False):
     """
     cfg = T5Config.from_directory(directory)
     dtype = _check_dtype(dtype)
-    source, ignore = _encoder_view(_read_weights(directory))
+    source, ignore = _encoder_view(read_weights(directory, "model.safetensors", "pytorch_model.bin"))
     make = lambda: T5Encoder(cfg, dtype, dtype, int8=int8, rngs=nnx.Rngs(0))  # noqa: E731
     float_shapes = abstract_shapes(lambda: T5Encoder(cfg, dtype, dtype, rngs=nnx.Rngs(0)))
     dtypes = _variable_dtypes(make)

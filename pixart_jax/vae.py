@@ -7,8 +7,6 @@ upsampling + conv. Inputs and outputs are NCHW like diffusers; inside, activatio
 `dtype` is the compute dtype of the convolutions and matmuls, GroupNorm and softmax run in fp32.
 """
 import dataclasses
-import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +15,7 @@ from flax import nnx
 from pixart_jax.attention import attention
 from pixart_jax.keymaps.vae import LEGACY_MARKER, vae_rules
 from pixart_jax.weights.errors import CheckpointError
-from pixart_jax.weights.files import read_safetensors_dir
+from pixart_jax.weights.files import read_model_config, read_weights
 from pixart_jax.weights.mapping import import_weights
 from pixart_jax.weights.nnx_state import abstract_shapes, build_model
 
@@ -43,13 +41,7 @@ class VAEConfig:
     @classmethod
     def from_directory(cls, directory):
         """Reads `directory/config.json`; a CheckpointError says why a folder is not a supported VAE."""
-        path = os.path.join(directory, "config.json")
-        if not os.path.isfile(path):
-            hint = (" (it is a pipeline folder: pass its vae/ subfolder)"
-                    if os.path.isfile(os.path.join(directory, "model_index.json")) else "")
-            raise CheckpointError(f"{directory} is not a VAE folder: it has no config.json{hint}")
-        with open(path) as f:
-            raw = json.load(f)
+        path, raw = read_model_config(directory, "VAE", "vae")
         if raw.get("_class_name") != "AutoencoderKL":
             raise CheckpointError(f"{path} describes a {raw.get('_class_name') or raw.get('model_type')!r} model, "
                                   "not a diffusers AutoencoderKL")
@@ -258,7 +250,7 @@ class AutoencoderKL(nnx.Module):
 def load_vae(directory, dtype=jnp.float32):
     """The AutoencoderKL of a diffusers `vae/` folder (`config.json` + `diffusion_pytorch_model.safetensors`)."""
     cfg = VAEConfig.from_directory(directory)
-    source = read_safetensors_dir(directory, "diffusion_pytorch_model")
+    source = read_weights(directory, "diffusion_pytorch_model.safetensors")
     legacy = any(key.endswith(LEGACY_MARKER) for key in source)
     rules = vae_rules(len(cfg.block_out_channels), cfg.layers_per_block, legacy_attention=legacy)
     make = lambda: AutoencoderKL(cfg, dtype, rngs=nnx.Rngs(0))  # noqa: E731

@@ -1,5 +1,9 @@
 """Shared helpers of the parity tests: random re-draws of reference weights and the error measure."""
+import json
+
 import numpy as np
+
+from pixart_jax.weights import load_safetensors, save_safetensors
 
 
 def redraw(module, seed, scale=1.0):
@@ -29,3 +33,18 @@ def rel_error(ours, ref):
     scale = np.abs(ref).max()
     assert scale > 0, "reference output is all zeros: the comparison would prove nothing"
     return float(np.abs(ours - ref).max() / scale)
+
+
+def edited_copy(src, weights, dst, edit_state=None, edit_config=None):
+    """Copies a model folder (config.json + one safetensors file named `weights`) to `dst`, letting
+    edit_state(tensors) / edit_config(config) change the copy in place first. Returns `dst` as a string."""
+    state = {k: np.array(v) for k, v in load_safetensors(str(src / weights)).items()}
+    config = json.loads((src / "config.json").read_text())
+    if edit_state:
+        edit_state(state)
+    if edit_config:
+        edit_config(config)
+    dst.mkdir()
+    save_safetensors(state, str(dst / weights))
+    (dst / "config.json").write_text(json.dumps(config))
+    return str(dst)

@@ -8,8 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pixart_jax.samplers import (DDIM, LCM, DDPMSchedule, DPMSolverMultistep, LearnedVarianceDDPM,
-                                 from_scheduler_config, make_sampler, table_row)
+from pixart_jax.samplers import (
+    DDIM,
+    LCM,
+    DDPMSchedule,
+    DPMSolverMultistep,
+    LearnedVarianceDDPM,
+    from_scheduler_config,
+    make_sampler,
+    table_row,
+)
 from pixart_jax.samplers.ddpm import respaced_timesteps
 from pixart_jax.samplers.lcm import boundary_scalings
 from tests.parity import rel_error

@@ -12,7 +12,7 @@ from pixart_jax.keymaps.vae import vae_rules
 from pixart_jax.vae import SD_VAE, AutoencoderKL, VAEConfig, load_vae
 from pixart_jax.weights import CheckpointError, export_weights, load_safetensors, save_safetensors
 from pixart_jax.weights.nnx_state import flat_arrays
-from tests.parity import redraw, rel_error
+from tests.parity import edited_copy, redraw, rel_error
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 TINY = dict(block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8, latent_channels=4)
@@ -163,19 +163,6 @@ def test_export_round_trip_and_sampling(exported):
     np.testing.assert_allclose((a - mean) / std, jax.random.normal(jax.random.key(0), mean.shape), atol=1e-5)
 
 
-def copy_with(src, dst, edit_state=None, edit_config=None):
-    state = dict(load_safetensors(src / WEIGHTS))
-    config = json.loads((src / "config.json").read_text())
-    if edit_state:
-        edit_state(state)
-    if edit_config:
-        edit_config(config)
-    dst.mkdir()
-    save_safetensors(state, dst / WEIGHTS)
-    (dst / "config.json").write_text(json.dumps(config))
-    return str(dst)
-
-
 def test_fp16_refused(exported):
     with pytest.raises(ValueError, match="bfloat16"):
         load_vae(str(exported[0]), dtype=jnp.float16)
@@ -185,13 +172,13 @@ def test_errors_name_the_key(exported, tmp_path):
     path, _ = exported
     key = "decoder.up_blocks.1.resnets.1.conv2.weight"
     with pytest.raises(CheckpointError, match=f"missing key '{key}'"):
-        load_vae(copy_with(path, tmp_path / "missing", edit_state=lambda s: s.pop(key)))
+        load_vae(edited_copy(path, WEIGHTS, tmp_path / "missing", edit_state=lambda s: s.pop(key)))
     bogus = "encoder.down_blocks.1.downsamplers.0.conv.weight"  # the last level has no downsampler
     with pytest.raises(CheckpointError, match=f"unexpected key '{bogus}'"):
-        load_vae(copy_with(path, tmp_path / "extra",
+        load_vae(edited_copy(path, WEIGHTS, tmp_path / "extra",
                            edit_state=lambda s: s.update({bogus: np.zeros((64, 64, 3, 3), np.float32)})))
     with pytest.raises(CheckpointError, match="shape mismatch for key 'encoder.conv_out.weight'"):
-        load_vae(copy_with(path, tmp_path / "shape", edit_config=lambda c: c.update(latent_channels=8)))
+        load_vae(edited_copy(path, WEIGHTS, tmp_path / "shape", edit_config=lambda c: c.update(latent_channels=8)))
 
 
 def test_wrong_directory(tmp_path):

@@ -8,7 +8,8 @@ from flax import nnx
 from pixart_jax import checkpoints
 from pixart_jax.config import PRESETS
 from pixart_jax.transformer import PixArtTransformer
-from pixart_jax.weights import CheckpointError, load_safetensors, save_safetensors
+from pixart_jax.weights import CheckpointError
+from tests.parity import edited_copy
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
@@ -20,35 +21,28 @@ def good_dir(tmp_path_factory):
     return path
 
 
-def edited_copy(good_dir, tmp_path, edit):
-    tensors = {k: np.array(v) for k, v in load_safetensors(str(good_dir / WEIGHTS)).items()}
-    edit(tensors)
-    dst = tmp_path / "transformer"
-    dst.mkdir()
-    (dst / "config.json").write_text((good_dir / "config.json").read_text())
-    save_safetensors(tensors, str(dst / WEIGHTS))
-    return str(dst)
-
-
 def test_good_directory_loads(good_dir):
     assert checkpoints.load_transformer(str(good_dir)).cfg.depth == PRESETS["tiny"].depth
 
 
 def test_missing_key_is_named_with_its_shape(good_dir, tmp_path):
-    path = edited_copy(good_dir, tmp_path, lambda t: t.pop("transformer_blocks.1.attn2.to_v.weight"))
+    path = edited_copy(good_dir, WEIGHTS, tmp_path / "t",
+                       lambda t: t.pop("transformer_blocks.1.attn2.to_v.weight"))
     with pytest.raises(CheckpointError, match=r"missing key 'transformer_blocks\.1\.attn2\.to_v\.weight' "
                                               r"\(expected shape \(48, 48\)\)"):
         checkpoints.load_transformer(path)
 
 
 def test_extra_key_is_named(good_dir, tmp_path):
-    path = edited_copy(good_dir, tmp_path, lambda t: t.update({"lora.up.weight": np.zeros((3, 2), np.float32)}))
+    path = edited_copy(good_dir, WEIGHTS, tmp_path / "t",
+                       lambda t: t.update({"lora.up.weight": np.zeros((3, 2), np.float32)}))
     with pytest.raises(CheckpointError, match=r"unexpected key 'lora\.up\.weight' of shape \(3, 2\)"):
         checkpoints.load_transformer(path)
 
 
 def test_wrong_shape_names_key_and_both_shapes(good_dir, tmp_path):
-    path = edited_copy(good_dir, tmp_path, lambda t: t.update({"proj_out.weight": np.zeros((16, 48), np.float32)}))
+    path = edited_copy(good_dir, WEIGHTS, tmp_path / "t",
+                       lambda t: t.update({"proj_out.weight": np.zeros((16, 48), np.float32)}))
     with pytest.raises(CheckpointError, match=r"'proj_out\.weight'.* has \(16, 48\), model expects \(32, 48\)"):
         checkpoints.load_transformer(path)
 

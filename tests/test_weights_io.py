@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pixart_jax.weights import CheckpointError, load_pth, load_safetensors, save_pth, save_safetensors
-from pixart_jax.weights.files import read_safetensors_dir
+from pixart_jax.weights.files import read_weights
 
 FIXTURE = "../shared/fixtures/controlnet-ms-tiny/controlnet.pth"
 
@@ -34,12 +34,12 @@ def test_safetensors_round_trip_and_sharded_index(tmp_path):
     save_safetensors({k: tensors[k] for k in ("t", "i", "s")}, str(tmp_path / "m-00002-of-00002.safetensors"))
     weight_map = {k: f"m-0000{1 if k in 'wb' else 2}-of-00002.safetensors" for k in tensors}
     (tmp_path / "m.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    back = read_safetensors_dir(str(tmp_path), "m")
+    back = read_weights(str(tmp_path), "x.bin", "m.safetensors")
     assert back.keys() == tensors.keys()
     for k, v in tensors.items():
         np.testing.assert_array_equal(back[k], v)
-    with pytest.raises(CheckpointError, match="has neither x.safetensors nor x.safetensors.index.json"):
-        read_safetensors_dir(str(tmp_path), "x")
+    with pytest.raises(CheckpointError, match="has no weights: none of x.safetensors, y.bin"):
+        read_weights(str(tmp_path), "x.safetensors", "y.bin")
 
 
 def test_unpickler_refuses_arbitrary_globals(tmp_path):

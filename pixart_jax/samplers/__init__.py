@@ -14,8 +14,13 @@ from pixart_jax.samplers.ddpm import LearnedVarianceDDPM
 from pixart_jax.samplers.dpm_solver import DPMSolverMultistep
 from pixart_jax.samplers.lcm import LCM
 from pixart_jax.samplers.loop import Sampler, table_row
-from pixart_jax.samplers.registry import (SAMPLERS, SCHEDULER_CLASSES, from_scheduler_config, load_scheduler_config,
-                                          make_sampler)
+from pixart_jax.samplers.registry import (
+                                          SAMPLERS,
+                                          SCHEDULER_CLASSES,
+                                          from_scheduler_config,
+                                          load_scheduler_config,
+                                          make_sampler,
+)
 from pixart_jax.samplers.schedule import PIXART_SCHEDULE, DDPMSchedule
 
 __all__ = ["DDIM", "DDPMSchedule", "DPMSolverMultistep", "LCM", "LearnedVarianceDDPM", "PIXART_SCHEDULE", "SAMPLERS",

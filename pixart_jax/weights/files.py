@@ -13,20 +13,41 @@ from pixart_jax.weights.torch_pickle import load_pth
 PTH_STATE_KEYS = ("state_dict", "state_dict_ema", "ema", "model")
 
 
-def read_safetensors_dir(directory, stem):
-    """`stem.safetensors`, or the shards listed in `stem.safetensors.index.json`, merged into one dict."""
-    single = os.path.join(directory, f"{stem}.safetensors")
-    index = single + ".index.json"
-    if os.path.exists(single):
-        return load_safetensors(single)
-    if not os.path.exists(index):
-        raise CheckpointError(f"{directory} has neither {stem}.safetensors nor {stem}.safetensors.index.json")
-    with open(index) as f:
-        shards = sorted(set(json.load(f)["weight_map"].values()))
-    tensors = {}
-    for shard in shards:
-        tensors.update(load_safetensors(os.path.join(directory, shard)))
-    return tensors
+def read_json(path):
+    """A JSON file's content; a CheckpointError names the file if it is missing or not JSON."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+
+
+def read_model_config(directory, what, subfolder):
+    """(path, dict) of `directory/config.json`; a CheckpointError if there is none, pointing a pipeline folder to
+    its `subfolder`."""
+    path = os.path.join(directory, "config.json")
+    if not os.path.isfile(path):
+        hint = (f" (it is a pipeline folder: pass its {subfolder}/ subfolder)"
+                if os.path.isfile(os.path.join(directory, "model_index.json")) else "")
+        raise CheckpointError(f"{directory} is not a {what} folder: it has no config.json{hint}")
+    return path, read_json(path)
+
+
+def read_weights(directory, *names):
+    """Tensors of the first of `names` (e.g. "model.safetensors", "pytorch_model.bin") found in `directory`,
+    as one file or as the shards listed in `<name>.index.json`, merged into one dict."""
+    for name in names:
+        single = os.path.join(directory, name)
+        if os.path.exists(single):
+            return read_state_dict(single)
+        if os.path.exists(single + ".index.json"):
+            shards = sorted(set(read_json(single + ".index.json")["weight_map"].values()))
+            tensors = {}
+            for shard in shards:
+                tensors.update(read_state_dict(os.path.join(directory, shard)))
+            return tensors
+    raise CheckpointError(f"{directory} has no weights: none of {', '.join(names)} (single or sharded with an "
+                          ".index.json)")
 
 
 def read_state_dict(path, pth_key=None):
