@@ -1,4 +1,4 @@
-"""The `pixart-jax` command line."""
+"""The `pixart-jax` command line: `generate` from a PixArt pipeline directory, `sample-random` as an install check."""
 import argparse
 import os
 import sys
@@ -6,54 +6,87 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
-from PIL import Image
 
 from pixart_jax.config import PRESETS
+from pixart_jax.images import grid
+from pixart_jax.pipeline import PixArtPipeline
 from pixart_jax.samplers import DDIM
 from pixart_jax.transformer import PixArtTransformer
 from pixart_jax.vae import AutoencoderKL, VAEConfig
 
 TINY_VAE = VAEConfig(block_out_channels=(32, 32, 32, 32), layers_per_block=1)
+DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
 
-def to_uint8(images):
-    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8."""
-    return np.asarray(jnp.clip((images + 1) * 127.5, 0, 255).round().astype(jnp.uint8)).transpose(0, 2, 3, 1)
+class CompileClock:
+    """Seconds JAX spent tracing and compiling since the last reset (from jax.monitoring events)."""
+
+    seconds = 0.0
+
+    @classmethod
+    def listen(cls, event, duration, **_):
+        if event.startswith("/jax/core/compile/"):
+            cls.seconds += duration
+
+
+jax.monitoring.register_event_duration_secs_listener(CompileClock.listen)
+
+
+def timed_call(pipe, **kwargs):
+    """(images, compile seconds, run seconds) of one pipeline call."""
+    CompileClock.seconds = 0.0
+    start = time.perf_counter()
+    images = pipe(**kwargs)
+    total = time.perf_counter() - start
+    return images, CompileClock.seconds, total - CompileClock.seconds
+
+
+def save_images(images, out):
+    """One image: `out`. Several: `stem-0.png`, `stem-1.png`, ... and their grid as `out`."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    if len(images) == 1:
+        images[0].save(out)
+        return [out]
+    stem = os.path.splitext(out)[0]
+    paths = [f"{stem}-{i}.png" for i in range(len(images))]
+    for image, path in zip(images, paths):
+        image.save(path)
+    grid(images).save(out)
+    return paths + [out]
+
+
+def generate(args):
+    """Text-to-image with a PixArt pipeline directory in the diffusers layout."""
+    if not args.out.lower().endswith(".png"):
+        raise ValueError(f"--out must name a .png file, got {args.out!r}")
+    start = time.perf_counter()
+    pipe = PixArtPipeline.from_pretrained(args.model, dtype=DTYPES[args.dtype], sampler=args.scheduler)
+    print(f"loaded {args.model} in {time.perf_counter() - start:.1f} s ({type(pipe.sampler).__name__})")
+    images, compile_s, run_s = timed_call(
+        pipe, prompt=args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
+        guidance_scale=args.guidance, height=args.height, width=args.width, seed=args.seed,
+        num_images_per_prompt=args.num_images)
+    for path in save_images(images, args.out):
+        print(f"wrote {path}")
+    print(f"{len(images)} image(s) {images[0].size[0]}x{images[0].size[1]}, {args.steps} steps: compile "
+          f"{compile_s:.1f} s, run {run_s:.1f} s on {jax.devices()[0].platform}")
 
 
 def sample_random(args):
     """DDIM with a tiny randomly initialised PixArt and VAE: checks the install end to end in seconds."""
-    if args.size % 16:
-        raise SystemExit(f"error: --size must be a multiple of 16 (8 for the VAE x 2 for the patches), got {args.size}")
-    key = jax.random.key(args.seed)
-    k_model, k_vae, k_text, k_noise = jax.random.split(key, 4)
+    key_model, key_vae, key_text = jax.random.split(jax.random.key(args.seed), 3)
     cfg = PRESETS["tiny"]
-    model = PixArtTransformer(cfg, rngs=nnx.Rngs(k_model))
-    vae = AutoencoderKL(TINY_VAE, rngs=nnx.Rngs(k_vae))
-    # Random weights have a zero final layer (the reference init): re-draw it so the sample is not flat noise.
-    model.final_layer.linear.kernel[...] = 0.02 * jax.random.normal(k_model, model.final_layer.linear.kernel.shape)
-    lat = args.size // 8
-    caption = jax.random.normal(k_text, (1, cfg.max_tokens, cfg.caption_channels))
-    noise = jax.random.normal(k_noise, (1, cfg.in_channels, lat, lat))
-    size = jnp.array([[args.size, args.size]], jnp.float32)
-    graphdef, state = nnx.split((model, vae))
-
-    @jax.jit
-    def generate(state, noise):
-        model, vae = nnx.merge(graphdef, state)
-        eps = lambda x, t: model(x, t, caption, None, size, jnp.ones((1, 1)))[:, :cfg.in_channels]  # noqa: E731
-        return vae.decode(DDIM().sample(eps, noise, args.steps) / TINY_VAE.scaling_factor)
-
-    start = time.perf_counter()
-    compiled = generate.lower(state, noise).compile()
-    compile_s = time.perf_counter() - start
-    start = time.perf_counter()
-    images = jax.block_until_ready(compiled(state, noise))
-    run_s = time.perf_counter() - start
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    Image.fromarray(to_uint8(images)[0]).save(args.out)
+    model = PixArtTransformer(cfg, rngs=nnx.Rngs(key_model))
+    # The reference init zeroes the final layer (the output would be flat): re-draw it so the sample shows something.
+    model.final_layer.linear.kernel[...] = 0.02 * jax.random.normal(key_model, model.final_layer.linear.kernel.shape)
+    pipe = PixArtPipeline(transformer=model, text_encoder=None, tokenizer=None,
+                          vae=AutoencoderKL(TINY_VAE, rngs=nnx.Rngs(key_vae)), sampler=DDIM())
+    caption = jax.random.normal(key_text, (1, cfg.max_tokens, cfg.caption_channels))
+    images, compile_s, run_s = timed_call(pipe, prompt_embeds=caption, num_inference_steps=args.steps,
+                                          guidance_scale=1.0, height=args.size, width=args.size, seed=args.seed,
+                                          use_resolution_binning=False)
+    save_images(images, args.out)
     print(f"wrote {args.out} ({args.size}x{args.size}, {args.steps} DDIM steps): compile {compile_s:.1f} s, "
           f"run {run_s:.2f} s on {jax.devices()[0].platform}")
 
@@ -61,14 +94,33 @@ def sample_random(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="pixart-jax", description="PixArt-α / PixArt-δ in JAX")
     commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("generate", help=generate.__doc__)
+    p.add_argument("--model", required=True, help="pipeline directory (model_index.json, transformer/, ...)")
+    p.add_argument("--prompt", required=True, action="append", help="repeat for several prompts")
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=4.5, help="classifier-free guidance; <= 1 disables it")
+    p.add_argument("--scheduler", choices=["dpm", "ddim", "lcm"], help="default: the directory's scheduler")
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--out", default="out/image.png")
+    p.set_defaults(run=generate)
     p = commands.add_parser("sample-random", help=sample_random.__doc__)
-    p.add_argument("--size", type=int, default=256, help="image side in pixels")
+    p.add_argument("--size", type=int, default=256, help="image side in pixels, a multiple of 16")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/random.png")
     p.set_defaults(run=sample_random)
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        args.run(args)
+    except ValueError as e:  # bad input (CheckpointError included): one clear line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,52 @@
+"""Image post-processing of the pipeline: the resize-back of resolution binning and output conversion."""
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+
+def _bilinear_matrix(n_in, n_out):
+    """(n_out, n_in) weights of half-pixel bilinear resampling without antialiasing (PyTorch's
+    `interpolate(mode="bilinear", align_corners=False)`): source x = (i + 0.5) * n_in / n_out - 0.5, clamped at 0."""
+    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = src - lo
+    m = np.zeros((n_out, n_in))
+    np.add.at(m, (np.arange(n_out), lo), 1 - frac)
+    np.add.at(m, (np.arange(n_out), hi), frac)
+    return m
+
+
+def resize_and_crop(images, height, width):
+    """(B, C, H, W) -> (B, C, height, width): scale to cover the target, keeping the aspect, then centre-crop."""
+    h, w = images.shape[2:]
+    if (h, w) == (height, width):
+        return images
+    ratio = max(height / h, width / w)
+    rh, rw = int(h * ratio), int(w * ratio)
+    mh = jnp.asarray(_bilinear_matrix(h, rh), jnp.float32)
+    mw = jnp.asarray(_bilinear_matrix(w, rw), jnp.float32)
+    resized = jnp.einsum("yh,bchw,xw->bcyx", mh, images, mw, precision="highest")
+    top, left = (rh - height) // 2, (rw - width) // 2
+    return resized[:, :, top:top + height, left:left + width]
+
+
+def to_numpy(images):
+    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) float32 in [0, 1] (diffusers' output_type="np")."""
+    return np.asarray(jnp.clip(images / 2 + 0.5, 0, 1)).transpose(0, 2, 3, 1).astype(np.float32)
+
+
+def to_pil(images):
+    """(B, C, H, W) in [-1, 1] -> list of PIL images (diffusers' output_type="pil")."""
+    return [Image.fromarray(a) for a in (to_numpy(images) * 255).round().astype(np.uint8)]
+
+
+def grid(images, columns=None):
+    """One PIL image tiling `images` (PIL, same size) in rows of `columns` (default: near-square)."""
+    columns = columns or int(np.ceil(np.sqrt(len(images))))
+    rows = int(np.ceil(len(images) / columns))
+    w, h = images[0].size
+    sheet = Image.new("RGB", (columns * w, rows * h), "white")
+    for i, image in enumerate(images):
+        sheet.paste(image, ((i % columns) * w, (i // columns) * h))
+    return sheet

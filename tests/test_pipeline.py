@@ -1,0 +1,86 @@
+"""PixArtPipeline built from components: compile-once, batching, seeds and bad input (no torch needed)."""
+import numpy as np
+import pytest
+from flax import nnx
+
+from pixart_jax.config import PRESETS
+from pixart_jax.pipeline import PixArtPipeline
+from pixart_jax.prompts import load_tokenizer
+from pixart_jax.samplers import DPMSolverMultistep
+from pixart_jax.t5 import T5Config, T5Encoder
+from pixart_jax.transformer import PixArtTransformer
+from pixart_jax.vae import AutoencoderKL, VAEConfig
+from pixart_jax.weights import CheckpointError
+
+pytest.importorskip("sentencepiece")
+from tests.reference_pipeline import TINY_T5, write_tokenizer  # noqa: E402
+
+
+class CountingPipeline(PixArtPipeline):
+    traces = 0
+
+    def _generate_fn(self, *args, **kwargs):
+        CountingPipeline.traces += 1
+        return super()._generate_fn(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    tokenizer_dir = tmp_path_factory.mktemp("tokenizer")
+    write_tokenizer(tokenizer_dir)
+    t5 = {k: v for k, v in TINY_T5.items() if k in T5Config.__dataclass_fields__}
+    return CountingPipeline(
+        transformer=PixArtTransformer(PRESETS["tiny"], rngs=nnx.Rngs(0)),
+        text_encoder=T5Encoder(T5Config(**t5), rngs=nnx.Rngs(1)),
+        tokenizer=load_tokenizer(str(tokenizer_dir)),
+        vae=AutoencoderKL(VAEConfig(block_out_channels=(16, 16, 16, 16), norm_num_groups=8), rngs=nnx.Rngs(2)),
+        sampler=DPMSolverMultistep())
+
+
+def call(pipe, **kwargs):
+    args = dict(prompt="a small red circle", num_inference_steps=3, height=64, width=64, output_type="np",
+                use_resolution_binning=False, progress=False, seed=0)
+    return pipe(**{**args, **kwargs})
+
+
+def test_second_call_with_same_shapes_does_not_recompile(pipe):
+    before = CountingPipeline.traces
+    first = call(pipe, guidance_scale=4.5)
+    second = call(pipe, guidance_scale=7.0, prompt="a big blue square", seed=1)
+    assert CountingPipeline.traces == before + 1
+    assert first.shape == second.shape == (1, 64, 64, 3) and not np.array_equal(first, second)
+    call(pipe, guidance_scale=4.5, height=96)
+    assert CountingPipeline.traces == before + 2
+
+
+def test_batches_seeds_and_output_types(pipe):
+    images = call(pipe, prompt=["a red circle", "a blue square"], num_images_per_prompt=2)
+    assert images.shape == (4, 64, 64, 3) and 0 <= images.min() and images.max() <= 1
+    np.testing.assert_array_equal(call(pipe), call(pipe))
+    assert not np.array_equal(images[0], images[1])  # two images of one prompt get different noise
+    pil = call(pipe, output_type="pil", width=96)
+    assert len(pil) == 1 and pil[0].size == (96, 64)
+    assert call(pipe, output_type="latent").shape == (1, 4, 8, 8)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(prompt=[]), "prompt must be a string or a non-empty list"),
+    (dict(num_inference_steps=0), "num_inference_steps must be a positive integer, got 0"),
+    (dict(height=60), "multiples of 8, got 60x64"),
+    (dict(height=72), "multiples of 16 .* got 72x64"),
+    (dict(guidance_scale=-1.0), "guidance_scale must be >= 0, got -1.0"),
+    (dict(output_type="jpg"), "output_type must be one of"),
+])
+def test_bad_input_fails_before_any_compute(pipe, kwargs, message):
+    before = CountingPipeline.traces
+    with pytest.raises(ValueError, match=message):
+        call(pipe, **kwargs)
+    assert CountingPipeline.traces == before
+
+
+def test_from_pretrained_rejects_other_directories(tmp_path):
+    with pytest.raises(CheckpointError, match="is not a PixArt pipeline directory: it has no model_index.json"):
+        PixArtPipeline.from_pretrained(str(tmp_path))
+    (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    with pytest.raises(CheckpointError, match="'StableDiffusionPipeline', not one of"):
+        PixArtPipeline.from_pretrained(str(tmp_path))
