@@ -48,3 +48,16 @@ def edited_copy(src, weights, dst, edit_state=None, edit_config=None):
     save_safetensors(state, str(dst / weights))
     (dst / "config.json").write_text(json.dumps(config))
     return str(dst)
+
+
+def redraw_nnx(model, seed, scale=0.05):
+    """Re-draws every nnx.Param of our model at random, N(0, scale^2) (zero-initialised layers included)."""
+    import jax
+    from flax import nnx
+
+    state = nnx.state(model, nnx.Param)
+    leaves, treedef = jax.tree.flatten(state)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    nnx.update(model, jax.tree.unflatten(
+        treedef, [scale * jax.random.normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves)]))
+    return model

@@ -13,6 +13,7 @@ from pixart_jax.vae import AutoencoderKL, VAEConfig
 from pixart_jax.weights import CheckpointError
 
 pytest.importorskip("sentencepiece")
+from tests.parity import redraw_nnx  # noqa: E402
 from tests.reference_pipeline import TINY_T5, write_tokenizer  # noqa: E402
 
 
@@ -30,7 +31,7 @@ def pipe(tmp_path_factory):
     write_tokenizer(tokenizer_dir)
     t5 = {k: v for k, v in TINY_T5.items() if k in T5Config.__dataclass_fields__}
     return CountingPipeline(
-        transformer=PixArtTransformer(PRESETS["tiny"], rngs=nnx.Rngs(0)),
+        transformer=redraw_nnx(PixArtTransformer(PRESETS["tiny"], rngs=nnx.Rngs(0)), 0),
         text_encoder=T5Encoder(T5Config(**t5), rngs=nnx.Rngs(1)),
         tokenizer=load_tokenizer(str(tokenizer_dir)),
         vae=AutoencoderKL(VAEConfig(block_out_channels=(16, 16, 16, 16), norm_num_groups=8), rngs=nnx.Rngs(2)),
@@ -84,3 +85,13 @@ def test_from_pretrained_rejects_other_directories(tmp_path):
     (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
     with pytest.raises(CheckpointError, match="'StableDiffusionPipeline', not one of"):
         PixArtPipeline.from_pretrained(str(tmp_path))
+
+
+def test_null_caption_modes(pipe):
+    """The unconditional branch: T5 of the negative prompt (diffusers) or the checkpoint's y_embedding (repo)."""
+    t5_null = call(pipe, guidance_scale=4.5)
+    y_null = call(pipe, guidance_scale=4.5, null_caption="y_embedding")
+    assert not np.array_equal(t5_null, y_null)
+    # without guidance the null caption is unused (T5 runs on a different batch size: rounding differs)
+    np.testing.assert_allclose(call(pipe, guidance_scale=1.0), call(pipe, guidance_scale=1.0,
+                                                                    null_caption="y_embedding"), atol=1e-5)
