@@ -1,9 +1,10 @@
 """pixart-jax: PixArt-α / PixArt-δ in JAX + Flax NNX, with parity to the PyTorch reference."""
 from pixart_jax.checkpoints import load_transformer, save_diffusers, save_jax, save_original
 from pixart_jax.config import PRESETS, PixArtConfig
+from pixart_jax.pipeline import PixArtPipeline
 from pixart_jax.t5 import load_text_encoder
 from pixart_jax.transformer import PixArtTransformer
 from pixart_jax.vae import load_vae
 
-__all__ = ["PRESETS", "PixArtConfig", "PixArtTransformer", "load_text_encoder", "load_transformer", "load_vae",
+__all__ = ["PRESETS", "PixArtConfig", "PixArtPipeline", "PixArtTransformer", "load_text_encoder", "load_transformer", "load_vae",
            "save_diffusers", "save_jax", "save_original"]
