@@ -6,5 +6,5 @@ from pixart_jax.t5 import load_text_encoder
 from pixart_jax.transformer import PixArtTransformer
 from pixart_jax.vae import load_vae
 
-__all__ = ["PRESETS", "PixArtConfig", "PixArtPipeline", "PixArtTransformer", "load_text_encoder", "load_transformer", "load_vae",
-           "save_diffusers", "save_jax", "save_original"]
+__all__ = ["PRESETS", "PixArtConfig", "PixArtPipeline", "PixArtTransformer", "load_text_encoder", "load_transformer",
+           "load_vae", "save_diffusers", "save_jax", "save_original"]

@@ -4,7 +4,9 @@ Caption cleaning (the DeepFloyd-IF / PixArt `clean_caption` procedure, applied t
 truncated to 120 tokens with an attention mask, and the conditional / unconditional embeddings for guidance.
 """
 import html
+import io
 import logging
+import os
 import re
 import urllib.parse as urlparse
 from typing import NamedTuple
@@ -104,6 +106,21 @@ def load_tokenizer(directory):
     from transformers import T5Tokenizer  # imported on use: transformers takes seconds to import
 
     return T5Tokenizer.from_pretrained(directory)
+
+
+def train_tokenizer(texts, directory, vocab_size=90):
+    """Trains a SentencePiece unigram model on `texts` and writes it as a T5 tokenizer folder (`spiece.model`; pad 0,
+    eos 1, unk 2, no bos — T5's ids). For small models built offline; returns the folder's path."""
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
+                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   character_coverage=1.0, hard_vocab_limit=False, minloglevel=2)
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "spiece.model"), "wb") as f:
+        f.write(model.getvalue())
+    return str(directory)
 
 
 def tokenize(tokenizer, texts, max_length=MAX_LENGTH):

@@ -1,9 +1,8 @@
 """Tiny random diffusers PixArt pipelines saved in the real on-disk layout (no hub): the reference of the
 end-to-end tests. Every weight is re-drawn at random; the tokenizer is a SentencePiece model trained here."""
-import io
-
 import numpy as np
 
+from pixart_jax.prompts import train_tokenizer
 from tests.parity import redraw
 
 CAPTION_TEXT = ["a small red circle at the top left", "a big blue square in the middle of the picture",
@@ -22,17 +21,10 @@ TINY_VAE = dict(block_out_channels=[16, 16, 16, 16], layers_per_block=1, norm_nu
 
 
 def write_tokenizer(path, vocab_size=60):
-    """A T5 tokenizer folder: a SentencePiece unigram `spiece.model` (pad 0, eos 1, unk 2, no bos)."""
-    import sentencepiece as spm
+    """A T5 tokenizer folder trained on CAPTION_TEXT, loaded as transformers' T5Tokenizer (diffusers needs that)."""
     from transformers import T5Tokenizer
 
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(CAPTION_TEXT), model_writer=model, vocab_size=vocab_size,
-                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-                                   character_coverage=1.0, hard_vocab_limit=False, minloglevel=2)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "spiece.model").write_bytes(model.getvalue())
-    return T5Tokenizer.from_pretrained(str(path))
+    return T5Tokenizer.from_pretrained(train_tokenizer(CAPTION_TEXT, path, vocab_size))
 
 
 def build_pipeline(directory, *, micro, scheduler, seed=0, transformer=TINY_TRANSFORMER, t5=TINY_T5,

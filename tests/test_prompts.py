@@ -1,15 +1,14 @@
 """Prompt encoding: caption cleaning, 120-token tokenisation and both null-caption modes, against the diffusers
 PixArtAlphaPipeline (`_text_preprocessing`, `encode_prompt`) with a SentencePiece tokenizer built locally."""
-import io
 import logging
 
 import numpy as np
 import pytest
 
-from pixart_jax.prompts import MAX_LENGTH, encode_prompt, load_tokenizer, preprocess, tokenize
+from pixart_jax.prompts import MAX_LENGTH, encode_prompt, load_tokenizer, preprocess, tokenize, train_tokenizer
 from tests.parity import redraw, rel_error
 
-spm = pytest.importorskip("sentencepiece")
+pytest.importorskip("sentencepiece")
 
 # (caption, what two cleaning passes make of it), recorded from diffusers' PixArtAlphaPipeline._text_preprocessing.
 CLEANED = [
@@ -58,13 +57,7 @@ TRAINING_TEXT = ["a photo of a cat sitting on a red sofa", "an astronaut riding 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     """A T5 tokenizer in the real on-disk format: a SentencePiece unigram `spiece.model` (pad 0, eos 1, unk 2)."""
-    path = tmp_path_factory.mktemp("tokenizer")
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(TRAINING_TEXT), model_writer=model, vocab_size=90,
-                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-                                   character_coverage=1.0, hard_vocab_limit=False, minloglevel=2)
-    (path / "spiece.model").write_bytes(model.getvalue())
-    return load_tokenizer(str(path))
+    return load_tokenizer(train_tokenizer(TRAINING_TEXT, tmp_path_factory.mktemp("tokenizer")))
 
 
 def test_cleaning_matches_recorded_reference():
