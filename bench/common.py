@@ -18,6 +18,22 @@ def median_seconds(fn, runs):
     return statistics.median(times)
 
 
+def timed_pair(ours, theirs, runs):
+    """((first call, median) of ours, (first call, median) of theirs): one warm-up call each (compilation
+    included), then `runs` timed calls interleaved so that load from other processes hits both sides alike."""
+    first, times = [], ([], [])
+    for fn in (ours, theirs):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        first.append(time.perf_counter() - start)
+    for _ in range(runs):
+        for fn, record in zip((ours, theirs), times, strict=True):
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            record.append(time.perf_counter() - start)
+    return tuple((f, statistics.median(t)) for f, t in zip(first, times, strict=True))
+
+
 def matmul_gflops(n=4096, runs=5):
     """Measured fp32 n x n matmul rate (GFLOP/s) of JAX/XLA and of PyTorch on this machine."""
     import torch

@@ -8,37 +8,24 @@ transformers and diffusers.
     python bench/encoders.py [--runs 5] [--t5-layers 2]
 """
 import argparse
-import statistics
+import os
+import sys
 import tempfile
-import time
 
-import jax
-import numpy as np
-import torch
-from flax import nnx
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pixart_jax.t5 import load_text_encoder
-from pixart_jax.vae import SD_VAE, load_vae
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from bench.common import timed_pair  # noqa: E402
+from pixart_jax.t5 import load_text_encoder  # noqa: E402
+from pixart_jax.vae import SD_VAE, load_vae  # noqa: E402
 
 # T5-v1.1-XXL widths (PixArt's text encoder) with a small vocabulary: only the embedding table is smaller.
 T5_XXL = dict(vocab_size=1024, d_model=4096, d_kv=64, num_heads=64, d_ff=10240, feed_forward_proj="gated-gelu",
               relative_attention_num_buckets=32, relative_attention_max_distance=128)
-
-
-def timed_pair(ours, theirs, runs):
-    """((first call, median) of ours, (first call, median) of theirs), the timed calls interleaved so that load
-    from other processes on a shared machine hits both sides alike."""
-    first, times = [], ([], [])
-    for fn in (ours, theirs):
-        start = time.perf_counter()
-        fn()
-        first.append(time.perf_counter() - start)
-    for _ in range(runs):
-        for fn, record in zip((ours, theirs), times, strict=True):
-            start = time.perf_counter()
-            fn()
-            record.append(time.perf_counter() - start)
-    return tuple((f, statistics.median(t)) for f, t in zip(first, times, strict=True))
 
 
 def bench_t5(directory, layers, runs, batch=2, length=120):

@@ -2,7 +2,8 @@
 
   python bench/forward.py [--sizes 256 512] [--batch 2] [--runs 3]
 
-Prints seconds per forward (median, compilation excluded), the ratio, and achieved GFLOP/s against the
+Prints seconds per forward
+(median of interleaved calls, compilation excluded), the ratio, and achieved GFLOP/s against the
 measured 4096^2 matmul rate of each framework on this machine.
 """
 import argparse
@@ -18,7 +19,7 @@ import torch  # noqa: E402
 from diffusers import PixArtTransformer2DModel  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from bench.common import matmul_gflops, median_seconds, print_table  # noqa: E402
+from bench.common import matmul_gflops, print_table, timed_pair  # noqa: E402
 from pixart_jax.checkpoints import load_transformer  # noqa: E402
 from pixart_jax.config import PRESETS  # noqa: E402
 
@@ -66,14 +67,14 @@ def main():
         mask = np.ones((args.batch, 120), np.float32)
         res = np.full((args.batch, 2), size, np.float32)
         ar = np.ones((args.batch, 1), np.float32)
-        ours_s = median_seconds(lambda: forward(state, x, t, y, mask, res, ar), args.runs)
         tt = [torch.from_numpy(a) for a in (x, t, y, mask, res, ar)]
 
         def torch_forward():
             with torch.no_grad():
                 return ref(tt[0], encoder_hidden_states=tt[2], timestep=tt[1], encoder_attention_mask=tt[3],
                            added_cond_kwargs={"resolution": tt[4], "aspect_ratio": tt[5]}).sample
-        ref_s = median_seconds(torch_forward, args.runs)
+        (_, ours_s), (_, ref_s) = timed_pair(lambda: forward(state, x, t, y, mask, res, ar), torch_forward,
+                                             args.runs)
         gflop = forward_gflop(cfg, args.batch, lat, lat)
         rows.append([f"{size}x{size} ({lat}x{lat} latent)", args.batch, f"{ours_s:.2f}", f"{ref_s:.2f}",
                      f"{ref_s / ours_s:.2f}x", f"{gflop / ours_s:.0f} ({gflop / ours_s / jax_rate:.0%})",

@@ -18,7 +18,7 @@ import diffusers  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common import median_seconds, print_table  # noqa: E402
+from bench.common import print_table, timed_pair  # noqa: E402
 from pixart_jax.config import PixArtConfig  # noqa: E402
 from pixart_jax.pipeline import PixArtPipeline  # noqa: E402
 from pixart_jax.samplers import from_scheduler_config  # noqa: E402
@@ -57,10 +57,10 @@ def main():
             ref.scheduler, ours.sampler = ref_scheduler, ours_sampler
             kwargs = dict(num_inference_steps=steps, guidance_scale=guidance, height=args.size, width=args.size,
                           output_type="np", use_resolution_binning=False)
-            ours_s = median_seconds(lambda: ours(prompt, latents=latents, progress=False, **kwargs), args.runs)
             with torch.no_grad():
-                ref_s = median_seconds(lambda: ref(prompt, latents=torch.from_numpy(latents), **kwargs).images,
-                                       args.runs)
+                (_, ours_s), (_, ref_s) = timed_pair(
+                    lambda: ours(prompt, latents=latents, progress=False, **kwargs),
+                    lambda: ref(prompt, latents=torch.from_numpy(latents), **kwargs).images, args.runs)
             rows.append([name, f"{ours_s:.2f}", f"{ref_s:.2f}", f"{ref_s / ours_s:.2f}x"])
     print(f"{args.size}x{args.size}, transformer {layers} layers at XL/2 width, T5 {args.t5_layers} layers at XXL "
           f"width, SD VAE, fp32, batch 1, median of {args.runs} (compilation excluded)")
