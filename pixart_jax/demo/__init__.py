@@ -1,0 +1,1 @@
+"""The embedded demo: a procedural captioned shapes dataset and a procedural text-image alignment checker."""
