@@ -41,7 +41,8 @@ class _Progress:
 
 @dataclasses.dataclass
 class PixArtPipeline:
-    """transformer, text_encoder (callable (ids, mask) -> embeddings), tokenizer, vae and sampler, as components."""
+    """transformer, text_encoder (callable (ids, mask) -> embeddings), tokenizer, vae (anything with `decode`,
+    `scaling_factor` and `spatial_factor`, e.g. an AutoencoderKL) and sampler, as components."""
 
     transformer: nnx.Module
     text_encoder: object
@@ -73,7 +74,7 @@ class PixArtPipeline:
 
     @property
     def vae_scale_factor(self):
-        return 2 ** (len(self.vae.cfg.block_out_channels) - 1)
+        return self.vae.spatial_factor
 
     def _generate_fn(self, state, latents, embeds, mask, resolution, aspect_ratio, guidance_scale, key, *, steps,
                      sampler, guided, denoised_only, out_size, decode, progress):

@@ -215,6 +215,7 @@ class AutoencoderKL(nnx.Module):
         self.cfg = cfg
         self.dtype = jnp.dtype(dtype)
         self.scaling_factor = cfg.scaling_factor
+        self.spatial_factor = 2 ** (len(cfg.block_out_channels) - 1)  # image pixels per latent pixel, per side
         self.encoder = Encoder(cfg, dtype, rngs=rngs)
         self.decoder = Decoder(cfg, dtype, rngs=rngs)
         moments, latents = 2 * cfg.latent_channels, cfg.latent_channels
