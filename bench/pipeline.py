@@ -24,7 +24,8 @@ from pixart_jax.pipeline import PixArtPipeline  # noqa: E402
 from pixart_jax.samplers import from_scheduler_config  # noqa: E402
 from tests.reference_pipeline import TINY_T5, build_pipeline  # noqa: E402
 
-SD_VAE = dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4, sample_size=512)
+SD_VAE = dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4, sample_size=512,
+              down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
 XXL_T5 = dict(TINY_T5, vocab_size=64, d_model=4096, d_kv=64, d_ff=10240, num_heads=64,
               relative_attention_num_buckets=32, relative_attention_max_distance=128)
 
