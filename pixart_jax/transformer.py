@@ -3,6 +3,8 @@
 Parameters are fp32; `dtype` is the compute dtype of the matmuls. LayerNorm, softmax and the timestep features
 run in fp32, and in fp32 compute every matmul runs at "highest" precision so fp32 means fp32 on GPU/TPU too.
 The blocks are stored stacked (leading `depth` axis) and run with `jax.lax.scan`: one block is compiled once.
+With `remat=True` each block's activations are recomputed in the backward pass (one checkpoint per block, as the
+reference trains), trading compute for memory.
 """
 import jax
 import jax.numpy as jnp
@@ -140,9 +142,9 @@ class PixArtTransformer(nnx.Module):
     encoder_hidden_states (B, L, caption_channels), encoder_attention_mask (B, L) 0/1, and for micro-conditioned
     (MS) models resolution (B, 2) = [height, width] in pixels and aspect_ratio (B, 1). Returns (B, 8, H, W)."""
 
-    def __init__(self, cfg: PixArtConfig, dtype=jnp.float32, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: PixArtConfig, dtype=jnp.float32, *, remat=False, rngs: nnx.Rngs):
         d = cfg.hidden_size
-        self.cfg, self.dtype = cfg, dtype
+        self.cfg, self.dtype, self.remat = cfg, dtype, remat
         self.x_embedder = PatchEmbed(cfg, dtype, rngs=rngs)
         self.t_embedder = Mlp(256, d, d, jax.nn.silu, dtype, normal_002, rngs=rngs)
         if cfg.micro_conditions:
@@ -195,6 +197,8 @@ class PixArtTransformer(nnx.Module):
             def run_block(x, state):
                 return nnx.merge(block_def, state)(x, t0, context, mask), None
 
+            if self.remat:
+                run_block = jax.checkpoint(run_block, prevent_cse=False)
             x, _ = jax.lax.scan(run_block, x, block_state)
             out = self.final_layer(x, t)
         return unpatchify(out.astype(jnp.float32), h, w, p, cfg.out_channels)

@@ -1,0 +1,162 @@
+"""Training configuration: typed dataclasses read through OmegaConf structured configs.
+
+`load_config("configs/tiny.yaml", ["workdir=runs/tiny", "steps=8"])` merges the YAML file and the dotted
+overrides onto the schema below. Unknown keys, wrong types and missing required values (`workdir`, `steps`,
+`checkpoint_every`, `seed`) raise `ConfigError` before anything is built or compiled.
+"""
+import dataclasses
+from typing import Dict, List, Optional
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+SAMPLERS = ("ddim", "dpm_solver")
+
+
+class ConfigError(ValueError):
+    """A training config that cannot be used, with the reason."""
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    preset: str = "tiny"                    # a pixart_jax.config.PRESETS name
+    init_from: Optional[str] = None         # a converted checkpoint to fine-tune from (any load_transformer layout)
+    compute_dtype: str = "float32"          # matmul dtype; parameters stay fp32
+    remat: bool = False                     # recompute each block's activations in the backward pass
+    caption_dropout: float = 0.1            # probability of replacing a caption by y_embedding (mask kept)
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    lr: float = 2e-5                        # before the optional sqrt scaling
+    sqrt_lr_scaling: bool = True            # lr *= sqrt(global batch * grad_accum_steps / 256)
+    weight_decay: float = 0.03
+    eps: float = 1e-10
+    b1: float = 0.9
+    b2: float = 0.999
+    grad_clip: float = 0.01                 # max global L2 norm of the (accumulated) gradient
+    warmup_steps: int = 1000                # linear warmup from 0, counted in optimizer steps
+    grad_accum_steps: int = 1
+    ema_rate: float = 0.9999
+
+
+@dataclasses.dataclass
+class MeshConfig:
+    data: int = -1                          # -1: every device not used by fsdp
+    fsdp: int = 1
+    # logical parameter axis -> mesh axis (or null = replicated); see train/sharding.py for the logical names
+    rules: Dict[str, Optional[str]] = dataclasses.field(default_factory=lambda: {
+        "layers": None, "kernel_in": "fsdp", "kernel_out": None, "table": None})
+
+
+@dataclasses.dataclass
+class DataConfig:
+    source: str = "synthetic"               # a records directory, or "synthetic" (train/synthetic.py)
+    batch_size: int = 8                     # global batch per micro-step, over all hosts
+    synthetic_examples: int = 16
+    synthetic_buckets: List[str] = dataclasses.field(default_factory=lambda: ["1.0"])
+
+
+@dataclasses.dataclass
+class LoggingConfig:
+    log_every: int = 1                      # TensorBoard scalars; metrics.jsonl gets every step regardless
+    progress: bool = True                   # tqdm bar on process 0
+
+
+@dataclasses.dataclass
+class SampleConfig:
+    every: int = 0                          # optimizer steps between sample grids; 0 = never
+    sampler: str = "dpm_solver"
+    steps: int = 14
+    guidance_scale: float = 4.5
+    num_images: int = 4                     # taken from the first batch's captions
+    vae: Optional[str] = None               # diffusers VAE directory; None shows latent channels 0-2
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    max_to_keep: int = 3
+    async_save: bool = True
+    # several processes agree on a SIGTERM at a step boundary every this many steps (each check waits for the step)
+    preemption_check_every: int = 1
+
+
+@dataclasses.dataclass
+class DistributedConfig:
+    coordinator: Optional[str] = None       # "host:port"; set (with num_processes/process_id) for several hosts
+    num_processes: int = 1
+    process_id: int = 0
+    auto: bool = False                      # jax.distributed.initialize() from the cluster environment
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    workdir: str = MISSING
+    steps: int = MISSING                    # total optimizer steps
+    checkpoint_every: int = MISSING         # optimizer steps between checkpoints (the last step always saves)
+    seed: int = MISSING
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+    sample: SampleConfig = dataclasses.field(default_factory=SampleConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
+
+
+def _check(cfg):
+    from pixart_jax.config import PRESETS
+
+    problems = []
+    if cfg.model.preset not in PRESETS:
+        problems.append(f"model.preset {cfg.model.preset!r} is not one of {sorted(PRESETS)}")
+    if cfg.model.compute_dtype not in COMPUTE_DTYPES:
+        problems.append(f"model.compute_dtype must be one of {COMPUTE_DTYPES}")
+    if cfg.sample.sampler not in SAMPLERS:
+        problems.append(f"sample.sampler must be one of {SAMPLERS}")
+    for name in ("steps", "checkpoint_every", "data.batch_size", "optimizer.grad_accum_steps",
+                 "checkpoint.max_to_keep", "checkpoint.preemption_check_every", "logging.log_every"):
+        if OmegaConf.select(OmegaConf.structured(cfg), name) < 1:
+            problems.append(f"{name} must be at least 1")
+    if not 0 <= cfg.model.caption_dropout <= 1:
+        problems.append("model.caption_dropout must be in [0, 1]")
+    if not 0 <= cfg.optimizer.ema_rate <= 1:
+        problems.append("optimizer.ema_rate must be in [0, 1]")
+    if cfg.optimizer.warmup_steps < 0:
+        problems.append("optimizer.warmup_steps must be >= 0")
+    unknown = sorted(set(cfg.mesh.rules.values()) - {None, "data", "fsdp"})
+    if unknown:
+        problems.append(f"mesh.rules map onto unknown mesh axes {unknown} (mesh axes: data, fsdp)")
+    if problems:
+        raise ConfigError("invalid training config: " + "; ".join(problems))
+    return cfg
+
+
+def load_config(path=None, overrides=()):
+    """The TrainConfig from a YAML file (optional) and dotted `key=value` overrides, fully validated."""
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must be key=value, got {bad}")
+    try:
+        merged = OmegaConf.structured(TrainConfig)
+        if path is not None:
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"invalid training config{f' {path}' if path else ''}: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
+    return _check(cfg)
+
+
+def to_yaml(cfg):
+    """The resolved config as YAML text (saved with every run)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg):
+    """The resolved config as plain JSON-able containers."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg))
