@@ -47,13 +47,13 @@ def time_steps(step, steps):
 
 def run_jax(args):
     import jax
+    from flax import nnx
 
     from pixart_jax.config import PRESETS
     from pixart_jax.transformer import PixArtTransformer
     from train.config import OptimizerConfig
     from train.sharding import device_batch, make_mesh
     from train.step import TrainStep, init_state, make_optimizer, split_model
-    from flax import nnx
 
     mesh = make_mesh(1, 1, jax.devices()[:1])
     model = PixArtTransformer(PRESETS[PRESET], rngs=nnx.Rngs(0))

@@ -5,9 +5,21 @@ import numpy as np
 import pytest
 
 from pixart_jax.demo.checker import alignment_percent, attribute_percentages, detect, score
-from pixart_jax.demo.shapes import (COLOURS, KINDS, POSITIONS, SIZES, Attributes, attribute_space, caption,
-                                    evaluation_set, from_model_output, make_dataset, parse_caption, render,
-                                    to_model_input)
+from pixart_jax.demo.shapes import (
+    COLOURS,
+    KINDS,
+    POSITIONS,
+    SIZES,
+    Attributes,
+    attribute_space,
+    caption,
+    evaluation_set,
+    from_model_output,
+    make_dataset,
+    parse_caption,
+    render,
+    to_model_input,
+)
 
 FIELDS = Attributes._fields
 
