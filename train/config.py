@@ -106,7 +106,7 @@ class TrainConfig:
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
 
 
-def _check(cfg):
+def check(cfg):
     from pixart_jax.config import PRESETS
 
     problems = []
@@ -134,13 +134,14 @@ def _check(cfg):
     return cfg
 
 
-def load_config(path=None, overrides=()):
-    """The TrainConfig from a YAML file (optional) and dotted `key=value` overrides, fully validated."""
+def load_config(path=None, overrides=(), schema=None, validate=None):
+    """The `schema` config (default TrainConfig) from a YAML file (optional) and dotted `key=value` overrides,
+    validated by `validate` (default `check`)."""
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"overrides must be key=value, got {bad}")
     try:
-        merged = OmegaConf.structured(TrainConfig)
+        merged = OmegaConf.structured(schema or TrainConfig)
         if path is not None:
             merged = OmegaConf.merge(merged, OmegaConf.load(path))
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
@@ -149,7 +150,7 @@ def load_config(path=None, overrides=()):
         raise ConfigError(f"invalid training config{f' {path}' if path else ''}: {e}") from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from None
-    return _check(cfg)
+    return (validate or check)(cfg)
 
 
 def to_yaml(cfg):

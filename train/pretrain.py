@@ -68,10 +68,22 @@ def data_source(cfg, model_cfg):
                               max_tokens=model_cfg.max_tokens, buckets=tuple(cfg.data.synthetic_buckets))
 
 
-def train(cfg, examples=None):
+class Pretraining:
+    """What `train` trains by default: train/step.py's state (params, EMA) and TrainStep. Another objective
+    (train/lcm.py) passes its own object with these three methods and reuses the whole loop."""
+    abstract_state = staticmethod(abstract_state)
+    init_state = staticmethod(init_state)
+
+    @staticmethod
+    def make_step(cfg, graphdef, tx, schedule, shardings, mesh):
+        return TrainStep(graphdef, tx, schedule, shardings, mesh, accum_steps=cfg.optimizer.grad_accum_steps,
+                         ema_rate=cfg.optimizer.ema_rate, caption_dropout=cfg.model.caption_dropout)
+
+
+def train(cfg, examples=None, program=Pretraining):
     """Runs or resumes the run `cfg` (a TrainConfig) describes. `examples` replaces the configured data source
-    (a sequence of example dicts). Returns {"step", "losses" (this invocation's, by step), "state",
-    "traces", "preempted"}."""
+    (a sequence of example dicts); `program` supplies the state and step (see `Pretraining`). Returns {"step",
+    "losses" (this invocation's, by step), "state", "graphdef", "traces", "preempted"}."""
     initialize_distributed(cfg.distributed)
     proc0 = jax.process_index() == 0
     workdir = os.path.abspath(cfg.workdir)
@@ -100,16 +112,15 @@ def train(cfg, examples=None):
     ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.checkpoint.max_to_keep,
                         async_save=cfg.checkpoint.async_save)
     with jax.set_mesh(mesh):
-        target, shardings = abstract_state(model, tx, cfg.seed, mesh, rules)
+        target, shardings = program.abstract_state(model, tx, cfg.seed, mesh, rules)
         restored = ckpts.restore(target, iterator)
         if restored is None:
-            start, (state, _) = 0, init_state(model, tx, cfg.seed, mesh, rules)
+            start, (state, _) = 0, program.init_state(model, tx, cfg.seed, mesh, rules)
         else:
             start, state = restored
             print(f"resumed from checkpoint {start} in {ckpts.directory}", flush=True)
         del model, target
-        train_step = TrainStep(graphdef, tx, schedule, shardings, mesh, accum_steps=accum,
-                               ema_rate=cfg.optimizer.ema_rate, caption_dropout=cfg.model.caption_dropout)
+        train_step = program.make_step(cfg, graphdef, tx, schedule, shardings, mesh)
         writer = MetricsWriter(workdir, enabled=proc0, start_step=start, tb_every=cfg.logging.log_every)
         preemption = Preemption(cfg.checkpoint.preemption_check_every)
         bar = tqdm(total=cfg.steps, initial=start, disable=not (proc0 and cfg.logging.progress), unit="step")
@@ -171,18 +182,20 @@ def train(cfg, examples=None):
             ckpts.close()
             writer.close()
     return {"step": int(jax.device_get(state["step"])) // accum, "losses": losses, "state": state,
-            "traces": train_step.traces, "preempted": preempted}
+            "graphdef": graphdef, "traces": train_step.traces, "preempted": preempted}
 
 
-def main(argv=None):
+def main(argv=None, doc=__doc__, load_config=config_lib.load_config, run=train):
+    """The command line: `doc` is the help text, `load_config(path, overrides)` the config and `run(cfg)` the run
+    (train/lcm.py passes its own three)."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
+        print(doc.strip())
         return 0
     path, overrides = (None, argv) if "=" in argv[0] else (argv[0], argv[1:])
     try:
-        cfg = config_lib.load_config(path, overrides)
-        result = train(cfg)
+        cfg = load_config(path, overrides)
+        result = run(cfg)
     except (config_lib.ConfigError, NonFiniteLossError, TopologyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, config_lib.ConfigError) else 3

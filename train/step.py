@@ -75,20 +75,21 @@ def _initial_state(tx, seed):
     return init
 
 
-def init_state(model, tx, seed, mesh, rules):
+def init_state(model, tx, seed, mesh, rules, initial=_initial_state):
     """(state, shardings): the initial train state placed on `mesh` by the logical-axis `rules`; EMA starts equal
-    to the (possibly loaded) weights."""
+    to the (possibly loaded) weights. `initial(tx, seed)` gives the `(params, buffers) -> state` function (another
+    state layout, e.g. LCD's, reuses the placement)."""
     _, params, buffers = split_model(model)
-    init = _initial_state(tx, seed)
+    init = initial(tx, seed)
     shardings = sharding.tree_shardings(jax.eval_shape(init, params, buffers), mesh, rules)
     return jax.jit(init, out_shardings=shardings)(params, buffers), shardings
 
 
-def abstract_state(model, tx, seed, mesh, rules):
+def abstract_state(model, tx, seed, mesh, rules, initial=_initial_state):
     """(ShapeDtypeStructs with shardings, shardings) of the state `init_state` would build on `mesh`, without
     computing it: the target a checkpoint is restored onto (whatever mesh it was saved from)."""
     _, params, buffers = split_model(model)
-    shapes = jax.eval_shape(_initial_state(tx, seed), params, buffers)
+    shapes = jax.eval_shape(initial(tx, seed), params, buffers)
     shardings = sharding.tree_shardings(shapes, mesh, rules)
     target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
     return target, shardings
@@ -123,6 +124,10 @@ class TrainStep:
             new_state = dict(state, step=state["step"] + 1, params=params, opt=opt, ema=ema)
             return new_state, metrics
 
+        self._compile(step, state_shardings, mesh)
+
+    def _compile(self, step, state_shardings, mesh):
+        """Jits `step` with explicit shardings and the state donated (shared by every step built like this one)."""
         self._jitted = jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                                out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
         # XLA:CPU runs every device's share of a program on one thread pool: with several multi-device steps

@@ -1,0 +1,95 @@
+"""LCD (PixArt-δ) train state and the one jitted step (consistency.md §1, §3.3; pixart.md §6.1-6.3).
+
+The state is a dict of global jax.Arrays: `step` (micro-steps done), `teacher` (frozen), `student` (trained),
+`target` (EMA of the student), all three fp32 pure-dict parameter trees initialised to the same weights and
+placed by the same logical-axis rules (FSDP shards each copy); `buffers` (y_embedding), `opt` (AdamW state of
+the student), `rng`. The step reuses TrainStep's jit (explicit shardings, donated state) and its
+`fold_in(rng, step)` randomness, so a resumed run draws exactly what an uninterrupted one would.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from train.lcd_loss import lcd_loss, lcd_tables
+from train.loss import diffusion_tables, draw_training_inputs
+from train.step import TrainStep, abstract_state, init_state
+
+
+def _initial_lcd_state(tx, seed):
+    def init(params, buffers):
+        return {"step": jnp.zeros((), jnp.int32), "teacher": params, "student": jax.tree.map(jnp.copy, params),
+                "target": jax.tree.map(jnp.copy, params), "buffers": buffers, "opt": tx.init(params),
+                "rng": jax.random.PRNGKey(seed)}
+    return init
+
+
+# (state, shardings) and (ShapeDtypeStructs, shardings) of the LCD state, as train.step's for pre-training.
+init_lcd_state = functools.partial(init_state, initial=_initial_lcd_state)
+abstract_lcd_state = functools.partial(abstract_state, initial=_initial_lcd_state)
+
+
+def _eps(graphdef, params, buffers, batch, x, t, captions):
+    """The ε channels (the first x.shape[1] of the 8) of the model `params` as float32; micro-conditions from
+    `batch`."""
+    model = nnx.merge(graphdef, params, buffers)
+    out = model(x, t, captions, batch["mask"], resolution=batch["img_hw"], aspect_ratio=batch["aspect_ratio"])
+    return out[:, :x.shape[1]].astype(jnp.float32)
+
+
+def _twice(batch):
+    """The batch's mask and micro-conditions repeated for the teacher's [cond, uncond] forward."""
+    return {k: jnp.concatenate([batch[k], batch[k]]) for k in ("mask", "img_hw", "aspect_ratio")}
+
+
+class LCDStep(TrainStep):
+    """The jitted LCD step `(state, batch) -> (state, metrics {loss, grad_norm, lr})`; the state is donated.
+
+    One step: x0 (fresh posterior sample × 0.18215), n ~ U{0..N-1}, ε and fixed w; the teacher on [cond, uncond]
+    (uncond = y_embedding with each prompt's own mask), student and stop-gradient target into `lcd_loss`; AdamW on
+    the student; then target ← decay·target + (1 - decay)·student once per optimizer step. `caption_dropout`
+    replaces the student's caption by y_embedding (the reference's unwired-config quirk: 0.1; teacher and
+    target always see the real caption)."""
+
+    def __init__(self, graphdef, tx, schedule, state_shardings, mesh, *, accum_steps=1, target_decay=0.95,
+                 guidance=4.5, loss_type="huber", huber_c=1e-3, num_ddim_timesteps=50, caption_dropout=0.0):
+        self.traces = 0
+        tables, draw_tables = lcd_tables(num_ddim_timesteps), diffusion_tables()
+
+        def step(state, batch):
+            self.traces += 1
+            k_inputs, k_n = jax.random.split(jax.random.fold_in(state["rng"], state["step"]))
+            buffers, null = state["buffers"], state["buffers"]["y_embedding"]
+            # the DDPM timestep this draws is unused: LCD draws grid indices n instead
+            x0, _, noise, student_captions = draw_training_inputs(k_inputs, batch, draw_tables, caption_dropout,
+                                                                  null)
+            size = x0.shape[0]
+            n = jax.random.randint(k_n, (size,), 0, num_ddim_timesteps)
+            w = jnp.full((size,), guidance, jnp.float32)
+            captions = jnp.asarray(batch["caption"], jnp.float32)
+            uncond = jnp.broadcast_to(null.astype(captions.dtype), captions.shape)
+
+            def teacher_eps(x, t):
+                eps = _eps(graphdef, state["teacher"], buffers, _twice(batch), jnp.concatenate([x, x]),
+                           jnp.concatenate([t, t]), jnp.concatenate([captions, uncond]))
+                return jnp.split(eps, 2)
+
+            def loss_fn(student):
+                return lcd_loss(lambda x, t: _eps(graphdef, student, buffers, batch, x, t, student_captions),
+                                teacher_eps,
+                                lambda x, t: _eps(graphdef, state["target"], buffers, batch, x, t, captions),
+                                tables, x0, noise, n, w, loss_type, huber_c)
+
+            loss, grads = jax.value_and_grad(loss_fn)(state["student"])
+            updates, opt = tx.update(grads, state["opt"], state["student"])
+            student = optax.apply_updates(state["student"], updates)
+            applied = (state["step"] + 1) % accum_steps == 0
+            target = jax.tree.map(lambda e, p: jnp.where(applied, target_decay * e + (1 - target_decay) * p, e),
+                                  state["target"], student)
+            metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+                       "lr": schedule(state["step"] // accum_steps)}
+            return dict(state, step=state["step"] + 1, student=student, opt=opt, target=target), metrics
+
+        self._compile(step, state_shardings, mesh)
