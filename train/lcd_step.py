@@ -10,12 +10,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from train.lcd_loss import lcd_loss, lcd_tables
 from train.loss import diffusion_tables, draw_training_inputs
-from train.step import TrainStep, abstract_state, init_state
+from train.step import TrainStep, abstract_state, init_state, optimizer_update
 
 
 def _initial_lcd_state(tx, seed):
@@ -82,14 +81,9 @@ class LCDStep(TrainStep):
                                 lambda x, t: _eps(graphdef, state["target"], buffers, batch, x, t, captions),
                                 tables, x0, noise, n, w, loss_type, huber_c)
 
-            loss, grads = jax.value_and_grad(loss_fn)(state["student"])
-            updates, opt = tx.update(grads, state["opt"], state["student"])
-            student = optax.apply_updates(state["student"], updates)
-            applied = (state["step"] + 1) % accum_steps == 0
-            target = jax.tree.map(lambda e, p: jnp.where(applied, target_decay * e + (1 - target_decay) * p, e),
-                                  state["target"], student)
-            metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
-                       "lr": schedule(state["step"] // accum_steps)}
+            student, opt, target, metrics = optimizer_update(tx, schedule, accum_steps, loss_fn, state["student"],
+                                                             state["opt"], state["target"], target_decay,
+                                                             state["step"])
             return dict(state, step=state["step"] + 1, student=student, opt=opt, target=target), metrics
 
         self._compile(step, state_shardings, mesh)

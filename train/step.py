@@ -95,6 +95,19 @@ def abstract_state(model, tx, seed, mesh, rules, initial=_initial_state):
     return target, shardings
 
 
+def optimizer_update(tx, schedule, accum_steps, loss_fn, params, opt, average, rate, step):
+    """One update of `params` by the gradient of `loss_fn`, then the moving average `average` (EMA / LCD target)
+    pulled towards the new params by (1 - rate) on micro-steps that complete an accumulated update.
+    Returns (params, opt, average, metrics)."""
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt = tx.update(grads, opt, params)
+    params = optax.apply_updates(params, updates)
+    applied = (step + 1) % accum_steps == 0
+    average = jax.tree.map(lambda a, p: jnp.where(applied, rate * a + (1 - rate) * p, a), average, params)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(step // accum_steps)}
+    return params, opt, average, metrics
+
+
 class TrainStep:
     """The jitted step `(state, batch) -> (state, metrics)`; the state is donated. `traces` counts how often it
     was traced: once per batch shape (aspect-ratio bucket), never per step."""
@@ -113,16 +126,9 @@ class TrainStep:
                 inputs = draw_training_inputs(key, batch, tables, caption_dropout, state["buffers"]["y_embedding"])
                 return pixart_loss(model, batch, tables, *inputs)
 
-            loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-            updates, opt = tx.update(grads, state["opt"], state["params"])
-            params = optax.apply_updates(state["params"], updates)
-            applied = (state["step"] + 1) % accum_steps == 0
-            ema = jax.tree.map(lambda e, p: jnp.where(applied, ema_rate * e + (1 - ema_rate) * p, e),
-                               state["ema"], params)
-            metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
-                       "lr": schedule(state["step"] // accum_steps)}
-            new_state = dict(state, step=state["step"] + 1, params=params, opt=opt, ema=ema)
-            return new_state, metrics
+            params, opt, ema, metrics = optimizer_update(tx, schedule, accum_steps, loss_fn, state["params"],
+                                                         state["opt"], state["ema"], ema_rate, state["step"])
+            return dict(state, step=state["step"] + 1, params=params, opt=opt, ema=ema), metrics
 
         self._compile(step, state_shardings, mesh)
 
