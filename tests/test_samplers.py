@@ -106,6 +106,24 @@ def test_oracle_noise_prediction_recovers_the_clean_sample():
     np.testing.assert_allclose(out, x0, atol=2e-4)
 
 
+@pytest.mark.parametrize("sampler", [DDIM(prediction_type="v_prediction"),
+                                     DPMSolverMultistep(prediction_type="v_prediction"),
+                                     LCM(prediction_type="v_prediction")], ids=lambda s: type(s).__name__)
+def test_oracle_velocity_recovers_the_clean_sample(sampler):
+    """A v-prediction model that returns the true v = √ᾱ ε - √(1-ᾱ) x0 of a single data point x0 (for the x it is
+    given, ε = (x - √ᾱ x0) / √(1-ᾱ)) makes every sampler return x0."""
+    x0 = randn(5)
+    acp = sampler.schedule.alphas_cumprod()
+
+    def velocity(x, t):
+        a = jnp.asarray(acp, jnp.float32)[t.astype(jnp.int32)].reshape(-1, 1, 1, 1)
+        eps = (x - jnp.sqrt(a) * x0) / jnp.sqrt(1 - a)
+        return jnp.sqrt(a) * eps - jnp.sqrt(1 - a) * x0
+
+    out = jax.jit(lambda x: sampler.sample(velocity, x, 4, noise=jnp.zeros((4, *SHAPE))))(randn(6))
+    np.testing.assert_allclose(out, x0, atol=2e-4)
+
+
 # --- DPM-Solver++ ---------------------------------------------------------------------------------------------
 
 def test_dpm_timesteps_both_conventions():
@@ -351,7 +369,8 @@ def test_from_scheduler_config_classes_defaults_and_overrides():
 @pytest.mark.parametrize("config,message", [
     ({"_class_name": "EulerDiscreteScheduler"}, "unsupported scheduler class 'EulerDiscreteScheduler'"),
     ({}, "unsupported scheduler class None"),
-    (dict(PIXART_DPM_CONFIG, prediction_type="v_prediction"), "prediction_type='v_prediction' is not supported"),
+    (dict(PIXART_DPM_CONFIG, prediction_type="sample"), "prediction_type must be one of"),
+    ({"_class_name": "DDIMScheduler", "prediction_type": "sample"}, "prediction_type must be one of"),
     (dict(PIXART_DPM_CONFIG, use_karras_sigmas=True), "use_karras_sigmas=True is not supported"),
     (dict(PIXART_DPM_CONFIG, algorithm_type="sde-dpmsolver++"), "algorithm_type='sde-dpmsolver\\+\\+'"),
     (dict(PIXART_DPM_CONFIG, solver_order=3), "order 3 is not implemented"),
@@ -362,6 +381,13 @@ def test_from_scheduler_config_classes_defaults_and_overrides():
 def test_from_scheduler_config_rejects_what_we_do_not_implement(config, message):
     with pytest.raises(ValueError, match=message):
         from_scheduler_config(config)
+
+
+def test_ddpm_sampler_reads_only_epsilon_configs():
+    with pytest.raises(ValueError, match="prediction_type='v_prediction' is not supported"):
+        from_scheduler_config(dict(PIXART_DPM_CONFIG, prediction_type="v_prediction"), sampler="ddpm")
+    assert from_scheduler_config(dict(PIXART_DPM_CONFIG, prediction_type="v_prediction")).prediction_type == \
+        "v_prediction"
 
 
 def test_make_sampler_rejects_unknown_names():

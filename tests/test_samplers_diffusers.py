@@ -1,5 +1,5 @@
 """Scheduler parity with diffusers 0.42.1: DPMSolverMultistepScheduler, DDIMScheduler and LCMScheduler configured
-as for PixArt (and a few variants), saved with `save_config` and read back by `from_scheduler_config`. For 1…25
+as for PixArt (and a few variants, v-prediction included), saved with `save_config` and read back by `from_scheduler_config`. For 1…25
 steps: the timesteps exactly, and every step's output for random model outputs (and the same injected noise).
 
 "Per step" feeds both sides the same input sample (and, for DPM-Solver, diffusers' stored previous x̂_0): that is
@@ -38,6 +38,9 @@ REFERENCES = {
     "ddim_trailing": lambda: DDIMScheduler(clip_sample=False, set_alpha_to_one=False, timestep_spacing="trailing"),
     "lcm_pixart": lambda: LCMScheduler(**PIXART_LCM),
     "lcm_sd_defaults": lambda: LCMScheduler(),
+    "dpm_v_prediction": lambda: DPMSolverMultistepScheduler(prediction_type="v_prediction"),
+    "ddim_v_prediction": lambda: DDIMScheduler(clip_sample=False, prediction_type="v_prediction"),
+    "lcm_v_prediction": lambda: LCMScheduler(**PIXART_LCM, prediction_type="v_prediction"),
 }
 EXPECTED_SAMPLER = {"dpm": DPMSolverMultistep, "ddim": DDIM, "lcm": LCM}
 

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pixart_jax.samplers.loop import Sampler, as_tables, check_steps, f32
+from pixart_jax.samplers.prediction import check_prediction_type, denoise
 from pixart_jax.samplers.schedule import PIXART_SCHEDULE, DDPMSchedule
 
 SPACINGS = ("leading", "trailing", "linspace")
@@ -45,7 +46,7 @@ class DDIMTables(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class DDIM(Sampler):
-    """DDIM over a DDPM schedule, ε-prediction.
+    """DDIM over a DDPM schedule, for ε- or v-prediction models (`prediction_type`).
 
     Follows DDIMScheduler: the "previous" timestep of t is always t - T // steps (whatever the spacing), and
     ᾱ_prev = 1 (set_alpha_to_one) or ᾱ_0 below 0. `clip_sample` clamps x̂_0 to ±clip_sample_range (diffusers'
@@ -60,8 +61,10 @@ class DDIM(Sampler):
     set_alpha_to_one: bool = True
     clip_sample: bool = False
     clip_sample_range: float = 1.0
+    prediction_type: str = "epsilon"
 
     def __post_init__(self):
+        check_prediction_type(self.prediction_type)
         if self.timestep_spacing not in SPACINGS:
             raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {self.timestep_spacing!r}")
         if not 0 <= self.eta <= 1:
@@ -89,10 +92,10 @@ class DDIM(Sampler):
     def needs_noise(self, steps):
         return self.eta > 0
 
-    def step(self, row, x, eps, state=(), noise=None):
-        """x_t -> (x_prev, x̂_0, state): x̂_0 re-noised to the previous level along ε, plus σ·noise when η > 0."""
-        x32, eps = f32(x), f32(eps)
-        x0 = (x32 - row.sqrt_one_minus_alpha * eps) / row.sqrt_alpha
+    def step(self, row, x, model_output, state=(), noise=None):
+        """x_t -> (x_prev, x̂_0, state): x̂_0 re-noised to the previous level along ε̂, plus σ·noise when η > 0."""
+        x32 = f32(x)
+        x0, eps = denoise(self.prediction_type, x32, f32(model_output), row.sqrt_alpha, row.sqrt_one_minus_alpha)
         if self.clip_sample:
             x0 = jnp.clip(x0, -self.clip_sample_range, self.clip_sample_range)
         x_prev = row.sqrt_alpha_prev * x0 + row.direction * eps

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pixart_jax.samplers.loop import Sampler, as_tables, check_steps, f32
+from pixart_jax.samplers.prediction import check_prediction_type, denoise
 from pixart_jax.samplers.schedule import PIXART_SCHEDULE, DDPMSchedule
 
 CONVENTIONS = ("diffusers", "repo")
@@ -33,7 +34,7 @@ class DPMTables(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class DPMSolverMultistep(Sampler):
-    """DPM-Solver++ multistep, ε-prediction.
+    """DPM-Solver++ multistep, for ε- or v-prediction models (`prediction_type`).
 
     convention="diffusers" reproduces DPMSolverMultistepScheduler; the defaults are its library defaults, which
     PixArt uses: order 2, midpoint, lower_order_final, timestep_spacing "linspace", final_sigmas_type "zero". Step 0
@@ -59,8 +60,10 @@ class DPMSolverMultistep(Sampler):
     lambda_min_clipped: float = -float("inf")
     timestep_spacing: str = "linspace"
     steps_offset: int = 0
+    prediction_type: str = "epsilon"
 
     def __post_init__(self):
+        check_prediction_type(self.prediction_type)
         checks = (("convention", CONVENTIONS), ("solver_type", ("midpoint", "heun")),
                   ("final_sigmas_type", ("zero", "sigma_min")), ("timestep_spacing", SPACINGS))
         for name, allowed in checks:
@@ -148,9 +151,9 @@ class DPMSolverMultistep(Sampler):
         """The previous step's x̂_0 (unused by the first step, which is first-order)."""
         return jnp.zeros(x.shape, jnp.float32)
 
-    def step(self, row, x, eps, prev_x0, noise=None):
-        """x_s -> (x_t, x̂_0, new state = x̂_0) from the ε prediction and the previous step's x̂_0."""
+    def step(self, row, x, model_output, prev_x0, noise=None):
+        """x_s -> (x_t, x̂_0, new state = x̂_0) from the model's prediction and the previous step's x̂_0."""
         x32 = f32(x)
-        x0 = (x32 - row.sigma * f32(eps)) / row.alpha
+        x0, _ = denoise(self.prediction_type, x32, f32(model_output), row.alpha, row.sigma)
         x_next = row.sample_coef * x32 + row.x0_coef * x0 + row.diff_coef * (x0 - prev_x0)
         return x_next.astype(x.dtype), x0, x0

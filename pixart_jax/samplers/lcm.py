@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pixart_jax.samplers.loop import Sampler, as_tables, check_steps, f32
+from pixart_jax.samplers.prediction import check_prediction_type, denoise
 from pixart_jax.samplers.schedule import PIXART_SCHEDULE, DDPMSchedule
 
 SIGMA_DATA = 0.5
@@ -37,8 +38,8 @@ class LCMTables(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class LCM(Sampler):
-    """LCM sampler, ε-prediction, on the `original_inference_steps`-point distillation grid {k-1, 2k-1, …, T-1}
-    (k = T // original_inference_steps; PixArt-LCM: 50 points, 19 … 999).
+    """LCM sampler (ε- or v-prediction: `prediction_type`) on the `original_inference_steps`-point distillation
+    grid {k-1, 2k-1, …, T-1} (k = T // original_inference_steps; PixArt-LCM: 50 points, 19 … 999).
 
     convention="diffusers" (LCMScheduler): the grid reversed, indices floor(linspace(0, N, steps, endpoint=False)).
     convention="repo" (the PixArt repo's lcm_scheduler.py): the reversed grid with stride N // steps, first `steps`.
@@ -51,8 +52,10 @@ class LCM(Sampler):
     timestep_scaling: float = 10.0
     clip_sample: bool = False
     clip_sample_range: float = 1.0
+    prediction_type: str = "epsilon"
 
     def __post_init__(self):
+        check_prediction_type(self.prediction_type)
         if self.convention not in CONVENTIONS:
             raise ValueError(f"convention must be one of {CONVENTIONS}, got {self.convention!r}")
         if not 1 <= self.original_inference_steps <= self.schedule.num_train_timesteps:
@@ -83,10 +86,10 @@ class LCM(Sampler):
     def needs_noise(self, steps):
         return steps > 1
 
-    def step(self, row, x, eps, state=(), noise=None):
+    def step(self, row, x, model_output, state=(), noise=None):
         """x_t -> (x_next, denoised, state); `noise` is the fresh z for the re-noising (None: none added)."""
         x32 = f32(x)
-        x0 = (x32 - row.sqrt_one_minus_alpha * f32(eps)) / row.sqrt_alpha
+        x0, _ = denoise(self.prediction_type, x32, f32(model_output), row.sqrt_alpha, row.sqrt_one_minus_alpha)
         if self.clip_sample:
             x0 = jnp.clip(x0, -self.clip_sample_range, self.clip_sample_range)
         denoised = row.c_out * x0 + row.c_skip * x32

@@ -16,23 +16,24 @@ _SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedul
 _PIXART_SCHEDULE = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
 # diffusers' class defaults of every key that changes what we compute: a config may omit any of them.
 _DEFAULTS = {
-    "dpm": dict(_PIXART_SCHEDULE, solver_order=2, solver_type="midpoint", lower_order_final=True,
-                euler_at_final=False, final_sigmas_type="zero", lambda_min_clipped=-float("inf"),
+    "dpm": dict(_PIXART_SCHEDULE, prediction_type="epsilon", solver_order=2, solver_type="midpoint",
+                lower_order_final=True, euler_at_final=False, final_sigmas_type="zero", lambda_min_clipped=-float("inf"),
                 timestep_spacing="linspace", steps_offset=0),
-    "ddim": dict(_PIXART_SCHEDULE, timestep_spacing="leading", steps_offset=0, set_alpha_to_one=True,
-                 clip_sample=True, clip_sample_range=1.0),
+    "ddim": dict(_PIXART_SCHEDULE, prediction_type="epsilon", timestep_spacing="leading", steps_offset=0,
+                 set_alpha_to_one=True, clip_sample=True, clip_sample_range=1.0),
     "lcm": dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                original_inference_steps=50, timestep_scaling=10.0, clip_sample=False, clip_sample_range=1.0),
+                prediction_type="epsilon", original_inference_steps=50, timestep_scaling=10.0, clip_sample=False,
+                clip_sample_range=1.0),
     "ddpm": dict(_PIXART_SCHEDULE),
 }
 # Options we do not implement: a config must leave them at these values.
-_COMMON_REQUIRED = dict(prediction_type="epsilon", thresholding=False, trained_betas=None,
-                        rescale_betas_zero_snr=False)
+_COMMON_REQUIRED = dict(thresholding=False, trained_betas=None, rescale_betas_zero_snr=False)
 _REQUIRED = {
     "dpm": dict(_COMMON_REQUIRED, algorithm_type="dpmsolver++", variance_type=None, use_karras_sigmas=False,
                 use_exponential_sigmas=False, use_beta_sigmas=False, use_lu_lambdas=False, use_flow_sigmas=False,
                 use_dynamic_shifting=False),
-    "ddim": _COMMON_REQUIRED, "lcm": _COMMON_REQUIRED, "ddpm": _COMMON_REQUIRED,
+    "ddim": _COMMON_REQUIRED, "lcm": _COMMON_REQUIRED,
+    "ddpm": dict(_COMMON_REQUIRED, prediction_type="epsilon"),  # the IDDPM sampler reads ε and the variance
 }
 
 
@@ -61,8 +62,8 @@ def from_scheduler_config(path_or_dict, sampler=None, **options):
     unless `sampler` names one; as with diffusers' `from_config`, keys the chosen sampler does not know are ignored
     and missing keys take diffusers' defaults for that class. The schedule is held in float32 as diffusers does
     (see `DDPMSchedule`). `options` override dataclass fields (e.g. eta=,
-    convention=). ValueError for an unknown class or a setting we do not implement (prediction_type other than
-    "epsilon", thresholding, Karras sigmas, …).
+    convention=). ValueError for an unknown class or a setting we do not implement (prediction_type "sample",
+    thresholding, Karras sigmas, …); prediction_type "epsilon" and "v_prediction" are honoured.
     """
     config = load_scheduler_config(path_or_dict)
     class_name = config.get("_class_name")
