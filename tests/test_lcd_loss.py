@@ -48,41 +48,48 @@ def test_consistency_is_identity_at_t0():
     np.testing.assert_array_equal(consistency(T, x, eps, jnp.zeros(3, jnp.int32)), x)
 
 
-def numpy_lcd_loss(x0, noise, n, w, student, teacher_c, teacher_u, target, c=1e-3):
-    """spec §1.8 written directly in float64 with linear ε models eps(x) = M x per role."""
+def numpy_lcd_loss(x0, noise, n, w, student, teacher_c, teacher_u, target, c=1e-3, prediction_type="epsilon"):
+    """spec §1.8 written directly in float64 with linear models out(x) = M x per role; an output is ε, or
+    v = a ε - σ x0 (then x̂0 = a x - σ v, ε̂ = a v + σ x)."""
     abar = abar64()
     tau = 20 * (n + 1) - 1
     tau_prev = np.maximum(tau - 20, 0)
     a, s = np.sqrt(abar), np.sqrt(1 - abar)
     col = lambda v: v[:, None, None, None]  # noqa: E731
     scal = lambda t: (0.25 / ((10 * t) ** 2 + 0.25), 10 * t / np.sqrt((10 * t) ** 2 + 0.25))  # noqa: E731
+
+    def x0_and_eps(x, out, t):
+        if prediction_type == "v_prediction":
+            return col(a[t]) * x - col(s[t]) * out, col(a[t]) * out + col(s[t]) * x
+        return (x - col(s[t]) * out) / col(a[t]), out
+
     x_s = col(a[tau]) * x0 + col(s[tau]) * noise
-    e_c, e_u = teacher_c * x_s, teacher_u * x_s
-    e_g = e_c + col(w) * (e_c - e_u)
-    x0_g = (x_s - col(s[tau]) * e_g) / col(a[tau])
+    o_c, o_u = teacher_c * x_s, teacher_u * x_s
+    x0_g, e_g = x0_and_eps(x_s, o_c + col(w) * (o_c - o_u), tau)
     x_e = col(a[tau_prev]) * x0_g + col(s[tau_prev]) * e_g
     cs, co = scal(tau_prev)
-    y = col(cs) * x_e + col(co) * (x_e - col(s[tau_prev]) * target * x_e) / col(a[tau_prev])
+    y = col(cs) * x_e + col(co) * x0_and_eps(x_e, target * x_e, tau_prev)[0]
     cs, co = scal(tau)
-    p = col(cs) * x_s + col(co) * (x_s - col(s[tau]) * student * x_s) / col(a[tau])
+    p = col(cs) * x_s + col(co) * x0_and_eps(x_s, student * x_s, tau)[0]
     return np.mean(np.sqrt((p - y) ** 2 + c * c) - c)
 
 
-def test_loss_matches_numpy_reference_and_gradients_reach_only_the_student():
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_loss_matches_numpy_reference_and_gradients_reach_only_the_student(prediction_type):
     rng = np.random.default_rng(0)
     x0 = rng.standard_normal((4, 4, 6, 6)) * 0.8
     noise = rng.standard_normal(x0.shape)
     n = np.array([0, 1, 25, 49])
     w = np.full(4, 4.5)
     scales = dict(student=0.9, teacher_c=1.1, teacher_u=0.7, target=0.95)
-    expected = numpy_lcd_loss(x0, noise, n, w, **scales)
+    expected = numpy_lcd_loss(x0, noise, n, w, **scales, prediction_type=prediction_type)
 
     def loss(params):
         return lcd_loss(lambda x, t: params["student"] * x,
                         lambda x, t: (params["teacher_c"] * x, params["teacher_u"] * x),
                         lambda x, t: params["target"] * x,
                         T, jnp.asarray(x0, jnp.float32), jnp.asarray(noise, jnp.float32), jnp.asarray(n),
-                        jnp.asarray(w, jnp.float32))
+                        jnp.asarray(w, jnp.float32), prediction_type=prediction_type)
 
     params = {k: jnp.float32(v) for k, v in scales.items()}
     value, grads = jax.value_and_grad(loss)(params)

@@ -1,4 +1,5 @@
-"""The PixArt loss against an independent float64 NumPy transcription of spec §2.1-2.2, incl. the t = 0 term."""
+"""The PixArt loss against an independent float64 NumPy transcription of spec §2.1-2.2, incl. the t = 0 term, for
+ε-prediction (PixArt) and v-prediction (target v = √ᾱ ε - √(1-ᾱ) x0; the variance term sees ε̂ = √ᾱ v̂ + √(1-ᾱ) x_t)."""
 import math
 
 import jax
@@ -12,7 +13,7 @@ from pixart_jax.transformer import PixArtTransformer
 from train.loss import diffusion_loss, diffusion_tables, draw_training_inputs, drop_captions, pixart_loss, q_sample
 
 
-def reference_loss(model_out, x0, noise, t):
+def reference_loss(model_out, x0, noise, t, prediction_type="epsilon"):
     """Per-sample loss in float64, written from the spec's formulas (not from train/loss.py)."""
     model_out, x0, noise = (np.asarray(a, np.float64) for a in (model_out, x0, noise))
     beta = np.linspace(1e-4, 0.02, 1000)
@@ -27,8 +28,13 @@ def reference_loss(model_out, x0, noise, t):
     for i, ti in enumerate(t):
         ab = abar[ti]
         x_t = math.sqrt(ab) * x0[i] + math.sqrt(1 - ab) * noise[i]
-        eps_hat, v = model_out[i, :4], model_out[i, 4:]
-        mse = np.mean((noise[i] - eps_hat) ** 2)
+        prediction, v = model_out[i, :4], model_out[i, 4:]
+        if prediction_type == "v_prediction":
+            mse = np.mean((math.sqrt(ab) * noise[i] - math.sqrt(1 - ab) * x0[i] - prediction) ** 2)
+            eps_hat = math.sqrt(ab) * prediction + math.sqrt(1 - ab) * x_t
+        else:
+            mse = np.mean((noise[i] - prediction) ** 2)
+            eps_hat = prediction
         x0_pred = math.sqrt(1 / ab) * x_t - math.sqrt(1 / ab - 1) * eps_hat
         mu_true = c1[ti] * x0[i] + c2[ti] * x_t
         mu_model = c1[ti] * x0_pred + c2[ti] * x_t
@@ -51,23 +57,28 @@ def reference_loss(model_out, x0, noise, t):
     return np.array(losses)
 
 
-def random_case(seed, batch=6, size=8):
+def random_case(seed, batch=6, size=8, prediction_type="epsilon"):
     rng = np.random.default_rng(seed)
     x0 = rng.uniform(-1.2, 1.2, (batch, 4, size, size)).astype(np.float32)  # some pixels in the edge bins
     noise = rng.standard_normal((batch, 4, size, size)).astype(np.float32)
-    model_out = np.concatenate([noise + 0.3 * rng.standard_normal(noise.shape),
-                                rng.uniform(-1, 1, noise.shape)], axis=1).astype(np.float32)
     t = np.array([0, 0, 1, 17, 500, 999][:batch], np.int32)
+    target = noise
+    if prediction_type == "v_prediction":
+        abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))[t].reshape(-1, 1, 1, 1)
+        target = np.sqrt(abar) * noise - np.sqrt(1 - abar) * x0
+    model_out = np.concatenate([target + 0.3 * rng.standard_normal(noise.shape),
+                                rng.uniform(-1, 1, noise.shape)], axis=1).astype(np.float32)
     return model_out, x0, noise, t
 
 
-def test_loss_matches_float64_reference():
-    model_out, x0, noise, t = random_case(0)
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_loss_matches_float64_reference(prediction_type):
+    model_out, x0, noise, t = random_case(0, prediction_type=prediction_type)
     tables = diffusion_tables()
     x_t = q_sample(tables, jnp.asarray(x0), jnp.asarray(t), jnp.asarray(noise))
     ours = np.asarray(diffusion_loss(tables, jnp.asarray(model_out), jnp.asarray(x0), x_t, jnp.asarray(t),
-                                     jnp.asarray(noise)))
-    ref = reference_loss(model_out, x0, noise, t)
+                                     jnp.asarray(noise), prediction_type))
+    ref = reference_loss(model_out, x0, noise, t, prediction_type)
     err = np.abs(ours - ref).max()
     print(f"loss parity: max |ours - float64 reference| = {err:.2e} (per-sample losses {np.round(ref, 3)})")
     assert err < 1e-5

@@ -25,6 +25,7 @@ class ModelConfig:
     compute_dtype: str = "float32"          # matmul dtype; parameters stay fp32
     remat: bool = False                     # recompute each block's activations in the backward pass
     caption_dropout: float = 0.1            # probability of replacing a caption by y_embedding (mask kept)
+    prediction_type: str = "epsilon"        # what the model regresses: "epsilon" (PixArt) or "v_prediction"
 
 
 @dataclasses.dataclass
@@ -56,6 +57,7 @@ class DataConfig:
     batch_size: int = 8                     # global batch per micro-step, over all hosts
     synthetic_examples: int = 16
     synthetic_buckets: List[str] = dataclasses.field(default_factory=lambda: ["1.0"])
+    latent_scale: float = 0.18215           # x0 = latent_scale * posterior sample (SD VAE's scaling factor)
 
 
 @dataclasses.dataclass

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pixart_jax.samplers.prediction import denoise
 from pixart_jax.samplers.schedule import PIXART_SCHEDULE
 
 SIGMA_DATA = 0.5
@@ -45,21 +46,22 @@ def _per_sample(v):
     return v.reshape(-1, 1, 1, 1)
 
 
-def x0_from_eps(tables, x, eps, t):
-    """x̂_0 = (x - σ_t ε) / a_t, per-sample timesteps t (B,)."""
-    return (x - _per_sample(tables.sigma[t]) * eps) / _per_sample(tables.a[t])
+def _denoise(tables, x, output, t, prediction_type):
+    """(x̂_0, ε̂) from a model output (ε̂, or v̂ for v-prediction) at x, per-sample timesteps t (B,)."""
+    return denoise(prediction_type, x, output, _per_sample(tables.a[t]), _per_sample(tables.sigma[t]))
 
 
-def consistency(tables, x, eps, t):
+def consistency(tables, x, output, t, prediction_type="epsilon"):
     """f(x, t) = c_skip(t) x + c_out(t) x̂_0(x, t); exactly x at t = 0."""
     c_skip, c_out = boundary_scalings(t)
-    return _per_sample(c_skip) * x + _per_sample(c_out) * x0_from_eps(tables, x, eps, t)
+    return _per_sample(c_skip) * x + _per_sample(c_out) * _denoise(tables, x, output, t, prediction_type)[0]
 
 
-def teacher_ddim_step(tables, x_s, eps_cond, eps_uncond, t_s, t_e, w):
-    """One deterministic DDIM step t_s -> t_e with the guided ε̃ = ε_c + w (ε_c - ε_u) (w per sample)."""
-    eps = eps_cond + _per_sample(w) * (eps_cond - eps_uncond)
-    x0 = x0_from_eps(tables, x_s, eps, t_s)
+def teacher_ddim_step(tables, x_s, out_cond, out_uncond, t_s, t_e, w, prediction_type="epsilon"):
+    """One deterministic DDIM step t_s -> t_e with the guided output o_c + w (o_c - o_u) (w per sample; for an
+    ε-model ε̃ = ε_c + w (ε_c - ε_u))."""
+    guided = out_cond + _per_sample(w) * (out_cond - out_uncond)
+    x0, eps = _denoise(tables, x_s, guided, t_s, prediction_type)
     return _per_sample(tables.a[t_e]) * x0 + _per_sample(tables.sigma[t_e]) * eps
 
 
@@ -73,18 +75,19 @@ def distance(prediction, target, loss_type="huber", huber_c=1e-3):
     raise ValueError(f"loss_type must be 'huber' or 'l2', got {loss_type!r}")
 
 
-def lcd_loss(student_eps, teacher_eps, target_eps, tables, x0, noise, n, w, loss_type="huber", huber_c=1e-3):
+def lcd_loss(student, teacher, target, tables, x0, noise, n, w, loss_type="huber", huber_c=1e-3,
+             prediction_type="epsilon"):
     """The LCD loss of one batch (consistency.md §1.8).
 
-    student_eps(x, t) -> ε (differentiated); teacher_eps(x, t) -> (ε_cond, ε_uncond); target_eps(x, t) -> ε;
-    each returns the 4 ε channels for (B,) integer timesteps. x0: scaled latents (B, C, H, W); noise: ε of the
-    same shape; n: (B,) grid indices in [0, N); w: (B,) guidance (LCM form). Teacher and target are
-    stop-gradient.
+    student(x, t) -> output (differentiated); teacher(x, t) -> (output_cond, output_uncond); target(x, t) ->
+    output; outputs are the latent channels of the prediction (ε, or v for `prediction_type` "v_prediction") for
+    (B,) integer timesteps. x0: scaled latents (B, C, H, W); noise: ε of the same shape; n: (B,) grid indices in
+    [0, N); w: (B,) guidance (LCM form). Teacher and target are stop-gradient.
     """
     t_s, t_e = tables.tau[n], tables.tau_prev[n]
     x_s = _per_sample(tables.a[t_s]) * x0 + _per_sample(tables.sigma[t_s]) * noise
-    eps_c, eps_u = teacher_eps(x_s, t_s)
-    x_e = jax.lax.stop_gradient(teacher_ddim_step(tables, x_s, eps_c, eps_u, t_s, t_e, w))
-    target = jax.lax.stop_gradient(consistency(tables, x_e, target_eps(x_e, t_e), t_e))
-    prediction = consistency(tables, x_s, student_eps(x_s, t_s), t_s)
-    return distance(prediction, target, loss_type, huber_c)
+    out_c, out_u = teacher(x_s, t_s)
+    x_e = jax.lax.stop_gradient(teacher_ddim_step(tables, x_s, out_c, out_u, t_s, t_e, w, prediction_type))
+    goal = jax.lax.stop_gradient(consistency(tables, x_e, target(x_e, t_e), t_e, prediction_type))
+    prediction = consistency(tables, x_s, student(x_s, t_s), t_s, prediction_type)
+    return distance(prediction, goal, loss_type, huber_c)

@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pixart_jax.samplers.prediction import check_prediction_type
 from train.lcd_loss import lcd_loss, lcd_tables
-from train.loss import diffusion_tables, draw_training_inputs
+from train.loss import LATENT_SCALE, diffusion_tables, draw_training_inputs
 from train.step import TrainStep, abstract_state, init_state, optimizer_update
 
 
@@ -30,9 +31,9 @@ init_lcd_state = functools.partial(init_state, initial=_initial_lcd_state)
 abstract_lcd_state = functools.partial(abstract_state, initial=_initial_lcd_state)
 
 
-def _eps(graphdef, params, buffers, batch, x, t, captions):
-    """The ε channels (the first x.shape[1] of the 8) of the model `params` as float32; micro-conditions from
-    `batch`."""
+def _prediction(graphdef, params, buffers, batch, x, t, captions):
+    """The prediction channels (ε or v: the first x.shape[1] of the 8) of the model `params` as float32; micro-
+    conditions from `batch`."""
     model = nnx.merge(graphdef, params, buffers)
     out = model(x, t, captions, batch["mask"], resolution=batch["img_hw"], aspect_ratio=batch["aspect_ratio"])
     return out[:, :x.shape[1]].astype(jnp.float32)
@@ -46,14 +47,16 @@ def _twice(batch):
 class LCDStep(TrainStep):
     """The jitted LCD step `(state, batch) -> (state, metrics {loss, grad_norm, lr})`; the state is donated.
 
-    One step: x0 (fresh posterior sample × 0.18215), n ~ U{0..N-1}, ε and fixed w; the teacher on [cond, uncond]
+    One step: x0 (fresh posterior sample × latent_scale), n ~ U{0..N-1}, ε and fixed w; the teacher on [cond, uncond]
     (uncond = y_embedding with each prompt's own mask), student and stop-gradient target into `lcd_loss`; AdamW on
     the student; then target ← decay·target + (1 - decay)·student once per optimizer step. `caption_dropout`
     replaces the student's caption by y_embedding (the reference's unwired-config quirk: 0.1; teacher and
     target always see the real caption)."""
 
     def __init__(self, graphdef, tx, schedule, state_shardings, mesh, *, accum_steps=1, target_decay=0.95,
-                 guidance=4.5, loss_type="huber", huber_c=1e-3, num_ddim_timesteps=50, caption_dropout=0.0):
+                 guidance=4.5, loss_type="huber", huber_c=1e-3, num_ddim_timesteps=50, caption_dropout=0.0,
+                 latent_scale=LATENT_SCALE, prediction_type="epsilon"):
+        check_prediction_type(prediction_type)
         self.traces = 0
         tables, draw_tables = lcd_tables(num_ddim_timesteps), diffusion_tables()
 
@@ -63,23 +66,23 @@ class LCDStep(TrainStep):
             buffers, null = state["buffers"], state["buffers"]["y_embedding"]
             # the DDPM timestep this draws is unused: LCD draws grid indices n instead
             x0, _, noise, student_captions = draw_training_inputs(k_inputs, batch, draw_tables, caption_dropout,
-                                                                  null)
+                                                                  null, latent_scale)
             size = x0.shape[0]
             n = jax.random.randint(k_n, (size,), 0, num_ddim_timesteps)
             w = jnp.full((size,), guidance, jnp.float32)
             captions = jnp.asarray(batch["caption"], jnp.float32)
             uncond = jnp.broadcast_to(null.astype(captions.dtype), captions.shape)
 
-            def teacher_eps(x, t):
-                eps = _eps(graphdef, state["teacher"], buffers, _twice(batch), jnp.concatenate([x, x]),
-                           jnp.concatenate([t, t]), jnp.concatenate([captions, uncond]))
-                return jnp.split(eps, 2)
+            def teacher(x, t):
+                out = _prediction(graphdef, state["teacher"], buffers, _twice(batch), jnp.concatenate([x, x]),
+                                  jnp.concatenate([t, t]), jnp.concatenate([captions, uncond]))
+                return jnp.split(out, 2)
 
             def loss_fn(student):
-                return lcd_loss(lambda x, t: _eps(graphdef, student, buffers, batch, x, t, student_captions),
-                                teacher_eps,
-                                lambda x, t: _eps(graphdef, state["target"], buffers, batch, x, t, captions),
-                                tables, x0, noise, n, w, loss_type, huber_c)
+                return lcd_loss(
+                    lambda x, t: _prediction(graphdef, student, buffers, batch, x, t, student_captions), teacher,
+                    lambda x, t: _prediction(graphdef, state["target"], buffers, batch, x, t, captions),
+                    tables, x0, noise, n, w, loss_type, huber_c, prediction_type)
 
             student, opt, target, metrics = optimizer_update(tx, schedule, accum_steps, loss_fn, state["student"],
                                                              state["opt"], state["target"], target_decay,

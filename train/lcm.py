@@ -69,19 +69,20 @@ class Distillation:
         return LCDStep(graphdef, tx, schedule, shardings, mesh, accum_steps=cfg.optimizer.grad_accum_steps,
                        target_decay=lcd.target_decay, guidance=lcd.guidance, loss_type=lcd.loss_type,
                        huber_c=lcd.huber_c, num_ddim_timesteps=lcd.num_ddim_timesteps,
-                       caption_dropout=cfg.model.caption_dropout)
+                       caption_dropout=cfg.model.caption_dropout, latent_scale=cfg.data.latent_scale,
+                       prediction_type=cfg.model.prediction_type)
 
 
-def scheduler_config(num_ddim_timesteps=50):
+def scheduler_config(num_ddim_timesteps=50, prediction_type="epsilon"):
     """diffusers LCMScheduler settings of the distilled model: PixArt's linear β schedule and the training grid."""
     return {"_class_name": "LCMScheduler", "_diffusers_version": "0.42.1", "num_train_timesteps": 1000,
             "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",
             "original_inference_steps": num_ddim_timesteps, "timestep_scaling": 10.0, "set_alpha_to_one": True,
-            "prediction_type": "epsilon", "clip_sample": False, "steps_offset": 0, "timestep_spacing": "leading",
+            "prediction_type": prediction_type, "clip_sample": False, "steps_offset": 0, "timestep_spacing": "leading",
             "thresholding": False, "rescale_betas_zero_snr": False}
 
 
-def export(state, graphdef, directory, which="target", num_ddim_timesteps=50):
+def export(state, graphdef, directory, which="target", num_ddim_timesteps=50, prediction_type="epsilon"):
     """Writes `state[which]` as DIRECTORY/transformer (diffusers) and DIRECTORY/scheduler/scheduler_config.json.
     Every process gathers the weights; process 0 writes."""
     params, buffers = multihost_utils.process_allgather((state[which], state["buffers"]), tiled=True)
@@ -90,7 +91,7 @@ def export(state, graphdef, directory, which="target", num_ddim_timesteps=50):
     save_diffusers(nnx.merge(graphdef, params, buffers), os.path.join(directory, "transformer"))
     os.makedirs(os.path.join(directory, "scheduler"), exist_ok=True)
     with open(os.path.join(directory, "scheduler", "scheduler_config.json"), "w") as f:
-        json.dump(scheduler_config(num_ddim_timesteps), f, indent=2)
+        json.dump(scheduler_config(num_ddim_timesteps, prediction_type), f, indent=2)
 
 
 def distill(cfg, examples=None):
@@ -99,7 +100,7 @@ def distill(cfg, examples=None):
     result = pretrain.train(cfg, examples, program=Distillation)
     if not result["preempted"]:
         export(result["state"], result["graphdef"], os.path.join(os.path.abspath(cfg.workdir), "export"),
-               cfg.lcd.export, cfg.lcd.num_ddim_timesteps)
+               cfg.lcd.export, cfg.lcd.num_ddim_timesteps, cfg.model.prediction_type)
     return result
 
 

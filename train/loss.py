@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pixart_jax.samplers.prediction import denoise, training_target
 from pixart_jax.samplers.schedule import PIXART_SCHEDULE
 
 LATENT_SCALE = 0.18215
@@ -108,13 +109,17 @@ def vb_terms(tables, model_eps, model_var, x0, x_t, t):
     return jnp.where(t == 0, nll, kl)
 
 
-def diffusion_loss(tables, model_output, x0, x_t, t, noise):
-    """Per-sample loss (B,) = mean (ε - ε̂)² over channels 0-3 + the VB term of the learned variance (4-7)."""
+def diffusion_loss(tables, model_output, x0, x_t, t, noise, prediction_type="epsilon"):
+    """Per-sample loss (B,) = mean (target - prediction)² over channels 0-3 (target ε, or v = α ε - σ x_0 for
+    v-prediction) + the VB term of the learned variance (4-7), which sees the ε the prediction implies."""
     channels = x0.shape[1]
     model_output = model_output.astype(jnp.float32)
-    eps, var = model_output[:, :channels], model_output[:, channels:2 * channels]
-    mse = _mean_flat(jnp.square(noise - eps))
-    return mse + vb_terms(tables, jax.lax.stop_gradient(eps), var, x0, x_t, t)
+    prediction, var = model_output[:, :channels], model_output[:, channels:2 * channels]
+    alpha = _gather(tables.sqrt_alphas_cumprod, t, x0.ndim)
+    sigma = _gather(tables.sqrt_one_minus_alphas_cumprod, t, x0.ndim)
+    mse = _mean_flat(jnp.square(training_target(prediction_type, x0, noise, alpha, sigma) - prediction))
+    _, eps = denoise(prediction_type, x_t, jax.lax.stop_gradient(prediction), alpha, sigma)
+    return mse + vb_terms(tables, eps, var, x0, x_t, t)
 
 
 def drop_captions(captions, null_caption, key, prob):
@@ -124,8 +129,8 @@ def drop_captions(captions, null_caption, key, prob):
     return jnp.where(drop, null_caption[None].astype(captions.dtype), captions)
 
 
-def draw_training_inputs(key, batch, tables, caption_dropout, null_caption):
-    """From one key: x0 = 0.18215 · (mean + std · N(0, I)) (a fresh VAE posterior sample), t ~ U{0..T-1},
+def draw_training_inputs(key, batch, tables, caption_dropout, null_caption, latent_scale=LATENT_SCALE):
+    """From one key: x0 = latent_scale · (mean + std · N(0, I)) (a fresh VAE posterior sample), t ~ U{0..T-1},
     ε ~ N(0, I) and the captions after dropout. Draws are sharding-independent (partitionable threefry)."""
     k_z, k_t, k_noise, k_drop = jax.random.split(key, 4)
     mean = jnp.asarray(batch["mean"], jnp.float32)
@@ -135,12 +140,12 @@ def draw_training_inputs(key, batch, tables, caption_dropout, null_caption):
     captions = jnp.asarray(batch["caption"], jnp.float32)
     if caption_dropout > 0:
         captions = drop_captions(captions, null_caption, k_drop, caption_dropout)
-    return LATENT_SCALE * z, t, noise, captions
+    return latent_scale * z, t, noise, captions
 
 
-def pixart_loss(model, batch, tables, x0, t, noise, captions):
+def pixart_loss(model, batch, tables, x0, t, noise, captions, prediction_type="epsilon"):
     """The batch-mean loss of `model` (a PixArtTransformer) for given x0, timesteps, noise and captions; micro-
     conditions (`img_hw`, `aspect_ratio`) are taken from the batch and ignored by non-MS models."""
     x_t = q_sample(tables, x0, t, noise)
     out = model(x_t, t, captions, batch["mask"], resolution=batch["img_hw"], aspect_ratio=batch["aspect_ratio"])
-    return diffusion_loss(tables, out, x0, x_t, t, noise).mean()
+    return diffusion_loss(tables, out, x0, x_t, t, noise, prediction_type).mean()

@@ -77,7 +77,8 @@ class Pretraining:
     @staticmethod
     def make_step(cfg, graphdef, tx, schedule, shardings, mesh):
         return TrainStep(graphdef, tx, schedule, shardings, mesh, accum_steps=cfg.optimizer.grad_accum_steps,
-                         ema_rate=cfg.optimizer.ema_rate, caption_dropout=cfg.model.caption_dropout)
+                         ema_rate=cfg.optimizer.ema_rate, caption_dropout=cfg.model.caption_dropout,
+                         latent_scale=cfg.data.latent_scale, prediction_type=cfg.model.prediction_type)
 
 
 def train(cfg, examples=None, program=Pretraining):
@@ -153,7 +154,8 @@ def train(cfg, examples=None, program=Pretraining):
                 for _ in range(accum):
                     batch = sharding.device_batch(next(iterator), mesh)
                     if grids is None and cfg.sample.every:  # captions of this run's first batch
-                        grids = SampleGrid(graphdef, cfg.sample, batch, mesh, cfg.seed)
+                        grids = SampleGrid(graphdef, cfg.sample, batch, mesh, cfg.seed, cfg.data.latent_scale,
+                                           cfg.model.prediction_type)
                     state, metrics = train_step(state, batch)
                     micro.append(metrics)
                 if pending is not None:

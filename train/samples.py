@@ -38,12 +38,12 @@ class SampleGrid:
     """`grid(state)` -> (H, W, 3) uint8 of `cfg.num_images` samples for the captions of `batch` (device arrays),
     from fixed noise, so grids of different steps are comparable. Compiles once."""
 
-    def __init__(self, graphdef, cfg, batch, mesh, seed):
+    def __init__(self, graphdef, cfg, batch, mesh, seed, latent_scale=LATENT_SCALE, prediction_type="epsilon"):
         n = min(cfg.num_images, batch["caption"].shape[0])
         self.cond = {k: batch[k] for k in ("caption", "mask", "img_hw", "aspect_ratio")}
-        shape = (n, 4, *batch["mean"].shape[2:])
+        shape = (n, *batch["mean"].shape[1:])
         noise = jax.random.normal(jax.random.key(seed), shape, jnp.float32)
-        sampler = SAMPLERS[cfg.sampler]()
+        sampler = SAMPLERS[cfg.sampler](prediction_type=prediction_type)
         vae = None
         if cfg.vae:
             from pixart_jax.vae import load_vae
@@ -57,17 +57,17 @@ class SampleGrid:
             captions = jnp.concatenate([cond["caption"], null])
             twice = {k: jnp.concatenate([cond[k], cond[k]]) for k in ("mask", "img_hw", "aspect_ratio")}
 
-            def guided_eps(x, t):
+            def guided(x, t):
                 out = model(jnp.concatenate([x, x]), jnp.concatenate([t, t]), captions, twice["mask"],
-                            resolution=twice["img_hw"], aspect_ratio=twice["aspect_ratio"])[:, :4]
-                eps_c, eps_u = jnp.split(out, 2)
-                return eps_u + cfg.guidance_scale * (eps_c - eps_u)
+                            resolution=twice["img_hw"], aspect_ratio=twice["aspect_ratio"])[:, :shape[1]]
+                out_c, out_u = jnp.split(out, 2)
+                return out_u + cfg.guidance_scale * (out_c - out_u)
 
-            latents = sampler.sample(guided_eps, noise, cfg.steps)
+            latents = sampler.sample(guided, noise, cfg.steps)
             if vae_state is None:
                 scale = jnp.abs(latents[:, :3]).max(axis=(1, 2, 3), keepdims=True) + 1e-6
                 return latents[:, :3] / scale
-            return nnx.merge(vae_def, vae_state).decode(latents / LATENT_SCALE)
+            return nnx.merge(vae_def, vae_state).decode(latents / latent_scale)
 
         self._generate = jax.jit(generate, out_shardings=replicated(mesh))
         self._vae_state = vae_state

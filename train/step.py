@@ -14,9 +14,10 @@ from flax import nnx
 
 from pixart_jax.checkpoints import load_transformer
 from pixart_jax.config import PRESETS
+from pixart_jax.samplers.prediction import check_prediction_type
 from pixart_jax.transformer import PixArtTransformer
 from train import sharding
-from train.loss import diffusion_tables, draw_training_inputs, pixart_loss
+from train.loss import LATENT_SCALE, diffusion_tables, draw_training_inputs, pixart_loss
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -113,7 +114,8 @@ class TrainStep:
     was traced: once per batch shape (aspect-ratio bucket), never per step."""
 
     def __init__(self, graphdef, tx, schedule, state_shardings, mesh, *, accum_steps=1, ema_rate=0.9999,
-                 caption_dropout=0.1, tables=None):
+                 caption_dropout=0.1, latent_scale=LATENT_SCALE, prediction_type="epsilon", tables=None):
+        check_prediction_type(prediction_type)
         self.traces = 0
         tables = diffusion_tables() if tables is None else tables
 
@@ -123,8 +125,9 @@ class TrainStep:
 
             def loss_fn(params):
                 model = nnx.merge(graphdef, params, state["buffers"])
-                inputs = draw_training_inputs(key, batch, tables, caption_dropout, state["buffers"]["y_embedding"])
-                return pixart_loss(model, batch, tables, *inputs)
+                inputs = draw_training_inputs(key, batch, tables, caption_dropout, state["buffers"]["y_embedding"],
+                                              latent_scale)
+                return pixart_loss(model, batch, tables, *inputs, prediction_type)
 
             params, opt, ema, metrics = optimizer_update(tx, schedule, accum_steps, loss_fn, state["params"],
                                                          state["opt"], state["ema"], ema_rate, state["step"])
