@@ -87,6 +87,11 @@ PRESETS = {
     "PixArt-XL-2-1024-MS": XL_2,
     "tiny": PixArtConfig(depth=2, hidden_size=48, num_heads=2, caption_channels=32,
                          sample_size=16, interpolation_scale=1.0, micro_conditions=True),
+    # The embedded demo's model (pixart_jax/demo/run.py): 32 patch-PCA channels on a 3×3 latent grid (48 px images,
+    # 16 px per latent cell), 16-token captions from a 64-wide random T5.
+    "shapes-demo": PixArtConfig(depth=4, hidden_size=128, num_heads=4, patch_size=1, in_channels=32, out_channels=64,
+                                caption_channels=64, max_tokens=16, sample_size=3, interpolation_scale=1.0,
+                                micro_conditions=False),
 }
 # Released file names that map onto a preset (SAM / MSCOCO 256 models share the 256 architecture).
 _NAME_PATTERNS = [(r"1024-MS", "PixArt-XL-2-1024-MS"), (r"512x512", "PixArt-XL-2-512x512"),

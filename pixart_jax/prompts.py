@@ -108,14 +108,15 @@ def load_tokenizer(directory):
     return T5Tokenizer.from_pretrained(directory)
 
 
-def train_tokenizer(texts, directory, vocab_size=90):
-    """Trains a SentencePiece unigram model on `texts` and writes it as a T5 tokenizer folder (`spiece.model`; pad 0,
-    eos 1, unk 2, no bos — T5's ids). For small models built offline; returns the folder's path."""
+def train_tokenizer(texts, directory, vocab_size=90, model_type="unigram"):
+    """Trains a SentencePiece model (`model_type` "unigram", or "word" for one piece per word of a small closed
+    vocabulary) on `texts` and writes it as a T5 tokenizer folder (`spiece.model`; pad 0, eos 1, unk 2, no bos —
+    T5's ids). For small models built offline; returns the folder's path."""
     import sentencepiece as spm
 
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
-                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   model_type=model_type, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
                                    character_coverage=1.0, hard_vocab_limit=False, minloglevel=2)
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "spiece.model"), "wb") as f:

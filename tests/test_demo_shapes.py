@@ -7,6 +7,7 @@ import pytest
 from pixart_jax.demo.checker import alignment_percent, attribute_percentages, detect, score
 from pixart_jax.demo.shapes import (
     COLOURS,
+    IMAGE_SIZE,
     KINDS,
     POSITIONS,
     SIZES,
@@ -70,7 +71,7 @@ def test_caption_round_trip():
 
 def test_make_dataset_is_deterministic_and_consistent():
     images, captions, attributes = make_dataset(300, seed=7)
-    assert images.shape == (300, 32, 32, 3) and images.dtype == np.float32
+    assert images.shape == (300, IMAGE_SIZE, IMAGE_SIZE, 3) and images.dtype == np.float32
     assert images.min() >= 0 and images.max() <= 1
     assert [parse_caption(c) for c in captions] == attributes
     again = make_dataset(300, seed=7)
@@ -78,13 +79,13 @@ def test_make_dataset_is_deterministic_and_consistent():
     other = make_dataset(300, seed=8)
     assert not np.array_equal(images, other[0]) and captions != other[1]
     assert len(set(captions)) > 216  # both phrasings occur
-    assert make_dataset(0, seed=7)[0].shape == (0, 32, 32, 3)
+    assert make_dataset(0, seed=7)[0].shape == (0, IMAGE_SIZE, IMAGE_SIZE, 3)
 
 
 def test_model_input_round_trip():
     images = make_dataset(4, seed=1)[0]
     model_input = to_model_input(images)
-    assert model_input.shape == (4, 3, 32, 32) and model_input.dtype == np.float32
+    assert model_input.shape == (4, 3, IMAGE_SIZE, IMAGE_SIZE) and model_input.dtype == np.float32
     assert model_input.min() >= -1 and model_input.max() <= 1
     np.testing.assert_allclose(from_model_output(model_input), images, atol=1e-6)
     assert from_model_output(np.full((1, 3, 2, 2), 3.0)).max() == 1
@@ -124,14 +125,14 @@ def test_shuffled_captions_are_not_aligned(ground_truth):
 def test_garbage_is_never_aligned():
     rng = np.random.default_rng(6)
     target = Attributes("circle", "red", "small", "center")
-    garbage = [np.full((32, 32, 3), 0.2), np.ones((32, 32, 3)), np.zeros((32, 32, 3)), np.full((32, 32, 3), np.nan),
-               np.tile(np.float32([1, 0, 0]), (32, 32, 1)), *rng.uniform(0, 1, (20, 32, 32, 3)),
-               *np.clip(0.5 + rng.normal(0, 0.3, (10, 32, 32, 3)), 0, 1)]
+    garbage = [np.full((IMAGE_SIZE, IMAGE_SIZE, 3), 0.2), np.ones((IMAGE_SIZE, IMAGE_SIZE, 3)), np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3)), np.full((IMAGE_SIZE, IMAGE_SIZE, 3), np.nan),
+               np.tile(np.float32([1, 0, 0]), (IMAGE_SIZE, IMAGE_SIZE, 1)), *rng.uniform(0, 1, (20, IMAGE_SIZE, IMAGE_SIZE, 3)),
+               *np.clip(0.5 + rng.normal(0, 0.3, (10, IMAGE_SIZE, IMAGE_SIZE, 3)), 0, 1)]
     for image in garbage:
         assert detect(image) is None
         result = score(image, target)
         assert not any(result[f] for f in (*FIELDS, "aligned"))
-    for malformed in (np.zeros((32, 32)), np.zeros((32, 32, 4)), np.zeros((0, 0, 3))):
+    for malformed in (np.zeros((IMAGE_SIZE, IMAGE_SIZE)), np.zeros((IMAGE_SIZE, IMAGE_SIZE, 4)), np.zeros((0, 0, 3))):
         assert detect(malformed) is None
     assert alignment_percent(np.stack(garbage[:5]), [target] * 5) == 0
     with pytest.raises(ValueError):

@@ -1,4 +1,4 @@
-"""Procedural captioned dataset: one coloured shape per 32×32 image, captioned "a small red circle at the top left".
+"""Procedural captioned dataset: one coloured shape per 48×48 image, captioned "a small red circle at the top left".
 
 Every image is a plain dark-grey background with one hard-edged shape of a kind, colour, size and position (a cell
 of a 3×3 grid). Images are float32 (H, W, 3) in [0, 1] and a deterministic function of their attributes and jitter;
@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-IMAGE_SIZE = 32
+IMAGE_SIZE = 48
 BACKGROUND = (0.2, 0.2, 0.2)
 KINDS = ("circle", "square", "triangle")
 COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0), "yellow": (1.0, 1.0, 0.0)}
@@ -18,7 +18,7 @@ COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 
 SIZES = {"small": 4.0, "big": 7.0}
 # Row-major 3×3 grid; the shape is centred at CENTRES[column], CENTRES[row] (pixel edges at integers).
 POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
-CENTRES = (8.0, 16.0, 24.0)
+CENTRES = (8.0, 24.0, 40.0)
 JITTER = 1.0  # uniform in [-JITTER, JITTER] pixels on each axis
 # Phrasings of each position; captions pick one, parse_caption reads them all.
 POSITION_PHRASES = {

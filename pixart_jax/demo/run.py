@@ -1,0 +1,196 @@
+"""`pixart-jax demo`: trains, distils and scores a small PixArt from scratch, offline, on this machine's CPU.
+
+1. data: the procedural shapes dataset (48×48 images, captions such as "a small red circle at the top left");
+2. text: a word-level SentencePiece tokenizer trained on the captions and a random, frozen 2-layer T5;
+3. latents: a linear autoencoder fitted here (PatchPCA: 16 px patches -> 32 channels on a 3×3 latent grid);
+4. teacher: PixArt ("shapes-demo" preset, v-prediction) trained by train.pretrain, the code of full-size training;
+5. student: latent consistency distillation of the teacher by train.lcm (PixArt-δ's LCD, guidance 4.5 baked in);
+6. scores: every method samples the 36 fixed evaluation prompts from the same initial noise, and the procedural
+   checker reads kind, colour, size and position back off each image -> DIR/scores.json and DIR/grid.png.
+"""
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
+
+from pixart_jax.checkpoints import save_jax
+from pixart_jax.config import PRESETS
+from pixart_jax.demo import checker, shapes
+from pixart_jax.demo.patch_pca import PatchPCA
+from pixart_jax.pipeline import PixArtPipeline
+from pixart_jax.prompts import load_tokenizer, tokenize, train_tokenizer
+from pixart_jax.samplers import DDIM, LCM, DPMSolverMultistep
+from pixart_jax.t5 import T5Config, T5Encoder
+
+MODEL = PRESETS["shapes-demo"]
+PATCH = shapes.IMAGE_SIZE // MODEL.sample_size
+TEXT_ENCODER = T5Config(vocab_size=64, d_model=MODEL.caption_channels, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+                        feed_forward_proj="gated-gelu")
+GUIDANCE = 4.5
+# v-prediction: with PixArt's ε-objective this model learns colour, kind and size in minutes but not where the
+# caption puts the shape (position stays at chance after 4,000 steps): where x_t still hides the layout the
+# ε-loss sees x_0 only through √ᾱ_t (< 0.16 there), while the v-loss sees it at full weight.
+PREDICTION = "v_prediction"
+# (name, sampler, steps, guidance) in grid order; the LCM rows sample the distilled student. DDIM uses "trailing"
+# timesteps (4 steps: 999, 749, 499, 249), as few-step DDIM should: "leading" would end at t = 0 and, with one
+# step, call the model only at t = 0 on pure noise.
+DDIM_FEW_STEPS = DDIM(prediction_type=PREDICTION, timestep_spacing="trailing")
+METHODS = (("teacher_dpm_20_cfg", DPMSolverMultistep(prediction_type=PREDICTION), 20, GUIDANCE),
+           ("teacher_dpm_4_cfg", DPMSolverMultistep(prediction_type=PREDICTION), 4, GUIDANCE),
+           ("teacher_ddim_4_cfg", DDIM_FEW_STEPS, 4, GUIDANCE),
+           ("teacher_ddim_2_cfg", DDIM_FEW_STEPS, 2, GUIDANCE),
+           ("teacher_ddim_1_cfg", DDIM_FEW_STEPS, 1, GUIDANCE),
+           ("lcm_4", LCM(prediction_type=PREDICTION), 4, 1.0),
+           ("lcm_2", LCM(prediction_type=PREDICTION), 2, 1.0),
+           ("lcm_1", LCM(prediction_type=PREDICTION), 1, 1.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    images: int              # training images (all 216 attribute combinations, cycled, each with its own jitter)
+    teacher_steps: int
+    lcd_steps: int
+    batch_size: int = 64
+    teacher_lr: float = 1e-3
+    lcd_lr: float = 1e-4
+    seed: int = 0
+
+
+FULL = Settings(images=4096, teacher_steps=5000, lcd_steps=400)
+QUICK = Settings(images=1024, teacher_steps=200, lcd_steps=20)
+
+
+def build_text_encoder(captions, directory, seed):
+    """(tokenizer, T5 encoder): a word-level tokenizer trained on `captions`, saved in `directory`, and a random T5
+    (frozen: it is never trained; its final RMS norm gives the caption features unit scale)."""
+    tokenizer = load_tokenizer(train_tokenizer(captions, directory, vocab_size=TEXT_ENCODER.vocab_size,
+                                               model_type="word"))
+    if len(tokenizer) > TEXT_ENCODER.vocab_size + 100:  # T5 tokenizers append 100 sentinel ids, never produced here
+        raise ValueError(f"the caption vocabulary needs {len(tokenizer) - 100} ids, the T5 has "
+                         f"{TEXT_ENCODER.vocab_size}")
+    return tokenizer, T5Encoder(TEXT_ENCODER, rngs=nnx.Rngs(seed))
+
+
+def caption_features(tokenizer, text_encoder, captions, batch=512):
+    """(features (N, L, C) float32, mask (N, L) int32) of `captions`, L = the model's max_tokens."""
+    ids, mask = tokenize(tokenizer, captions, MODEL.max_tokens)
+    encode = nnx.jit(lambda model, i, m: model(i, m))
+    features = [np.asarray(encode(text_encoder, ids[i:i + batch], mask[i:i + batch]))
+                for i in range(0, len(ids), batch)]
+    return np.concatenate(features).astype(np.float32), mask
+
+
+def training_examples(latents, features, mask):
+    """Example dicts in train/data.py's layout; the PCA latents are exact, so the posterior std is 0."""
+    size = np.array([shapes.IMAGE_SIZE] * 2, np.float32)
+    return [{"caption": f, "mask": m, "mean": z, "std": np.zeros_like(z), "img_hw": size,
+             "aspect_ratio": np.ones(1, np.float32), "bucket": "1.0"}
+            for f, m, z in zip(features, mask, np.asarray(latents, np.float32))]
+
+
+def train_overrides(workdir, settings, steps, lr, latent_scale):
+    """Dotted config overrides shared by the teacher and the distillation: small-model optimiser settings
+    (lr without sqrt scaling, no weight decay, short warmup, gradient clip 1) and one checkpoint at the end."""
+    return [f"workdir={workdir}", f"steps={steps}", f"checkpoint_every={steps}", f"seed={settings.seed}",
+            "model.preset=shapes-demo", f"model.prediction_type={PREDICTION}", f"data.batch_size={settings.batch_size}",
+            f"data.latent_scale={latent_scale}",
+            f"optimizer.lr={lr}", "optimizer.sqrt_lr_scaling=false", "optimizer.weight_decay=0.0",
+            "optimizer.grad_clip=1.0", "optimizer.warmup_steps=100", "checkpoint.async_save=false",
+            "logging.log_every=100"]
+
+
+def train_teacher(examples, workdir, settings, latent_scale):
+    """Pre-trains the teacher with train.pretrain; returns the trained PixArtTransformer (saved in workdir/model)."""
+    from train import config as config_lib
+    from train import pretrain
+
+    cfg = config_lib.load_config(None, train_overrides(workdir, settings, settings.teacher_steps,
+                                                       settings.teacher_lr, latent_scale))
+    result = pretrain.train(cfg, examples)
+    model = nnx.merge(result["graphdef"], result["state"]["params"], result["state"]["buffers"])
+    save_jax(model, os.path.join(workdir, "model"))
+    return model
+
+
+def distill_student(examples, teacher_dir, workdir, settings, latent_scale):
+    """LCD of the teacher saved in `teacher_dir` with train.lcm; returns the EMA target (what PixArt-δ ships)."""
+    from train import lcm
+
+    overrides = train_overrides(workdir, settings, settings.lcd_steps, settings.lcd_lr, latent_scale)
+    cfg = lcm.load_config(None, [*overrides, f"model.init_from={teacher_dir}", f"lcd.guidance={GUIDANCE}"])
+    result = lcm.distill(cfg, examples)
+    return nnx.merge(result["graphdef"], result["state"]["target"], result["state"]["buffers"])
+
+
+def sample_all(teacher, student, text_encoder, tokenizer, vae, prompts):
+    """{method: (N, H, W, 3) images in [0, 1]} for METHODS, every method from the same per-prompt initial noise."""
+    noise = jnp.stack([jax.random.normal(jax.random.key(p.seed), (MODEL.in_channels, MODEL.sample_size,
+                                                                  MODEL.sample_size)) for p in prompts])
+    images = {}
+    for name, sampler, steps, guidance in tqdm(METHODS, desc="sampling", unit="method"):
+        pipe = PixArtPipeline(transformer=student if name.startswith("lcm") else teacher, text_encoder=text_encoder,
+                              tokenizer=tokenizer, vae=vae, sampler=sampler)
+        images[name] = pipe(prompt=[p.caption for p in prompts], num_inference_steps=steps, guidance_scale=guidance,
+                            height=shapes.IMAGE_SIZE, width=shapes.IMAGE_SIZE, latents=noise, seed=0,
+                            output_type="np", use_resolution_binning=False, clean_caption=False,
+                            null_caption="y_embedding", progress=False)
+    return images
+
+
+def write_grid(images, path, zoom=2, label_width=150):
+    """Rows = methods (labelled), columns = the evaluation prompts; nearest-neighbour zoom."""
+    names = list(images)
+    n, size = len(images[names[0]]), shapes.IMAGE_SIZE * zoom
+    sheet = Image.new("RGB", (label_width + n * size, len(names) * size), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row, name in enumerate(names):
+        draw.text((4, row * size + size // 2 - 6), name, fill="black")
+        for column, image in enumerate(images[name]):
+            tile = Image.fromarray((image * 255).round().astype(np.uint8)).resize((size, size), Image.NEAREST)
+            sheet.paste(tile, (label_width + column * size, row * size))
+    sheet.save(path)
+
+
+def run(out, quick=False):
+    """The whole demo into directory `out`; returns the scores dict written to out/scores.json."""
+    settings = QUICK if quick else FULL
+    os.makedirs(out, exist_ok=True)
+    clock = {}
+    start = time.perf_counter()
+    images, captions, _ = shapes.make_dataset(settings.images, settings.seed)
+    tokenizer, text_encoder = build_text_encoder(captions, os.path.join(out, "tokenizer"), settings.seed)
+    features, mask = caption_features(tokenizer, text_encoder, captions)
+    vae = PatchPCA.fit(shapes.to_model_input(images), patch=PATCH, components=MODEL.in_channels)
+    vae.save(os.path.join(out, "patch_pca.npz"))
+    examples = training_examples(vae.encode(shapes.to_model_input(images)), features, mask)
+    clock["data_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    teacher = train_teacher(examples, os.path.join(out, "teacher"), settings, vae.scaling_factor)
+    clock["teacher_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    student = distill_student(examples, os.path.join(out, "teacher", "model"), os.path.join(out, "lcm"), settings,
+                              vae.scaling_factor)
+    clock["distillation_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    prompts = shapes.evaluation_set()
+    samples = sample_all(teacher, student, text_encoder, tokenizer, vae, prompts)
+    attributes = [p.attributes for p in prompts]
+    details = {name: checker.attribute_percentages(batch, attributes) for name, batch in samples.items()}
+    write_grid(samples, os.path.join(out, "grid.png"))
+    clock["evaluation_s"] = time.perf_counter() - start
+
+    scores = {name: d["aligned"] for name, d in details.items()}
+    report = {**scores, "attributes": details, "settings": dataclasses.asdict(settings),
+              "prompts": [p.caption for p in prompts], "seconds": {k: round(v, 1) for k, v in clock.items()}}
+    with open(os.path.join(out, "scores.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    return report

@@ -1,0 +1,38 @@
+"""`pixart-jax demo --quick`, as a user runs it: the whole path (data, tokenizer, T5, autoencoder, teacher training,
+LCD, sampling, scoring) in a short run."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+from PIL import Image
+
+from pixart_jax.demo.run import METHODS
+from pixart_jax.demo.shapes import IMAGE_SIZE, evaluation_set
+from pixart_jax.samplers import LCM, from_scheduler_config
+
+REQUIRED = ("teacher_dpm_20_cfg", "teacher_dpm_4_cfg", "teacher_ddim_4_cfg", "lcm_4", "lcm_2", "lcm_1")  # the issue's
+
+
+def test_quick_demo_writes_grid_and_finite_scores(tmp_path):
+    script = os.path.join(os.path.dirname(sys.executable), "pixart-jax")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as a user runs it
+    run = subprocess.run([script, "demo", "--quick", "--out", str(tmp_path)], capture_output=True, text=True,
+                         env={**env, "JAX_PLATFORMS": "cpu"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    with open(tmp_path / "scores.json") as f:
+        scores = json.load(f)
+    methods = [name for name, *_ in METHODS]
+    assert set(REQUIRED) <= set(methods)
+    for name in methods:
+        assert math.isfinite(scores[name]) and 0 <= scores[name] <= 100, (name, scores[name])
+        assert scores[name] == scores["attributes"][name]["aligned"]
+        assert name in run.stdout
+    assert scores["prompts"] == [p.caption for p in evaluation_set()]
+    grid = Image.open(tmp_path / "grid.png")
+    assert grid.size == (150 + 36 * 2 * IMAGE_SIZE, len(methods) * 2 * IMAGE_SIZE)
+    assert (tmp_path / "teacher" / "model" / "config.json").is_file()
+    assert (tmp_path / "lcm" / "export" / "transformer" / "config.json").is_file()
+    sampler = from_scheduler_config(tmp_path / "lcm" / "export")  # the student is a v-prediction LCM
+    assert isinstance(sampler, LCM) and sampler.prediction_type == "v_prediction"
