@@ -5,15 +5,19 @@ import pathlib
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from pixart_jax.checkpoints import load_transformer
+from pixart_jax.prompts import encode_prompt, load_tokenizer
 from pixart_jax.samplers import from_scheduler_config
 from pixart_jax.samplers.lcm import LCM
 from train.data import stack_examples
-from train.lcd_step import init_lcd_state
-from train.lcm import Distillation, load_config, main
+from tests.fixtures import save_t5, save_tokenizer
+from train.config import ConfigError
+from train.lcd_step import LCDStep, init_lcd_state
+from train.lcm import Distillation, empty_prompt, load_config, main
 from train.sharding import device_batch, make_mesh
 from train.step import build_model, make_optimizer, split_model
 from train.synthetic import synthetic_examples
@@ -104,3 +108,47 @@ def test_lcm_command_trains_resumes_and_exports(tmp_path, capsys):
     assert model.cfg.depth == 2 and model.cfg.hidden_size == 48
     assert isinstance(from_scheduler_config(str(workdir / "export")), LCM)
     assert main(args + ["sample.every=1"]) == 2  # sample grids are a pre-training feature
+
+
+def test_t5_null_caption_is_padded_with_masked_tokens():
+    """lcd.null_caption "t5": the teacher's uncond branch gets the (T, C) caption padded to L tokens with only T
+    valid. Equal to the y_embedding mode on a model whose y_embedding is that padded caption, for prompts whose
+    own masks are those T tokens; a different null caption changes the loss."""
+    mesh, state, _, batch = setup(1, (1, 1))
+    cfg = load_config(LCM_TINY, ["workdir=unused"])
+    length, channels = state["buffers"]["y_embedding"].shape
+    null = np.asarray(jax.random.normal(jax.random.key(4), (3, channels)))
+    padded = np.concatenate([null, np.zeros((length - 3, channels), np.float32)])
+    batch = dict(batch, mask=np.broadcast_to(np.arange(length) < 3, batch["mask"].shape).astype(np.int32))
+    model = perturbed(build_model(cfg.model, cfg.seed))
+    model.y_embedding.set_value(jax.numpy.asarray(padded))
+    tx, schedule = make_optimizer(cfg.optimizer, cfg.data.batch_size)
+
+    def loss(null_caption):
+        with jax.set_mesh(mesh):
+            fresh, shardings = init_lcd_state(model, tx, cfg.seed, mesh, cfg.mesh.rules)
+            lcd = LCDStep(split_model(model)[0], tx, schedule, shardings, mesh, null_caption=null_caption)
+            return float(lcd(fresh, device_batch(batch, mesh))[1]["loss"])
+
+    t5_mode, y_embedding_mode = loss(null), loss(None)
+    print(f"T5('') mode {t5_mode:.8f}, y_embedding mode on the same caption {y_embedding_mode:.8f}")
+    assert t5_mode == y_embedding_mode
+    assert loss(null[:2]) != t5_mode
+    with pytest.raises(ValueError, match="does not fit captions"):
+        loss(np.zeros((length + 1, channels), np.float32))
+
+
+def test_lcm_command_with_the_t5_empty_prompt(tmp_path):
+    """`lcd.null_caption=t5 lcd.text_encoder=DIR` runs; its null caption is the first token of the pipeline's T5
+    encoding of the negative prompt "" (our encode_prompt, padded to 120 tokens)."""
+    t5_dir, t5 = save_t5(tmp_path / "t5")
+    save_tokenizer(str(tmp_path / "t5"))
+    null = empty_prompt(t5_dir, t5_dir)
+    pipeline = encode_prompt("a cat", "", tokenizer=load_tokenizer(t5_dir), text_encoder=t5)
+    assert null.shape == (1, 32) and int(pipeline.negative_mask.sum()) == 1
+    np.testing.assert_allclose(null[0], np.asarray(pipeline.negative_embeds[0, 0]), atol=1e-6)
+    args = [LCM_TINY, f"workdir={tmp_path / 'lcm'}", "logging.progress=false", "steps=2", "lcd.null_caption=t5",
+            f"lcd.text_encoder={t5_dir}"]
+    assert main(args) == 0
+    with pytest.raises(ConfigError, match="needs lcd.text_encoder"):
+        load_config(LCM_TINY, ["lcd.null_caption=t5"])

@@ -39,23 +39,40 @@ def _prediction(graphdef, params, buffers, batch, x, t, captions):
     return out[:, :x.shape[1]].astype(jnp.float32)
 
 
-def _twice(batch):
-    """The batch's mask and micro-conditions repeated for the teacher's [cond, uncond] forward."""
-    return {k: jnp.concatenate([batch[k], batch[k]]) for k in ("mask", "img_hw", "aspect_ratio")}
+def _unconditional(batch, y_embedding, null_caption):
+    """(captions, mask) of the teacher's unconditional branch: y_embedding with each prompt's own mask (PixArt-δ),
+    or the given (T, C) null caption (T5 of "") with T valid tokens, padded to the caption length."""
+    captions, mask = jnp.asarray(batch["caption"], jnp.float32), batch["mask"]
+    if null_caption is None:
+        return jnp.broadcast_to(y_embedding.astype(jnp.float32), captions.shape), mask
+    tokens, length = null_caption.shape[0], captions.shape[1]
+    if null_caption.shape[1] != captions.shape[2] or tokens > length:
+        raise ValueError(f"null caption of shape {null_caption.shape} does not fit captions of {length} tokens x "
+                         f"{captions.shape[2]} channels")
+    padded = jnp.zeros(captions.shape[1:], jnp.float32).at[:tokens].set(null_caption)
+    null_mask = (jnp.arange(length) < tokens).astype(mask.dtype)
+    return jnp.broadcast_to(padded, captions.shape), jnp.broadcast_to(null_mask, mask.shape)
+
+
+def _teacher_batch(batch, uncond_mask):
+    """Masks and micro-conditions for the teacher's [cond, uncond] forward."""
+    both = {k: jnp.concatenate([batch[k], batch[k]]) for k in ("img_hw", "aspect_ratio")}
+    return dict(both, mask=jnp.concatenate([batch["mask"], uncond_mask]))
 
 
 class LCDStep(TrainStep):
     """The jitted LCD step `(state, batch) -> (state, metrics {loss, grad_norm, lr})`; the state is donated.
 
     One step: x0 (fresh posterior sample × latent_scale), n ~ U{0..N-1}, ε and fixed w; the teacher on [cond, uncond]
-    (uncond = y_embedding with each prompt's own mask), student and stop-gradient target into `lcd_loss`; AdamW on
+    (uncond = y_embedding with each prompt's own mask, or `null_caption`: the (T, C) T5 encoding of "" with its T
+    valid tokens), student and stop-gradient target into `lcd_loss`; AdamW on
     the student; then target ← decay·target + (1 - decay)·student once per optimizer step. `caption_dropout`
     replaces the student's caption by y_embedding (the reference's unwired-config quirk: 0.1; teacher and
     target always see the real caption)."""
 
     def __init__(self, graphdef, tx, schedule, state_shardings, mesh, *, accum_steps=1, target_decay=0.95,
                  guidance=4.5, loss_type="huber", huber_c=1e-3, num_ddim_timesteps=50, caption_dropout=0.0,
-                 latent_scale=LATENT_SCALE, prediction_type="epsilon"):
+                 latent_scale=LATENT_SCALE, prediction_type="epsilon", null_caption=None):
         check_prediction_type(prediction_type)
         self.traces = 0
         tables, draw_tables = lcd_tables(num_ddim_timesteps), diffusion_tables()
@@ -71,11 +88,12 @@ class LCDStep(TrainStep):
             n = jax.random.randint(k_n, (size,), 0, num_ddim_timesteps)
             w = jnp.full((size,), guidance, jnp.float32)
             captions = jnp.asarray(batch["caption"], jnp.float32)
-            uncond = jnp.broadcast_to(null.astype(captions.dtype), captions.shape)
+            uncond, uncond_mask = _unconditional(batch, null, null_caption)
 
             def teacher(x, t):
-                out = _prediction(graphdef, state["teacher"], buffers, _twice(batch), jnp.concatenate([x, x]),
-                                  jnp.concatenate([t, t]), jnp.concatenate([captions, uncond]))
+                out = _prediction(graphdef, state["teacher"], buffers, _teacher_batch(batch, uncond_mask),
+                                  jnp.concatenate([x, x]), jnp.concatenate([t, t]),
+                                  jnp.concatenate([captions, uncond]))
                 return jnp.split(out, 2)
 
             def loss_fn(student):

@@ -13,11 +13,16 @@ import json
 import os
 import sys
 
+from typing import Optional
+
 import jax
+import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
 from pixart_jax.checkpoints import save_diffusers
+from pixart_jax.prompts import load_tokenizer, tokenize
+from pixart_jax.t5 import load_text_encoder
 from train import config as config_lib
 from train import pretrain
 from train.lcd_step import LCDStep, abstract_lcd_state, init_lcd_state
@@ -31,6 +36,10 @@ class LCDConfig:
     huber_c: float = 1.0e-3
     target_decay: float = 0.95              # EMA of the student, once per optimizer step
     export: str = "target"                  # weights exported at the end: "target" (EMA) or "student"
+    null_caption: str = "y_embedding"       # teacher's uncond branch: "y_embedding" (PixArt-δ: the model's null
+                                            # caption, each prompt's mask) or "t5" (T5 of "" with its own mask)
+    text_encoder: Optional[str] = None      # null_caption "t5": a T5 encoder folder (as extract_features takes)
+    tokenizer: Optional[str] = None         # its tokenizer folder (spiece.model); default: text_encoder
 
 
 @dataclasses.dataclass
@@ -48,6 +57,10 @@ def _check(cfg):
         problems.append("lcd.target_decay must be in [0, 1]")
     if cfg.lcd.num_ddim_timesteps < 1 or 1000 % cfg.lcd.num_ddim_timesteps:
         problems.append("lcd.num_ddim_timesteps must divide 1000")
+    if cfg.lcd.null_caption not in ("y_embedding", "t5"):
+        problems.append("lcd.null_caption must be 'y_embedding' or 't5'")
+    if cfg.lcd.null_caption == "t5" and not cfg.lcd.text_encoder:
+        problems.append("lcd.null_caption 't5' needs lcd.text_encoder (a T5 folder)")
     if cfg.sample.every:
         problems.append("sample.every must be 0: sample grids are not drawn during distillation")
     if problems:
@@ -58,6 +71,13 @@ def _check(cfg):
 load_config = functools.partial(config_lib.load_config, schema=LCMTrainConfig, validate=_check)
 
 
+def empty_prompt(text_encoder, tokenizer):
+    """(1, C) float32: the T5 encoding of the empty prompt "" (its one token, </s>), diffusers' LCM distillation's
+    unconditional input; the step pads it to the caption length with masked positions."""
+    ids, mask = tokenize(load_tokenizer(tokenizer), [""], 1)
+    return np.asarray(load_text_encoder(text_encoder)(ids, mask)[0], np.float32)
+
+
 class Distillation:
     """The LCD state and step for pretrain.train's loop (the interface of pretrain.Pretraining)."""
     abstract_state = staticmethod(abstract_lcd_state)
@@ -66,11 +86,14 @@ class Distillation:
     @staticmethod
     def make_step(cfg, graphdef, tx, schedule, shardings, mesh):
         lcd = cfg.lcd
+        null_caption = None
+        if lcd.null_caption == "t5":
+            null_caption = empty_prompt(lcd.text_encoder, lcd.tokenizer or lcd.text_encoder)
         return LCDStep(graphdef, tx, schedule, shardings, mesh, accum_steps=cfg.optimizer.grad_accum_steps,
                        target_decay=lcd.target_decay, guidance=lcd.guidance, loss_type=lcd.loss_type,
                        huber_c=lcd.huber_c, num_ddim_timesteps=lcd.num_ddim_timesteps,
                        caption_dropout=cfg.model.caption_dropout, latent_scale=cfg.data.latent_scale,
-                       prediction_type=cfg.model.prediction_type)
+                       prediction_type=cfg.model.prediction_type, null_caption=null_caption)
 
 
 def scheduler_config(num_ddim_timesteps=50, prediction_type="epsilon"):
