@@ -36,6 +36,8 @@ def test_overrides_are_typed():
     ("model.preset=huge", "preset"),
     ("mesh.rules.kernel_in=model", "unknown mesh axes"),
     ("steps=0", "steps must be at least 1"),
+    ("model.prediction_type=sample", "model.prediction_type must be one of"),
+    ("data.latent_scale=0", "data.latent_scale must be > 0"),
     ("steps", "key=value"),
 ])
 def test_bad_configs_fail_with_the_key_named(override, message):

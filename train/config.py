@@ -110,12 +110,17 @@ class TrainConfig:
 
 def check(cfg):
     from pixart_jax.config import PRESETS
+    from pixart_jax.samplers.prediction import PREDICTION_TYPES
 
     problems = []
     if cfg.model.preset not in PRESETS:
         problems.append(f"model.preset {cfg.model.preset!r} is not one of {sorted(PRESETS)}")
     if cfg.model.compute_dtype not in COMPUTE_DTYPES:
         problems.append(f"model.compute_dtype must be one of {COMPUTE_DTYPES}")
+    if cfg.model.prediction_type not in PREDICTION_TYPES:
+        problems.append(f"model.prediction_type must be one of {PREDICTION_TYPES}")
+    if cfg.data.latent_scale <= 0:
+        problems.append("data.latent_scale must be > 0")
     if cfg.sample.sampler not in SAMPLERS:
         problems.append(f"sample.sampler must be one of {SAMPLERS}")
     for name in ("steps", "checkpoint_every", "data.batch_size", "optimizer.grad_accum_steps",

@@ -39,10 +39,9 @@ def _prediction(graphdef, params, buffers, batch, x, t, captions):
     return out[:, :x.shape[1]].astype(jnp.float32)
 
 
-def _unconditional(batch, y_embedding, null_caption):
+def _unconditional(captions, mask, y_embedding, null_caption):
     """(captions, mask) of the teacher's unconditional branch: y_embedding with each prompt's own mask (PixArt-δ),
     or the given (T, C) null caption (T5 of "") with T valid tokens, padded to the caption length."""
-    captions, mask = jnp.asarray(batch["caption"], jnp.float32), batch["mask"]
     if null_caption is None:
         return jnp.broadcast_to(y_embedding.astype(jnp.float32), captions.shape), mask
     tokens, length = null_caption.shape[0], captions.shape[1]
@@ -63,10 +62,10 @@ def _teacher_batch(batch, uncond_mask):
 class LCDStep(TrainStep):
     """The jitted LCD step `(state, batch) -> (state, metrics {loss, grad_norm, lr})`; the state is donated.
 
-    One step: x0 (fresh posterior sample × latent_scale), n ~ U{0..N-1}, ε and fixed w; the teacher on [cond, uncond]
-    (uncond = y_embedding with each prompt's own mask, or `null_caption`: the (T, C) T5 encoding of "" with its T
-    valid tokens), student and stop-gradient target into `lcd_loss`; AdamW on
-    the student; then target ← decay·target + (1 - decay)·student once per optimizer step. `caption_dropout`
+    One step: x0 (fresh posterior sample × latent_scale), n ~ U{0..N-1}, ε and fixed w; the teacher on
+    [cond, uncond] (uncond = y_embedding with each prompt's own mask, or `null_caption`: the (T, C) T5 encoding of
+    "" with its T valid tokens), student and stop-gradient target into `lcd_loss`; AdamW on the student; then
+    target ← decay·target + (1 - decay)·student once per optimizer step. `caption_dropout`
     replaces the student's caption by y_embedding (the reference's unwired-config quirk: 0.1; teacher and
     target always see the real caption)."""
 
@@ -88,7 +87,7 @@ class LCDStep(TrainStep):
             n = jax.random.randint(k_n, (size,), 0, num_ddim_timesteps)
             w = jnp.full((size,), guidance, jnp.float32)
             captions = jnp.asarray(batch["caption"], jnp.float32)
-            uncond, uncond_mask = _unconditional(batch, null, null_caption)
+            uncond, uncond_mask = _unconditional(captions, batch["mask"], null, null_caption)
 
             def teacher(x, t):
                 out = _prediction(graphdef, state["teacher"], buffers, _teacher_batch(batch, uncond_mask),

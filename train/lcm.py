@@ -12,7 +12,6 @@ import functools
 import json
 import os
 import sys
-
 from typing import Optional
 
 import jax

@@ -167,9 +167,10 @@ def run(out, quick=False):
     images, captions, _ = shapes.make_dataset(settings.images, settings.seed)
     tokenizer, text_encoder = build_text_encoder(captions, os.path.join(out, "tokenizer"), settings.seed)
     features, mask = caption_features(tokenizer, text_encoder, captions)
-    vae = PatchPCA.fit(shapes.to_model_input(images), patch=PATCH, components=MODEL.in_channels)
+    pixels = shapes.to_model_input(images)
+    vae = PatchPCA.fit(pixels, patch=PATCH, components=MODEL.in_channels)
     vae.save(os.path.join(out, "patch_pca.npz"))
-    examples = training_examples(vae.encode(shapes.to_model_input(images)), features, mask)
+    examples = training_examples(vae.encode(pixels), features, mask)
     clock["data_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
