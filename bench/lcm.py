@@ -61,7 +61,7 @@ def main():
                           output_type="np", use_resolution_binning=False)
             with torch.no_grad():
                 (_, ours_s), (_, ref_s) = timed_pair(
-                    lambda: ours(prompt, latents=latents, progress=False, **kwargs),
+                    lambda: ours(prompt, latents=latents, progress=False, **kwargs).images,
                     lambda: ref(prompt, latents=torch.from_numpy(latents), **kwargs).images, args.runs)
             rows.append([name, ours_s, ref_s])
     print(f"{args.size}x{args.size}, transformer {layers} layers at XL/2 width, T5 {args.t5_layers} layers at XXL "

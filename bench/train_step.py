@@ -50,10 +50,10 @@ def run_jax(args):
     from flax import nnx
 
     from pixart_jax.config import PRESETS
+    from pixart_jax.sharding import device_batch, make_mesh
+    from pixart_jax.training.config import OptimizerConfig
+    from pixart_jax.training.step import TrainStep, init_state, make_optimizer, split_model
     from pixart_jax.transformer import PixArtTransformer
-    from train.config import OptimizerConfig
-    from train.sharding import device_batch, make_mesh
-    from train.step import TrainStep, init_state, make_optimizer, split_model
 
     mesh = make_mesh(1, 1, jax.devices()[:1])
     model = PixArtTransformer(PRESETS[PRESET], rngs=nnx.Rngs(0))
@@ -110,7 +110,7 @@ def run_torch(args):
     from diffusers import PixArtTransformer2DModel
 
     from pixart_jax.config import PRESETS
-    from train.loss import diffusion_tables
+    from pixart_jax.training.loss import diffusion_tables
 
     torch.manual_seed(0)
     config = PRESETS[PRESET].to_diffusers()

@@ -1,5 +1,5 @@
 """The `pixart-jax` command line: `demo` (train, distil and score a small PixArt offline), `generate` from a PixArt
-pipeline directory, `sample-random` as an install check."""
+pipeline directory, `convert` / `inspect` checkpoints, `sample-random` as an install check."""
 import argparse
 import os
 import sys
@@ -9,15 +9,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pixart_jax.choices import DType
 from pixart_jax.config import PRESETS
+from pixart_jax.conversion import LAYOUTS, describe
+from pixart_jax.conversion import convert as convert_checkpoint
 from pixart_jax.images import grid
 from pixart_jax.pipeline import PixArtPipeline
-from pixart_jax.samplers import DDIM
+from pixart_jax.samplers import DDIM, SamplerName
 from pixart_jax.transformer import PixArtTransformer
 from pixart_jax.vae import AutoencoderKL, VAEConfig
 
 TINY_VAE = VAEConfig(block_out_channels=(32, 32, 32, 32), layers_per_block=1)
-DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
 
 class CompileClock:
@@ -38,7 +40,7 @@ def timed_call(pipe, **kwargs):
     """(images, compile seconds, run seconds) of one pipeline call."""
     CompileClock.seconds = 0.0
     start = time.perf_counter()
-    images = pipe(**kwargs)
+    images = pipe(**kwargs).images
     total = time.perf_counter() - start
     return images, CompileClock.seconds, total - CompileClock.seconds
 
@@ -62,7 +64,7 @@ def generate(args):
     if not args.out.lower().endswith(".png"):
         raise ValueError(f"--out must name a .png file, got {args.out!r}")
     start = time.perf_counter()
-    pipe = PixArtPipeline.from_pretrained(args.model, dtype=DTYPES[args.dtype], sampler=args.scheduler)
+    pipe = PixArtPipeline.from_pretrained(args.model, dtype=args.dtype.jax, sampler=args.scheduler)
     print(f"loaded {args.model} in {time.perf_counter() - start:.1f} s ({type(pipe.sampler).__name__})")
     images, compile_s, run_s = timed_call(
         pipe, prompt=args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
@@ -84,9 +86,10 @@ def sample_random(args):
     pipe = PixArtPipeline(transformer=model, text_encoder=None, tokenizer=None,
                           vae=AutoencoderKL(TINY_VAE, rngs=nnx.Rngs(key_vae)), sampler=DDIM())
     caption = jax.random.normal(key_text, (1, cfg.max_tokens, cfg.caption_channels))
-    images, compile_s, run_s = timed_call(pipe, prompt_embeds=caption, num_inference_steps=args.steps,
-                                          guidance_scale=1.0, height=args.size, width=args.size, seed=args.seed,
-                                          use_resolution_binning=False)
+    mask = jnp.ones(caption.shape[:2])
+    images, compile_s, run_s = timed_call(pipe, prompt_embeds=caption, prompt_attention_mask=mask,
+                                          num_inference_steps=args.steps, guidance_scale=1.0, height=args.size,
+                                          width=args.size, seed=args.seed, use_resolution_binning=False)
     save_images(images, args.out)
     print(f"wrote {args.out} ({args.size}x{args.size}, {args.steps} DDIM steps): compile {compile_s:.1f} s, "
           f"run {run_s:.2f} s on {jax.devices()[0].platform}")
@@ -106,6 +109,16 @@ def demo(args):
           f"({sum(report['seconds'].values()):.0f} s)")
 
 
+def convert(args):
+    """Converts a PixArt transformer checkpoint between the diffusers, original (.pth) and pixart-jax layouts."""
+    print(f"wrote {convert_checkpoint(args.src, args.dst, args.to, args.config)}")
+
+
+def inspect(args):
+    """Lists the tensors of a checkpoint (any supported layout) with their shapes and dtypes."""
+    print("\n".join(describe(args.path)))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="pixart-jax", description="PixArt-α / PixArt-δ in JAX")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -120,14 +133,26 @@ def main(argv=None):
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=4.5, help="classifier-free guidance; <= 1 disables it")
-    p.add_argument("--scheduler", choices=["dpm", "ddim", "lcm"], help="default: the directory's scheduler")
+    p.add_argument("--scheduler", choices=list(SamplerName), type=SamplerName,
+                   help="default: the directory's scheduler")
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-images", type=int, default=1, help="images per prompt")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--dtype", choices=list(DType), type=DType, default=DType.float32, help="compute dtype")
     p.add_argument("--out", default="out/image.png")
     p.set_defaults(run=generate)
+    p = commands.add_parser("convert", help=convert.__doc__)
+    p.add_argument("--src", required=True, help="a diffusers transformer/ or pipeline folder, an original .pth / "
+                                                 ".safetensors, or a pixart-jax folder")
+    p.add_argument("--dst", required=True, help="output folder (or .pth/.safetensors file with --to original)")
+    p.add_argument("--to", choices=LAYOUTS, default="jax")
+    p.add_argument("--config", help=f"variant of an original .pth whose file name does not say it, one of "
+                                    f"{sorted(PRESETS)}")
+    p.set_defaults(run=convert)
+    p = commands.add_parser("inspect", help=inspect.__doc__)
+    p.add_argument("path")
+    p.set_defaults(run=inspect)
     p = commands.add_parser("sample-random", help=sample_random.__doc__)
     p.add_argument("--size", type=int, default=256, help="image side in pixels, a multiple of 16")
     p.add_argument("--steps", type=int, default=10)

@@ -2,10 +2,13 @@
 
 The denoising loop (classifier-free guidance batched in one forward), the VAE decode and the resize-back of
 resolution binning run in one jitted function that compiles once per (shapes, steps, sampler, guidance on/off).
+Components are read at every call, so `pipe.transformer = other` (as diffusers users do) takes effect.
 """
 import dataclasses
+import math
 import os
 import secrets
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +18,7 @@ from tqdm.auto import tqdm
 
 from pixart_jax.aspect_ratios import TEST_TABLES, bin_size
 from pixart_jax.checkpoints import load_transformer
+from pixart_jax.guidance import Caption, guide, guided_forward
 from pixart_jax.images import resize_and_crop, to_numpy, to_pil
 from pixart_jax.prompts import encode_prompt, load_tokenizer
 from pixart_jax.samplers import from_scheduler_config
@@ -26,17 +30,17 @@ from pixart_jax.weights.files import read_json
 PIPELINE_CLASSES = ("PixArtAlphaPipeline",)
 BIN_TABLES = {128: TEST_TABLES[1024], 64: TEST_TABLES[512], 32: TEST_TABLES[256]}  # by transformer sample_size
 OUTPUT_TYPES = ("pil", "np", "latent")
+NULL_CAPTIONS = ("negative_prompt", "y_embedding")
 
 
-class _Progress:
-    """The tqdm bar the compiled loop reports to: one host callback per model evaluation."""
+@dataclasses.dataclass
+class ImagePipelineOutput:
+    """What `PixArtPipeline.__call__` returns with return_dict=True (as diffusers' output of the same name):
+    `images` is a list of PIL images, an (N, H, W, 3) array in [0, 1] or the (N, C, h, w) latents."""
+    images: Any
 
-    bar = None
-
-    @classmethod
-    def tick(cls):
-        if cls.bar is not None:
-            cls.bar.update()
+    def __getitem__(self, index):
+        return (self.images,)[index]
 
 
 @dataclasses.dataclass
@@ -51,12 +55,14 @@ class PixArtPipeline:
     sampler: object
 
     def __post_init__(self):
-        self._graphdef, self._state = nnx.split((self.transformer, self.vae))
-        self._generate = jax.jit(self._generate_fn, static_argnames=("steps", "sampler", "guided", "denoised_only",
-                                                                      "out_size", "decode", "progress"))
+        self._bar = None  # this pipeline's progress bar while a call runs
+        self._generate = jax.jit(self._generate_fn, static_argnames=(
+            "graphdef", "steps", "sampler", "guided", "guidance_channels", "denoised_only", "out_size", "decode",
+            "progress"))
 
     @classmethod
-    def from_pretrained(cls, directory, dtype=jnp.float32, sampler=None, **sampler_options):
+    def from_pretrained(cls, directory: str, dtype=jnp.float32, sampler: str | None = None,
+                        **sampler_options) -> "PixArtPipeline":
         """A diffusers PixArt pipeline directory (model_index.json, transformer/, text_encoder/, tokenizer/, vae/,
         scheduler/). `sampler` ("dpm", "ddim", "lcm", "ddpm") overrides the scheduler config's class."""
         index_path = os.path.join(directory, "model_index.json")
@@ -67,30 +73,34 @@ class PixArtPipeline:
             raise CheckpointError(f"{index_path} describes a {index.get('_class_name')!r}, not one of "
                                   f"{PIPELINE_CLASSES}")
         path = lambda name: os.path.join(directory, name)  # noqa: E731
+        tokenizer = load_tokenizer(path("tokenizer"))
         return cls(transformer=load_transformer(path("transformer"), dtype),
-                   text_encoder=load_text_encoder(path("text_encoder"), dtype),
-                   tokenizer=load_tokenizer(path("tokenizer")), vae=load_vae(path("vae"), dtype),
+                   text_encoder=load_text_encoder(path("text_encoder"), dtype), tokenizer=tokenizer,
+                   vae=load_vae(path("vae"), dtype),
                    sampler=from_scheduler_config(path("scheduler"), sampler=sampler, **sampler_options))
 
     @property
     def vae_scale_factor(self):
         return self.vae.spatial_factor
 
-    def _generate_fn(self, state, latents, embeds, mask, resolution, aspect_ratio, guidance_scale, key, *, steps,
-                     sampler, guided, denoised_only, out_size, decode, progress):
-        transformer, vae = nnx.merge(self._graphdef, state)
+    def _tick(self):
+        if self._bar is not None:
+            self._bar.update()
+
+    def _generate_fn(self, state, latents, cond, uncond, resolution, aspect_ratio, guidance_scale, key, *,
+                     graphdef, steps, sampler, guided, guidance_channels, denoised_only, out_size, decode, progress):
+        transformer, vae = nnx.merge(graphdef, state)
         channels = sampler.model_output_shape(latents.shape)[1]
 
         def model_fn(x, t):
             if progress:
-                jax.debug.callback(_Progress.tick)
+                jax.debug.callback(self._tick)
             if not guided:
-                return transformer(x, t, embeds, mask, resolution, aspect_ratio)[:, :channels]
-            out = transformer(jnp.concatenate([x, x]), jnp.concatenate([t, t]), embeds, mask,
-                              jnp.concatenate([resolution, resolution]) if resolution is not None else None,
-                              jnp.concatenate([aspect_ratio, aspect_ratio]) if aspect_ratio is not None else None)
-            uncond, cond = jnp.split(out, 2)
-            return (uncond + guidance_scale * (cond - uncond))[:, :channels]
+                return transformer(x, t, cond.embeds, cond.mask, resolution, aspect_ratio)[:, :channels]
+            out_uncond, out_cond = guided_forward(transformer, x, t, cond, uncond, resolution=resolution,
+                                                  aspect_ratio=aspect_ratio)
+            # the variance channels of a learned-sigma model come from the conditional half
+            return guide(out_uncond, out_cond, guidance_scale, guidance_channels or latents.shape[1])[:, :channels]
 
         noise_key = key if sampler.needs_noise(steps) else None
         latents = sampler.sample(model_fn, latents, steps, key=noise_key, return_denoised=denoised_only)
@@ -99,22 +109,26 @@ class PixArtPipeline:
         images = vae.decode(latents / vae.scaling_factor)
         return resize_and_crop(images, *out_size)
 
-    def __call__(self, prompt=None, negative_prompt="", num_inference_steps=20, guidance_scale=4.5, height=None,
-                 width=None, num_images_per_prompt=1, seed=None, latents=None, output_type="pil",
-                 use_resolution_binning=True, clean_caption=True, prompt_embeds=None, prompt_attention_mask=None,
-                 negative_prompt_embeds=None, negative_prompt_attention_mask=None, null_caption="negative_prompt",
-                 progress=True):
+    def __call__(self, prompt: str | list[str] | None = None, negative_prompt: str = "",
+                 num_inference_steps: int = 20, guidance_scale: float = 4.5, height: int | None = None,
+                 width: int | None = None, num_images_per_prompt: int = 1, seed: int | None = None, latents=None,
+                 output_type: str = "pil", use_resolution_binning: bool = True, clean_caption: bool = True,
+                 prompt_embeds=None, prompt_attention_mask=None, negative_prompt_embeds=None,
+                 negative_prompt_attention_mask=None, null_caption: str = "negative_prompt",
+                 guidance_channels: int | None = None, progress: bool = True, return_dict: bool = True):
         """Generates images; arguments as diffusers' PixArtAlphaPipeline, plus `seed` (the initial noise and any
-        sampler noise come from jax.random.key(seed); random when None) and `null_caption`: "negative_prompt"
+        sampler noise come from jax.random.key(seed); random when None), `null_caption`: "negative_prompt"
         (T5 of the negative prompt, as diffusers) or "y_embedding" (the checkpoint's null caption with the
-        prompt's mask, as the original repo). Returns a list of PIL images, an (N, H, W, 3) array in [0, 1] or
-        the (N, 4, h, w) latents."""
+        prompt's mask, as the original repo), and `guidance_channels`: None guides every ε channel (a learned
+        variance comes from the conditional half), 3 reproduces the original repo's IDDPM sampling, which guides
+        only ε channels 0-2. Returns an ImagePipelineOutput whose `images` are a list of PIL images, an
+        (N, H, W, 3) array in [0, 1] or the (N, 4, h, w) latents; with return_dict=False the tuple (images,)."""
         cfg = self.transformer.cfg
         scale = self.vae_scale_factor
-        height = height or cfg.sample_size * scale
-        width = width or cfg.sample_size * scale
+        height = cfg.sample_size * scale if height is None else height
+        width = cfg.sample_size * scale if width is None else width
         self._check(prompt, prompt_embeds, num_inference_steps, guidance_scale, height, width, output_type,
-                    null_caption, num_images_per_prompt)
+                    null_caption, num_images_per_prompt, guidance_channels)
         out_size = (height, width)
         if use_resolution_binning:
             if cfg.sample_size not in BIN_TABLES:
@@ -126,14 +140,10 @@ class PixArtPipeline:
             raise ValueError(f"height and width must be multiples of {multiple} (VAE factor {scale} x patch "
                              f"{cfg.patch_size}) without resolution binning, got {height}x{width}")
         guided = guidance_scale > 1.0
-        embeds, mask, neg_embeds, neg_mask = self._embeddings(
-            prompt, negative_prompt, clean_caption, null_caption, prompt_embeds, prompt_attention_mask,
-            negative_prompt_embeds, negative_prompt_attention_mask)
-        n = embeds.shape[0] * num_images_per_prompt
-        embeds, mask = (jnp.repeat(a, num_images_per_prompt, axis=0) for a in (embeds, mask))
-        if guided:
-            neg_embeds, neg_mask = (jnp.repeat(a, num_images_per_prompt, axis=0) for a in (neg_embeds, neg_mask))
-            embeds, mask = jnp.concatenate([neg_embeds, embeds]), jnp.concatenate([neg_mask, mask])
+        cond, uncond = self._embeddings(prompt, negative_prompt, clean_caption, null_caption, prompt_embeds,
+                                        prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask)
+        n = cond.embeds.shape[0] * num_images_per_prompt
+        cond, uncond = (Caption(*(jnp.repeat(a, num_images_per_prompt, axis=0) for a in c)) for c in (cond, uncond))
         key_latents, key_sampler = jax.random.split(jax.random.key(secrets.randbits(31) if seed is None else seed))
         shape = (n, cfg.in_channels, height // scale, width // scale)
         if latents is None:
@@ -144,49 +154,77 @@ class PixArtPipeline:
         if cfg.micro_conditions:
             resolution = jnp.tile(jnp.array([[height, width]], jnp.float32), (n, 1))
             aspect_ratio = jnp.full((n, 1), height / width, jnp.float32)
-        with tqdm(total=num_inference_steps, desc="denoising", disable=not progress) as bar:
-            _Progress.bar = bar
+        graphdef, state = nnx.split((self.transformer, self.vae))
+        with tqdm(total=num_inference_steps, desc="denoising", disable=not progress) as self._bar:
             try:
                 result = self._generate(
-                    self._state, jnp.asarray(latents, jnp.float32), embeds, mask, resolution, aspect_ratio,
-                    jnp.float32(guidance_scale), key_sampler, steps=num_inference_steps, sampler=self.sampler,
-                    guided=guided, denoised_only=num_inference_steps == 1, out_size=out_size,
-                    decode=output_type != "latent", progress=progress)
+                    state, jnp.asarray(latents, jnp.float32), cond, uncond, resolution, aspect_ratio,
+                    jnp.float32(guidance_scale), key_sampler, graphdef=graphdef, steps=num_inference_steps,
+                    sampler=self.sampler, guided=guided, guidance_channels=guidance_channels,
+                    denoised_only=num_inference_steps == 1, out_size=out_size, decode=output_type != "latent",
+                    progress=progress)
                 result = jax.block_until_ready(result)
             finally:
-                _Progress.bar = None
-        if output_type == "latent":
-            return result
-        return to_numpy(result) if output_type == "np" else to_pil(result)
+                self._bar = None
+        if output_type != "latent":
+            result = to_numpy(result) if output_type == "np" else to_pil(result)
+        return ImagePipelineOutput(result) if return_dict else (result,)
 
     def _embeddings(self, prompt, negative_prompt, clean_caption, null_caption, embeds, mask, neg_embeds, neg_mask):
+        """(cond, uncond) Captions: encoded prompts, or the given embeddings checked against the transformer."""
+        cfg = self.transformer.cfg
         if embeds is None:
             null = self.transformer.y_embedding[...] if null_caption == "y_embedding" else None
-            return encode_prompt(prompt, negative_prompt, tokenizer=self.tokenizer, text_encoder=self.text_encoder,
-                                 max_length=self.transformer.cfg.max_tokens, clean_caption=clean_caption,
-                                 null_embedding=null)
-        embeds = jnp.asarray(embeds, jnp.float32)
-        mask = jnp.ones(embeds.shape[:2], jnp.float32) if mask is None else jnp.asarray(mask, jnp.float32)
+            embeds, mask, neg_embeds, neg_mask = encode_prompt(
+                prompt, negative_prompt, tokenizer=self.tokenizer, text_encoder=self.text_encoder,
+                max_length=cfg.max_tokens, clean_caption=clean_caption, null_embedding=null)
+            return Caption(embeds, mask), Caption(neg_embeds, neg_mask)
+        expected = (cfg.max_tokens, cfg.caption_channels)
+        cond = _checked_caption(embeds, mask, expected, "prompt_embeds", "prompt_attention_mask")
         if neg_embeds is None:
-            neg_embeds = jnp.broadcast_to(self.transformer.y_embedding[...], embeds.shape)
-            neg_mask = mask
-        neg_mask = jnp.ones(neg_embeds.shape[:2], jnp.float32) if neg_mask is None else neg_mask
-        return embeds, mask, jnp.asarray(neg_embeds, jnp.float32), jnp.asarray(neg_mask, jnp.float32)
+            null = jnp.broadcast_to(self.transformer.y_embedding[...], cond.embeds.shape)
+            return cond, Caption(null, cond.mask)
+        uncond = _checked_caption(neg_embeds, neg_mask, expected, "negative_prompt_embeds",
+                                  "negative_prompt_attention_mask")
+        if uncond.embeds.shape[0] != cond.embeds.shape[0]:
+            raise ValueError(f"negative_prompt_embeds has batch {uncond.embeds.shape[0]}, prompt_embeds "
+                             f"{cond.embeds.shape[0]}")
+        return cond, uncond
 
-    def _check(self, prompt, prompt_embeds, steps, guidance_scale, height, width, output_type, null_caption, n):
+    def _check(self, prompt, prompt_embeds, steps, guidance_scale, height, width, output_type, null_caption, n,
+               guidance_channels):
         if prompt_embeds is None:
             prompts = [prompt] if isinstance(prompt, str) else prompt
             if not prompts or not all(isinstance(p, str) for p in prompts):
                 raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
             raise ValueError(f"num_inference_steps must be a positive integer, got {steps!r}")
-        if guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
-        if height % 8 or width % 8 or height <= 0 or width <= 0:
-            raise ValueError(f"height and width must be positive multiples of 8, got {height}x{width}")
+        if not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
+        for name, value in (("height", height), ("width", width)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0 or value % 8:
+                raise ValueError(f"{name} must be a positive multiple of 8, got {value!r} "
+                                 f"(height x width: {height!r}x{width!r})")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if null_caption not in ("negative_prompt", "y_embedding"):
-            raise ValueError(f"null_caption must be 'negative_prompt' or 'y_embedding', got {null_caption!r}")
+        if null_caption not in NULL_CAPTIONS:
+            raise ValueError(f"null_caption must be one of {NULL_CAPTIONS}, got {null_caption!r}")
         if n < 1:
             raise ValueError(f"num_images_per_prompt must be >= 1, got {n}")
+        channels = self.transformer.cfg.in_channels
+        if guidance_channels is not None and not 1 <= guidance_channels <= channels:
+            raise ValueError(f"guidance_channels must be None or in [1, {channels}], got {guidance_channels}")
+
+
+def _checked_caption(embeds, mask, expected, name, mask_name):
+    """Caption(embeds, mask) as float32 after checking shapes: embeds (B, L, C) = expected (L, C), mask (B, L)."""
+    embeds = jnp.asarray(embeds, jnp.float32)
+    if embeds.ndim != 3 or tuple(embeds.shape[1:]) != expected:
+        raise ValueError(f"{name} must have shape (batch, {expected[0]}, {expected[1]}) for this transformer, "
+                         f"got {tuple(embeds.shape)}")
+    if mask is None:
+        raise ValueError(f"{name} needs {mask_name} (batch, {expected[0]}) of 0/1: which tokens are real")
+    mask = jnp.asarray(mask, jnp.float32)
+    if tuple(mask.shape) != embeds.shape[:2]:
+        raise ValueError(f"{mask_name} must have shape {tuple(embeds.shape[:2])}, got {tuple(mask.shape)}")
+    return Caption(embeds, mask)

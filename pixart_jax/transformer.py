@@ -14,10 +14,14 @@ from flax import nnx
 from pixart_jax.attention import attention
 from pixart_jax.config import PixArtConfig
 from pixart_jax.embeddings import patchify, sincos_pos_embed, timestep_features, unpatchify
+from pixart_jax.sharding import stack_axes
 
 xavier = nnx.initializers.xavier_uniform()
 normal_002 = nnx.initializers.normal(0.02)
 zeros = nnx.initializers.zeros
+# Logical axes of an adaLN scale-shift table (rows, width); linear kernels are (kernel_in, kernel_out), and the
+# stacked blocks add a leading "layers" axis. The training config's mesh rules map these names to mesh axes.
+TABLE_AXES = (None, "table")
 
 
 class Buffer(nnx.Variable):
@@ -37,9 +41,12 @@ def gelu_tanh(x):
 
 
 class Dense(nnx.Linear):
+    """A linear layer with fp32 parameters; its kernel (in, out) and bias (out,) carry logical axes for sharding."""
+
     def __init__(self, din, dout, dtype, kernel_init=xavier, bias_init=zeros, *, rngs):
         super().__init__(din, dout, dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
-                         bias_init=bias_init, rngs=rngs)
+                         bias_init=bias_init, kernel_metadata={"axes": ("kernel_in", "kernel_out")},
+                         bias_metadata={"axes": ("kernel_out",)}, rngs=rngs)
 
 
 class Mlp(nnx.Module):
@@ -90,7 +97,7 @@ class PixArtBlock(nnx.Module):
     def __init__(self, cfg, dtype, *, rngs):
         d = cfg.hidden_size
         self.eps = cfg.norm_eps
-        self.scale_shift_table = nnx.Param(jax.random.normal(rngs.params(), (6, d)) / np.sqrt(d))
+        self.scale_shift_table = nnx.Param(jax.random.normal(rngs.params(), (6, d)) / np.sqrt(d), axes=TABLE_AXES)
         self.attn = SelfAttention(cfg, dtype, rngs=rngs)
         self.cross_attn = CrossAttention(cfg, dtype, rngs=rngs)
         self.mlp = Mlp(d, cfg.mlp_hidden, d, gelu_tanh, dtype, rngs=rngs)
@@ -109,7 +116,7 @@ class FinalLayer(nnx.Module):
     def __init__(self, cfg, dtype, *, rngs):
         d = cfg.hidden_size
         self.eps = cfg.norm_eps
-        self.scale_shift_table = nnx.Param(jax.random.normal(rngs.params(), (2, d)) / np.sqrt(d))
+        self.scale_shift_table = nnx.Param(jax.random.normal(rngs.params(), (2, d)) / np.sqrt(d), axes=TABLE_AXES)
         self.linear = Dense(d, cfg.patch_size ** 2 * cfg.out_channels, dtype, zeros, rngs=rngs)
 
     def __call__(self, x, t):
@@ -123,9 +130,11 @@ class PatchEmbed(nnx.Module):
     def __init__(self, cfg, dtype, *, rngs):
         p, c, d = cfg.patch_size, cfg.in_channels, cfg.hidden_size
         self.patch, self.dtype = p, dtype
-        self.kernel = nnx.Param(xavier(rngs.params(), (p * p * c, d)).reshape(p, p, c, d))
+        self.kernel = nnx.Param(xavier(rngs.params(), (p * p * c, d)).reshape(p, p, c, d),
+                                axes=(None, None, "kernel_in", "kernel_out"))
         bound = 1 / np.sqrt(p * p * c)  # PyTorch's Conv2d default bias init, which the reference keeps
-        self.bias = nnx.Param(jax.random.uniform(rngs.params(), (d,), minval=-bound, maxval=bound))
+        self.bias = nnx.Param(jax.random.uniform(rngs.params(), (d,), minval=-bound, maxval=bound),
+                              axes=("kernel_out",))
 
     def __call__(self, latents):
         patches = patchify(latents, self.patch).astype(self.dtype)
@@ -157,6 +166,7 @@ class PixArtTransformer(nnx.Module):
         block_def = nnx.graphdef(nnx.eval_shape(lambda: PixArtBlock(cfg, dtype, rngs=nnx.Rngs(0))))
         self.blocks = nnx.merge(block_def, jax.vmap(
             lambda k: nnx.split(PixArtBlock(cfg, dtype, rngs=nnx.Rngs(k)))[1])(keys))
+        stack_axes(self.blocks)
         self.final_layer = FinalLayer(cfg, dtype, rngs=rngs)
 
     def condition(self, timestep, resolution=None, aspect_ratio=None):

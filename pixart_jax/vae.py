@@ -19,6 +19,8 @@ from pixart_jax.weights.files import read_model_config, read_weights
 from pixart_jax.weights.mapping import import_weights
 from pixart_jax.weights.nnx_state import abstract_shapes, build_model
 
+LATENT_SCALE = 0.18215  # the SD VAE's scaling factor: model latents are VAE latents times this
+
 EPS = 1e-6  # every GroupNorm of the diffusers VAE
 
 
@@ -32,7 +34,7 @@ class VAEConfig:
     layers_per_block: int = 1
     latent_channels: int = 4
     norm_num_groups: int = 32
-    scaling_factor: float = 0.18215
+    scaling_factor: float = LATENT_SCALE
     shift_factor: float | None = None
     use_quant_conv: bool = True
     use_post_quant_conv: bool = True

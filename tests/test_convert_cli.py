@@ -1,16 +1,14 @@
 """`python -m convert.pixart`: conversions between layouts, inspect, and nothing left behind on failure."""
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from flax import nnx
 
-from convert import pixart as convert_pixart
-from pixart_jax import checkpoints
+from pixart_jax import checkpoints, conversion
 from pixart_jax.config import PRESETS
 from pixart_jax.transformer import PixArtTransformer
 from pixart_jax.weights.nnx_state import flat_arrays
+from tests.commands import run_module
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +21,10 @@ def model_dir(tmp_path_factory):
 
 def test_chain_of_conversions_preserves_every_parameter(model_dir, tmp_path):
     model, src = model_dir
-    jax_dir = convert_pixart.convert(src, str(tmp_path / "jax"), "jax")
-    pth = convert_pixart.convert(jax_dir, str(tmp_path / "orig"), "original")
+    jax_dir = conversion.convert(src, str(tmp_path / "jax"), "jax")
+    pth = conversion.convert(jax_dir, str(tmp_path / "orig"), "original")
     assert pth.endswith("PixArt.pth")
-    back = convert_pixart.convert(pth, str(tmp_path / "diffusers"), "diffusers", config="tiny")
+    back = conversion.convert(pth, str(tmp_path / "diffusers"), "diffusers", config="tiny")
     want, got = flat_arrays(model), flat_arrays(checkpoints.load_transformer(back))
     for key in want:
         if key != "y_embedding":  # diffusers stores no null caption
@@ -35,13 +33,12 @@ def test_chain_of_conversions_preserves_every_parameter(model_dir, tmp_path):
 
 def test_cli_inspect_and_failure_leaves_nothing(model_dir, tmp_path):
     _, src = model_dir
-    run = subprocess.run([sys.executable, "-m", "convert.pixart", "inspect", src], capture_output=True, text=True)
+    run = run_module("convert.pixart", "inspect", src)
     assert run.returncode == 0, run.stderr
     assert "diffusers layout" in run.stdout and "transformer_blocks.1.attn1.to_q.weight" in run.stdout
     bad = tmp_path / "broken.pth"
     bad.write_bytes(b"garbage")
     dst = tmp_path / "out"
-    run = subprocess.run([sys.executable, "-m", "convert.pixart", "--src", str(bad), "--dst", str(dst),
-                          "--to", "diffusers", "--config", "tiny"], capture_output=True, text=True)
+    run = run_module("convert.pixart", "--src", bad, "--dst", dst, "--to", "diffusers", "--config", "tiny")
     assert run.returncode == 1 and "is not a safetensors file" in run.stderr
     assert list(tmp_path.iterdir()) == [bad]

@@ -7,8 +7,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from train.data import BucketBatchPlan, decode_example, encode_example, feature_dataset, read_examples
-from train.extract_features import ShardWriter
+from pixart_jax.training.data import BucketBatchPlan, decode_example, encode_example, feature_dataset, read_examples
+from pixart_jax.training.features import ShardWriter
 
 # bucket -> latent (h, w); 11 + 7 + 5 + 1 examples, so some buckets leave leftovers and "4.0" never fills a batch.
 LATENTS = {"1.0": (4, 4), "0.5": (2, 4), "2.0": (4, 2), "4.0": (8, 2)}

@@ -2,24 +2,19 @@
 LCD, sampling, scoring) in a short run."""
 import json
 import math
-import os
-import subprocess
-import sys
 
 from PIL import Image
 
 from pixart_jax.demo.run import METHODS
 from pixart_jax.demo.shapes import IMAGE_SIZE, evaluation_set
 from pixart_jax.samplers import LCM, from_scheduler_config
+from tests.commands import run_cli
 
 REQUIRED = ("teacher_dpm_20_cfg", "teacher_dpm_4_cfg", "teacher_ddim_4_cfg", "lcm_4", "lcm_2", "lcm_1")  # the issue's
 
 
 def test_quick_demo_writes_grid_and_finite_scores(tmp_path):
-    script = os.path.join(os.path.dirname(sys.executable), "pixart-jax")
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as a user runs it
-    run = subprocess.run([script, "demo", "--quick", "--out", str(tmp_path)], capture_output=True, text=True,
-                         env={**env, "JAX_PLATFORMS": "cpu"})
+    run = run_cli("demo", "--quick", "--out", tmp_path)  # one CPU device, as a user runs it
     assert run.returncode == 0, run.stderr[-3000:]
     with open(tmp_path / "scores.json") as f:
         scores = json.load(f)

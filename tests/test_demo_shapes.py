@@ -125,8 +125,9 @@ def test_shuffled_captions_are_not_aligned(ground_truth):
 def test_garbage_is_never_aligned():
     rng = np.random.default_rng(6)
     target = Attributes("circle", "red", "small", "center")
-    garbage = [np.full((IMAGE_SIZE, IMAGE_SIZE, 3), 0.2), np.ones((IMAGE_SIZE, IMAGE_SIZE, 3)), np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3)), np.full((IMAGE_SIZE, IMAGE_SIZE, 3), np.nan),
-               np.tile(np.float32([1, 0, 0]), (IMAGE_SIZE, IMAGE_SIZE, 1)), *rng.uniform(0, 1, (20, IMAGE_SIZE, IMAGE_SIZE, 3)),
+    side = (IMAGE_SIZE, IMAGE_SIZE, 3)
+    garbage = [np.full(side, 0.2), np.ones(side), np.zeros(side), np.full(side, np.nan),
+               np.tile(np.float32([1, 0, 0]), (IMAGE_SIZE, IMAGE_SIZE, 1)), *rng.uniform(0, 1, (20, *side)),
                *np.clip(0.5 + rng.normal(0, 0.3, (10, IMAGE_SIZE, IMAGE_SIZE, 3)), 0, 1)]
     for image in garbage:
         assert detect(image) is None

@@ -16,10 +16,10 @@ from PIL import Image
 from pixart_jax.aspect_ratios import ASPECT_RATIO_256, closest_bucket
 from pixart_jax.prompts import load_tokenizer, preprocess, tokenize
 from pixart_jax.t5 import load_text_encoder
+from pixart_jax.training.data import feature_dataset, read_examples
 from pixart_jax.vae import load_vae
 from tests.fixtures import save_t5, save_tokenizer, save_vae
 from tests.parity import rel_error
-from train.data import feature_dataset, read_examples
 from train.extract_features import main
 
 encode = nnx.jit(lambda vae, images: vae.encode(images))

@@ -1,7 +1,4 @@
 """`pixart-jax generate` on a tiny pipeline directory in the diffusers layout, as a user runs it."""
-import os
-import subprocess
-import sys
 
 import pytest
 from PIL import Image
@@ -9,9 +6,8 @@ from PIL import Image
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
+from tests.commands import run_cli  # noqa: E402
 from tests.reference_pipeline import build_pipeline  # noqa: E402
-
-SCRIPT = os.path.join(os.path.dirname(sys.executable), "pixart-jax")
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +18,7 @@ def model_dir(tmp_path_factory):
 
 
 def generate(*args):
-    return subprocess.run([SCRIPT, "generate", *args], capture_output=True, text=True,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    return run_cli("generate", *args)
 
 
 def test_generate_writes_png_of_requested_size(model_dir, tmp_path):

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from train.lcd_loss import boundary_scalings, consistency, lcd_loss, lcd_tables, teacher_ddim_step
+from pixart_jax.training.lcd_loss import boundary_scalings, consistency, lcd_loss, lcd_tables, teacher_ddim_step
 
 T = lcd_tables()
 

@@ -13,14 +13,15 @@ from pixart_jax.checkpoints import load_transformer
 from pixart_jax.prompts import encode_prompt, load_tokenizer
 from pixart_jax.samplers import from_scheduler_config
 from pixart_jax.samplers.lcm import LCM
-from train.data import stack_examples
+from pixart_jax.sharding import device_batch, make_mesh
+from pixart_jax.training.config import ConfigError
+from pixart_jax.training.data import stack_examples
+from pixart_jax.training.distill import Distillation, empty_prompt, load_config
+from pixart_jax.training.lcd_step import LCDStep, init_lcd_state
+from pixart_jax.training.step import build_model, make_optimizer, split_model
+from pixart_jax.training.synthetic import synthetic_examples
 from tests.fixtures import save_t5, save_tokenizer
-from train.config import ConfigError
-from train.lcd_step import LCDStep, init_lcd_state
-from train.lcm import Distillation, empty_prompt, load_config, main
-from train.sharding import device_batch, make_mesh
-from train.step import build_model, make_optimizer, split_model
-from train.synthetic import synthetic_examples
+from train.lcm import main
 
 LCM_TINY = str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "lcm_tiny.yaml")
 

@@ -1,12 +1,15 @@
 """PixArtPipeline built from components: compile-once, batching, seeds and bad input (no torch needed)."""
+import dataclasses
+
 import numpy as np
 import pytest
 from flax import nnx
 
 from pixart_jax.config import PRESETS
+from pixart_jax.guidance import guide
 from pixart_jax.pipeline import PixArtPipeline
 from pixart_jax.prompts import load_tokenizer
-from pixart_jax.samplers import DPMSolverMultistep
+from pixart_jax.samplers import DPMSolverMultistep, LearnedVarianceDDPM
 from pixart_jax.t5 import T5Config, T5Encoder
 from pixart_jax.transformer import PixArtTransformer
 from pixart_jax.vae import AutoencoderKL, VAEConfig
@@ -41,7 +44,7 @@ def pipe(tmp_path_factory):
 def call(pipe, **kwargs):
     args = dict(prompt="a small red circle", num_inference_steps=3, height=64, width=64, output_type="np",
                 use_resolution_binning=False, progress=False, seed=0)
-    return pipe(**{**args, **kwargs})
+    return pipe(**{**args, **kwargs}).images
 
 
 def test_second_call_with_same_shapes_does_not_recompile(pipe):
@@ -67,9 +70,11 @@ def test_batches_seeds_and_output_types(pipe):
 @pytest.mark.parametrize("kwargs,message", [
     (dict(prompt=[]), "prompt must be a string or a non-empty list"),
     (dict(num_inference_steps=0), "num_inference_steps must be a positive integer, got 0"),
-    (dict(height=60), "multiples of 8, got 60x64"),
+    (dict(height=60), "height must be a positive multiple of 8, got 60 "),
+    (dict(height=0), "height must be a positive multiple of 8, got 0 "),
+    (dict(guidance_scale=float("nan")), "guidance_scale must be a finite number >= 0, got nan"),
     (dict(height=72), "multiples of 16 .* got 72x64"),
-    (dict(guidance_scale=-1.0), "guidance_scale must be >= 0, got -1.0"),
+    (dict(guidance_scale=-1.0), "guidance_scale must be a finite number >= 0, got -1.0"),
     (dict(output_type="jpg"), "output_type must be one of"),
 ])
 def test_bad_input_fails_before_any_compute(pipe, kwargs, message):
@@ -77,6 +82,35 @@ def test_bad_input_fails_before_any_compute(pipe, kwargs, message):
     with pytest.raises(ValueError, match=message):
         call(pipe, **kwargs)
     assert CountingPipeline.traces == before
+
+
+def test_prompt_embeds_need_a_mask_of_the_right_shape(pipe):
+    embeds = np.zeros((1, 120, 32), np.float32)
+    with pytest.raises(ValueError, match="prompt_embeds needs prompt_attention_mask"):
+        call(pipe, prompt_embeds=embeds)
+    with pytest.raises(ValueError, match=r"prompt_attention_mask must have shape \(1, 120\), got \(1, 7\)"):
+        call(pipe, prompt_embeds=embeds, prompt_attention_mask=np.ones((1, 7)))
+    with pytest.raises(ValueError, match=r"prompt_embeds must have shape \(batch, 120, 32\) .* got \(1, 120, 16\)"):
+        call(pipe, prompt_embeds=np.zeros((1, 120, 16)), prompt_attention_mask=np.ones((1, 120)))
+
+
+def test_swapped_components_are_used_and_return_dict_works(pipe):
+    """`pipe.transformer = other` (as diffusers users do) gives other's images, without a stale copy."""
+    original = pipe.transformer
+    other = redraw_nnx(PixArtTransformer(PRESETS["tiny"], rngs=nnx.Rngs(5)), 5)
+    before = call(pipe)
+    pipe.transformer = other
+    try:
+        swapped = call(pipe)
+        fresh = dataclasses.replace(pipe, transformer=other)
+        np.testing.assert_array_equal(swapped, call(fresh))
+    finally:
+        pipe.transformer = original
+    assert not np.allclose(before, swapped, atol=1e-3)
+    np.testing.assert_array_equal(call(pipe), before)
+    (images,) = pipe("a red circle", num_inference_steps=2, height=64, width=64, output_type="np", seed=0,
+                     use_resolution_binning=False, progress=False, return_dict=False)
+    assert images.shape == (1, 64, 64, 3)
 
 
 def test_from_pretrained_rejects_other_directories(tmp_path):
@@ -95,3 +129,25 @@ def test_null_caption_modes(pipe):
     # without guidance the null caption is unused (T5 runs on a different batch size: rounding differs)
     np.testing.assert_allclose(call(pipe, guidance_scale=1.0), call(pipe, guidance_scale=1.0,
                                                                     null_caption="y_embedding"), atol=1e-5)
+
+
+def test_guide_takes_the_variance_from_the_conditional_half():
+    """`guide` with channels=3 is the repo's IDDPM wrapper (DiT's forward_with_cfg on a [cond, uncond] batch, whose
+    first half the sampler keeps): ε channels 0-2 guided, channel 3 and the variance from the conditional half."""
+    rng = np.random.default_rng(0)
+    cond, uncond = rng.normal(size=(2, 2, 8, 4, 4)).astype(np.float32)
+    s = 4.5
+    batch = np.concatenate([cond, uncond])  # DiT's order
+    eps, rest = batch[:, :3], batch[:, 3:]
+    half = eps[2:] + s * (eps[:2] - eps[2:])
+    repo = np.concatenate([np.concatenate([half, half]), rest], axis=1)[:2]
+    np.testing.assert_allclose(guide(uncond, cond, s, 3), repo, rtol=1e-6)
+    ours = np.asarray(guide(uncond, cond, s, 4))
+    np.testing.assert_allclose(ours[:, :4], uncond[:, :4] + s * (cond[:, :4] - uncond[:, :4]), rtol=1e-6)
+    np.testing.assert_array_equal(ours[:, 4:], cond[:, 4:])
+
+
+def test_learned_variance_sampler_with_both_guidance_modes(pipe):
+    ddpm = dataclasses.replace(pipe, sampler=LearnedVarianceDDPM())
+    ours, repo = (call(ddpm, guidance_scale=4.5, guidance_channels=c) for c in (None, 3))
+    assert np.isfinite(ours).all() and np.isfinite(repo).all() and not np.allclose(ours, repo, atol=1e-3)

@@ -22,7 +22,7 @@ def run_both(tmp_path, *, micro, scheduler, height, width, steps, guidance, binn
                          latents=torch.from_numpy(latents), output_type="np", use_resolution_binning=binning).images
     ours = PixArtPipeline.from_pretrained(str(tmp_path / "pipe"))
     got = ours(prompts, num_inference_steps=steps, guidance_scale=guidance, height=height, width=width,
-               latents=latents, output_type="np", use_resolution_binning=binning, progress=False)
+               latents=latents, output_type="np", use_resolution_binning=binning, progress=False).images
     assert got.shape == expected.shape == (len(prompts), height, width, 3)
     assert expected.std() > 0.01  # a real image, not a constant
     err = float(np.abs(got - expected).max())

@@ -1,6 +1,7 @@
-"""Scheduler parity with diffusers 0.42.1: DPMSolverMultistepScheduler, DDIMScheduler and LCMScheduler configured
-as for PixArt (and a few variants, v-prediction included), saved with `save_config` and read back by `from_scheduler_config`. For 1…25
-steps: the timesteps exactly, and every step's output for random model outputs (and the same injected noise).
+"""Scheduler parity with diffusers 0.42.1: DPMSolverMultistepScheduler, DDIMScheduler and LCMScheduler configured as
+for PixArt (and a few variants, v-prediction included), saved with `save_config` and read back by
+`from_scheduler_config`. For 1…25 steps: the timesteps exactly, and every step's output for random model outputs
+(and the same injected noise).
 
 "Per step" feeds both sides the same input sample (and, for DPM-Solver, diffusers' stored previous x̂_0): that is
 `scheduler.step` parity, bounded by 1e-6. "Chained" runs each side on its own outputs, so float32 rounding of both

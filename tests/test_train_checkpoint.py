@@ -9,14 +9,14 @@ from flax import nnx
 
 from pixart_jax.checkpoints import save_jax
 from pixart_jax.config import PRESETS
+from pixart_jax.sharding import make_mesh
+from pixart_jax.training.checkpoint import Checkpoints
+from pixart_jax.training.config import load_config
+from pixart_jax.training.data import feature_dataset
+from pixart_jax.training.loop import NonFiniteLossError, train
+from pixart_jax.training.step import abstract_state, build_model, init_state, make_optimizer
+from pixart_jax.training.synthetic import synthetic_examples
 from pixart_jax.transformer import PixArtTransformer
-from train.checkpoint import Checkpoints
-from train.config import load_config
-from train.data import feature_dataset
-from train.pretrain import NonFiniteLossError, train
-from train.sharding import make_mesh
-from train.step import abstract_state, build_model, init_state, make_optimizer
-from train.synthetic import synthetic_examples
 
 TINY = pathlib.Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
 QUICK = ["sample.every=0", "logging.progress=false", "data.synthetic_buckets=[1.0]", "data.synthetic_examples=16"]
@@ -72,8 +72,8 @@ def test_corrupt_newest_checkpoint_falls_back_and_nan_never_saves(tmp_path, caps
     err = capsys.readouterr().err
     assert "checkpoint 4" in err and "unreadable" in err
     assert any(name.startswith("corrupt-4") for name in os.listdir(ckpt_dir))
-    assert again["losses"] == {3: first["losses"][3], 4: first["losses"][4]}
-    assert all((a == b).all() for a, b in zip(leaves(first["state"]["params"]), leaves(again["state"]["params"])))
+    assert again.losses == {3: first.losses[3], 4: first.losses[4]}
+    assert all((a == b).all() for a, b in zip(leaves(first.state["params"]), leaves(again.state["params"])))
 
     poisoned = synthetic_examples(16, seed=cfg.seed, caption_channels=32)
     for example in poisoned:
@@ -82,7 +82,7 @@ def test_corrupt_newest_checkpoint_falls_back_and_nan_never_saves(tmp_path, caps
         train(tiny_config(tmp_path, "steps=8", "checkpoint_every=1"), examples=poisoned)
     assert sorted(n for n in os.listdir(ckpt_dir) if n.isdigit()) == ["2", "4"]
     resumed = train(tiny_config(tmp_path, "steps=4", "checkpoint_every=2"))
-    assert resumed["losses"] == {} and resumed["step"] == 4  # the good step-4 state is still the newest
+    assert resumed.losses == {} and resumed.step == 4  # the good step-4 state is still the newest
 
 
 def test_finetune_starts_from_a_converted_checkpoint(tmp_path):
@@ -91,5 +91,5 @@ def test_finetune_starts_from_a_converted_checkpoint(tmp_path):
     cfg = tiny_config(tmp_path / "run", "steps=1", "checkpoint_every=1", f"model.init_from={tmp_path / 'export'}",
                       "model.remat=true")
     result = train(cfg)
-    assert np.isfinite(result["losses"][1])
-    np.testing.assert_array_equal(result["state"]["buffers"]["y_embedding"], model.y_embedding.get_value())
+    assert np.isfinite(result.losses[1])
+    np.testing.assert_array_equal(result.state["buffers"]["y_embedding"], model.y_embedding.get_value())

@@ -3,15 +3,15 @@ import pathlib
 
 import pytest
 
-from train import lcm
-from train.config import ConfigError, load_config, to_dict
+from pixart_jax.training import distill
+from pixart_jax.training.config import ConfigError, load_config, to_dict
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_validate(path):
-    load = lcm.load_config if path.name.startswith("lcm_") else load_config  # distillation configs add `lcd:`
+    load = distill.load_config if path.name.startswith("lcm_") else load_config  # distillation configs add `lcd:`
     cfg = load(path, ["workdir=/tmp/x"])
     assert cfg.steps >= 1 and cfg.checkpoint_every >= 1 and isinstance(cfg.seed, int)
 
@@ -36,7 +36,8 @@ def test_overrides_are_typed():
     ("model.preset=huge", "preset"),
     ("mesh.rules.kernel_in=model", "unknown mesh axes"),
     ("steps=0", "steps must be at least 1"),
-    ("model.prediction_type=sample", "model.prediction_type must be one of"),
+    ("model.prediction_type=sample",
+     r"Invalid value .sample., expected one of \[epsilon, v_prediction\]\n *full_key: model.prediction_type"),
     ("data.latent_scale=0", "data.latent_scale must be > 0"),
     ("steps", "key=value"),
 ])

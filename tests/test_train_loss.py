@@ -9,8 +9,15 @@ import pytest
 from flax import nnx
 
 from pixart_jax.config import PRESETS
+from pixart_jax.training.loss import (
+    diffusion_loss,
+    diffusion_tables,
+    draw_training_inputs,
+    drop_captions,
+    pixart_loss,
+    q_sample,
+)
 from pixart_jax.transformer import PixArtTransformer
-from train.loss import diffusion_loss, diffusion_tables, draw_training_inputs, drop_captions, pixart_loss, q_sample
 
 
 def reference_loss(model_out, x0, noise, t, prediction_type="epsilon"):

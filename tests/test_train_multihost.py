@@ -1,21 +1,18 @@
 """Two processes x 4 CPU devices (jax.distributed on 127.0.0.1) train, save, restore and go on with the same losses
 and weights as one process with 8 devices."""
 import json
-import pathlib
 import socket
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from train.config import load_config
-from train.pretrain import train
-from train.sharding import make_mesh
-from train.step import abstract_state, build_model, make_optimizer
+from pixart_jax.sharding import make_mesh
+from pixart_jax.training.config import load_config
+from pixart_jax.training.loop import train
+from pixart_jax.training.step import abstract_state, build_model, make_optimizer
+from tests.commands import ROOT, start_module
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 OVERRIDES = ["checkpoint_every=3", "sample.every=0", "logging.progress=false", "data.synthetic_examples=16",
              "data.synthetic_buckets=[1.0]"]
 
@@ -27,14 +24,10 @@ def free_port():
 
 
 def run_two_processes(workdir, steps):
-    from tests.test_train_resume import cli_env
-
     port = free_port()
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "train.pretrain", str(ROOT / "configs" / "tiny.yaml"), f"workdir={workdir}",
-         f"steps={steps}", *OVERRIDES, f"distributed.coordinator=127.0.0.1:{port}", "distributed.num_processes=2",
-         f"distributed.process_id={i}"], cwd=ROOT, env=cli_env(4), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    procs = [start_module("train.pretrain", ROOT / "configs" / "tiny.yaml", f"workdir={workdir}", f"steps={steps}",
+                          *OVERRIDES, f"distributed.coordinator=127.0.0.1:{port}", "distributed.num_processes=2",
+                          f"distributed.process_id={i}", devices=4) for i in range(2)]
     try:
         outs = [p.communicate(timeout=300)[0] for p in procs]
     finally:
@@ -68,7 +61,7 @@ def test_two_processes_match_one_process(tmp_path):
     with ocp.StandardCheckpointer() as ckpt:
         saved = ckpt.restore(multi / "checkpoints" / "5" / "state", target)
     param_diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
-                     for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(single["state"])))
+                     for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(single.state)))
     print(f"multi-host: 2 processes x 4 devices vs 1 x 8, steps 1-5 (saved at 3, restored): max loss diff "
           f"{loss_diff:.2e}, max state diff {param_diff:.2e}")
     assert loss_diff < 1e-6

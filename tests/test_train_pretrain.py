@@ -37,7 +37,7 @@ def test_bad_config_fails_before_any_work(tmp_path, capsys):
 
 
 def test_resumed_metrics_drop_later_and_torn_records(tmp_path):
-    from train.metrics import MetricsWriter
+    from pixart_jax.training.metrics import MetricsWriter
 
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 1}\n{"step": 2, "loss": 1}\n{"step": 3, "lo')
     writer = MetricsWriter(tmp_path, enabled=True, start_step=1)

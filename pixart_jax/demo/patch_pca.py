@@ -10,8 +10,8 @@ learn where to put the shape sooner (teacher position accuracy after 2,000 steps
 `scaling_factor` plays the role of SD's 0.18215: latents × scaling_factor have unit standard deviation over the
 training set. The module stands where the pipeline expects a VAE (`decode`, `scaling_factor`, `spatial_factor`).
 """
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 

@@ -3,8 +3,9 @@
 1. data: the procedural shapes dataset (48×48 images, captions such as "a small red circle at the top left");
 2. text: a word-level SentencePiece tokenizer trained on the captions and a random, frozen 2-layer T5;
 3. latents: a linear autoencoder fitted here (PatchPCA: 16 px patches -> 32 channels on a 3×3 latent grid);
-4. teacher: PixArt ("shapes-demo" preset, v-prediction) trained by train.pretrain, the code of full-size training;
-5. student: latent consistency distillation of the teacher by train.lcm (PixArt-δ's LCD, guidance 4.5 baked in);
+4. teacher: PixArt ("shapes-demo" preset, v-prediction) trained by pixart_jax.training, the code of full-size training;
+5. student: latent consistency distillation of the teacher (pixart_jax.training.distill: PixArt-δ's LCD, guidance
+   4.5 baked in);
 6. scores: every method samples the 36 fixed evaluation prompts from the same initial noise, and the procedural
    checker reads kind, colour, size and position back off each image -> DIR/scores.json and DIR/grid.png.
 """
@@ -28,6 +29,8 @@ from pixart_jax.pipeline import PixArtPipeline
 from pixart_jax.prompts import load_tokenizer, tokenize, train_tokenizer
 from pixart_jax.samplers import DDIM, LCM, DPMSolverMultistep
 from pixart_jax.t5 import T5Config, T5Encoder
+from pixart_jax.training import config as config_lib
+from pixart_jax.training import distill, loop
 
 MODEL = PRESETS["shapes-demo"]
 PATCH = shapes.IMAGE_SIZE // MODEL.sample_size
@@ -88,7 +91,7 @@ def caption_features(tokenizer, text_encoder, captions, batch=512):
 
 
 def training_examples(latents, features, mask):
-    """Example dicts in train/data.py's layout; the PCA latents are exact, so the posterior std is 0."""
+    """Example dicts in pixart_jax/training/data.py's layout; the PCA latents are exact, so the posterior std is 0."""
     size = np.array([shapes.IMAGE_SIZE] * 2, np.float32)
     return [{"caption": f, "mask": m, "mean": z, "std": np.zeros_like(z), "img_hw": size,
              "aspect_ratio": np.ones(1, np.float32), "bucket": "1.0"}
@@ -107,26 +110,21 @@ def train_overrides(workdir, settings, steps, lr, latent_scale):
 
 
 def train_teacher(examples, workdir, settings, latent_scale):
-    """Pre-trains the teacher with train.pretrain; returns the trained PixArtTransformer (saved in workdir/model)."""
-    from train import config as config_lib
-    from train import pretrain
-
+    """Pre-trains the teacher (the training loop); returns the trained PixArtTransformer (saved in workdir/model)."""
     cfg = config_lib.load_config(None, train_overrides(workdir, settings, settings.teacher_steps,
                                                        settings.teacher_lr, latent_scale))
-    result = pretrain.train(cfg, examples)
-    model = nnx.merge(result["graphdef"], result["state"]["params"], result["state"]["buffers"])
+    result = loop.train(cfg, examples)
+    model = nnx.merge(result.graphdef, result.state["params"], result.state["buffers"])
     save_jax(model, os.path.join(workdir, "model"))
     return model
 
 
 def distill_student(examples, teacher_dir, workdir, settings, latent_scale):
-    """LCD of the teacher saved in `teacher_dir` with train.lcm; returns the EMA target (what PixArt-δ ships)."""
-    from train import lcm
-
+    """LCD of the teacher saved in `teacher_dir`; returns the EMA target (what PixArt-δ ships)."""
     overrides = train_overrides(workdir, settings, settings.lcd_steps, settings.lcd_lr, latent_scale)
-    cfg = lcm.load_config(None, [*overrides, f"model.init_from={teacher_dir}", f"lcd.guidance={GUIDANCE}"])
-    result = lcm.distill(cfg, examples)
-    return nnx.merge(result["graphdef"], result["state"]["target"], result["state"]["buffers"])
+    cfg = distill.load_config(None, [*overrides, f"model.init_from={teacher_dir}", f"lcd.guidance={GUIDANCE}"])
+    result = distill.distill(cfg, examples)
+    return nnx.merge(result.graphdef, result.state["target"], result.state["buffers"])
 
 
 def sample_all(teacher, student, text_encoder, tokenizer, vae, prompts):
@@ -140,7 +138,7 @@ def sample_all(teacher, student, text_encoder, tokenizer, vae, prompts):
         images[name] = pipe(prompt=[p.caption for p in prompts], num_inference_steps=steps, guidance_scale=guidance,
                             height=shapes.IMAGE_SIZE, width=shapes.IMAGE_SIZE, latents=noise, seed=0,
                             output_type="np", use_resolution_binning=False, clean_caption=False,
-                            null_caption="y_embedding", progress=False)
+                            null_caption="y_embedding", progress=False).images
     return images
 
 

@@ -15,14 +15,18 @@ from pixart_jax.samplers.dpm_solver import DPMSolverMultistep
 from pixart_jax.samplers.lcm import LCM
 from pixart_jax.samplers.loop import Sampler, table_row
 from pixart_jax.samplers.registry import (
-                                          SAMPLERS,
-                                          SCHEDULER_CLASSES,
-                                          from_scheduler_config,
-                                          load_scheduler_config,
-                                          make_sampler,
+    SAMPLERS,
+    SCHEDULER_CLASSES,
+    SamplerName,
+    from_scheduler_config,
+    load_scheduler_config,
+    make_sampler,
+    sampler_name,
+    save_scheduler_config,
+    to_scheduler_config,
 )
 from pixart_jax.samplers.schedule import PIXART_SCHEDULE, DDPMSchedule
 
 __all__ = ["DDIM", "DDPMSchedule", "DPMSolverMultistep", "LCM", "LearnedVarianceDDPM", "PIXART_SCHEDULE", "SAMPLERS",
-           "SCHEDULER_CLASSES", "Sampler", "from_scheduler_config", "load_scheduler_config", "make_sampler",
-           "table_row"]
+           "SCHEDULER_CLASSES", "Sampler", "SamplerName", "from_scheduler_config", "load_scheduler_config",
+           "make_sampler", "sampler_name", "save_scheduler_config", "table_row", "to_scheduler_config"]

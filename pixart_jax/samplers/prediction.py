@@ -4,13 +4,18 @@ For x = α x_0 + σ ε (α = √ᾱ_t, σ = √(1-ᾱ_t)) both give the same pai
 LCD go through `denoise` so that either kind of model works everywhere. v-prediction keeps the x_0 signal at
 full weight where x is almost pure noise, where ε-prediction sees it scaled by α (≈ 0.006 at t = 999).
 """
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+import enum
+
+from pixart_jax.choices import choose
+
+
+class PredictionType(enum.StrEnum):
+    epsilon = "epsilon"
+    v_prediction = "v_prediction"
 
 
 def check_prediction_type(prediction_type):
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
-    return prediction_type
+    return choose(PredictionType, prediction_type, "prediction_type")
 
 
 def denoise(prediction_type, x, output, alpha, sigma):

@@ -1,47 +1,68 @@
-"""Choosing a sampler: by name, or from a diffusers scheduler config (`scheduler/scheduler_config.json`)."""
+"""Choosing a sampler: by name, or from a diffusers scheduler config (`scheduler/scheduler_config.json`), and
+writing a sampler back as such a config (`to_scheduler_config`, the inverse of `from_scheduler_config`)."""
+import dataclasses
+import enum
 import json
 import pathlib
 
+from pixart_jax.choices import choose
 from pixart_jax.samplers.ddim import DDIM
 from pixart_jax.samplers.ddpm import LearnedVarianceDDPM
 from pixart_jax.samplers.dpm_solver import DPMSolverMultistep
 from pixart_jax.samplers.lcm import LCM
-from pixart_jax.samplers.schedule import DDPMSchedule
+from pixart_jax.samplers.schedule import PIXART_SCHEDULE, DDPMSchedule
 
-SAMPLERS = {"dpm": DPMSolverMultistep, "ddim": DDIM, "lcm": LCM, "ddpm": LearnedVarianceDDPM}
-SCHEDULER_CLASSES = {"DPMSolverMultistepScheduler": "dpm", "DDIMScheduler": "ddim", "LCMScheduler": "lcm"}
+
+class SamplerName(enum.StrEnum):
+    dpm = "dpm"      # DPM-Solver++ multistep (DPMSolverMultistepScheduler)
+    ddim = "ddim"    # DDIM, η ≥ 0 (DDIMScheduler)
+    lcm = "lcm"      # latent consistency model sampling (LCMScheduler)
+    ddpm = "ddpm"    # the repo's learned-variance IDDPM sampler (no diffusers scheduler)
+
+
+SAMPLERS = {SamplerName.dpm: DPMSolverMultistep, SamplerName.ddim: DDIM, SamplerName.lcm: LCM,
+            SamplerName.ddpm: LearnedVarianceDDPM}
+SCHEDULER_CLASSES = {"DPMSolverMultistepScheduler": SamplerName.dpm, "DDIMScheduler": SamplerName.ddim,
+                     "LCMScheduler": SamplerName.lcm}
 CONFIG_NAME = "scheduler_config.json"
+DIFFUSERS_VERSION = "0.42.1"  # the diffusers release whose formats and defaults we reproduce and write
 
 _SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
-_PIXART_SCHEDULE = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+_PIXART_SCHEDULE = {key: getattr(PIXART_SCHEDULE, key) for key in _SCHEDULE_KEYS}
 # diffusers' class defaults of every key that changes what we compute: a config may omit any of them.
 _DEFAULTS = {
-    "dpm": dict(_PIXART_SCHEDULE, prediction_type="epsilon", solver_order=2, solver_type="midpoint",
-                lower_order_final=True, euler_at_final=False, final_sigmas_type="zero", lambda_min_clipped=-float("inf"),
-                timestep_spacing="linspace", steps_offset=0),
-    "ddim": dict(_PIXART_SCHEDULE, prediction_type="epsilon", timestep_spacing="leading", steps_offset=0,
-                 set_alpha_to_one=True, clip_sample=True, clip_sample_range=1.0),
-    "lcm": dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                prediction_type="epsilon", original_inference_steps=50, timestep_scaling=10.0, clip_sample=False,
-                clip_sample_range=1.0),
-    "ddpm": dict(_PIXART_SCHEDULE),
+    SamplerName.dpm: dict(_PIXART_SCHEDULE, prediction_type="epsilon", solver_order=2, solver_type="midpoint",
+                          lower_order_final=True, euler_at_final=False, final_sigmas_type="zero",
+                          lambda_min_clipped=-float("inf"), timestep_spacing="linspace", steps_offset=0),
+    SamplerName.ddim: dict(_PIXART_SCHEDULE, prediction_type="epsilon", timestep_spacing="leading", steps_offset=0,
+                           set_alpha_to_one=True, clip_sample=True, clip_sample_range=1.0),
+    SamplerName.lcm: dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                          prediction_type="epsilon", original_inference_steps=50, timestep_scaling=10.0,
+                          clip_sample=False, clip_sample_range=1.0),
+    SamplerName.ddpm: dict(_PIXART_SCHEDULE),
 }
 # Options we do not implement: a config must leave them at these values.
 _COMMON_REQUIRED = dict(thresholding=False, trained_betas=None, rescale_betas_zero_snr=False)
 _REQUIRED = {
-    "dpm": dict(_COMMON_REQUIRED, algorithm_type="dpmsolver++", variance_type=None, use_karras_sigmas=False,
-                use_exponential_sigmas=False, use_beta_sigmas=False, use_lu_lambdas=False, use_flow_sigmas=False,
-                use_dynamic_shifting=False),
-    "ddim": _COMMON_REQUIRED, "lcm": _COMMON_REQUIRED,
-    "ddpm": dict(_COMMON_REQUIRED, prediction_type="epsilon"),  # the IDDPM sampler reads ε and the variance
+    SamplerName.dpm: dict(_COMMON_REQUIRED, algorithm_type="dpmsolver++", variance_type=None, use_karras_sigmas=False,
+                          use_exponential_sigmas=False, use_beta_sigmas=False, use_lu_lambdas=False,
+                          use_flow_sigmas=False, use_dynamic_shifting=False),
+    SamplerName.ddim: _COMMON_REQUIRED, SamplerName.lcm: _COMMON_REQUIRED,
+    SamplerName.ddpm: dict(_COMMON_REQUIRED, prediction_type="epsilon"),  # the IDDPM sampler reads ε and variance
 }
 
 
 def make_sampler(name, **options):
-    """The sampler registered as `name` ("dpm", "ddim", "lcm", "ddpm") with dataclass `options`."""
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
-    return SAMPLERS[name](**options)
+    """The sampler registered as `name` (a SamplerName: "dpm", "ddim", "lcm", "ddpm") with dataclass `options`."""
+    return SAMPLERS[choose(SamplerName, name, "sampler")](**options)
+
+
+def sampler_name(sampler):
+    """The SamplerName of a sampler object."""
+    for name, cls in SAMPLERS.items():
+        if type(sampler) is cls:
+            return name
+    raise ValueError(f"{type(sampler).__name__} is not a registered sampler")
 
 
 def load_scheduler_config(path_or_dict):
@@ -67,12 +88,10 @@ def from_scheduler_config(path_or_dict, sampler=None, **options):
     """
     config = load_scheduler_config(path_or_dict)
     class_name = config.get("_class_name")
-    kind = sampler if sampler is not None else SCHEDULER_CLASSES.get(class_name)
-    if kind is None:
+    if sampler is None and class_name not in SCHEDULER_CLASSES:
         raise ValueError(f"unsupported scheduler class {class_name!r}; supported: {sorted(SCHEDULER_CLASSES)} "
-                         f"(or pass sampler= one of {sorted(SAMPLERS)})")
-    if kind not in SAMPLERS:
-        raise ValueError(f"unknown sampler {kind!r}; choose one of {sorted(SAMPLERS)}")
+                         f"(or pass sampler= one of {[m.value for m in SamplerName]})")
+    kind = choose(SamplerName, sampler, "sampler") if sampler is not None else SCHEDULER_CLASSES[class_name]
     for key, required in _REQUIRED[kind].items():
         if config.get(key, required) != required:
             raise ValueError(f"{class_name or 'scheduler config'}: {key}={config[key]!r} is not supported "
@@ -80,3 +99,33 @@ def from_scheduler_config(path_or_dict, sampler=None, **options):
     values = {key: config.get(key, default) for key, default in _DEFAULTS[kind].items()}
     schedule = DDPMSchedule(**{key: values.pop(key) for key in _SCHEDULE_KEYS}, dtype="float32")
     return SAMPLERS[kind](schedule=schedule, **{**values, **options})
+
+
+def to_scheduler_config(sampler):
+    """The diffusers scheduler config (a dict to write as scheduler_config.json) that `from_scheduler_config`
+    turns back into `sampler` (with a float32 schedule, as diffusers holds it). ValueError for a sampler or a
+    setting diffusers' schedulers cannot express (the IDDPM sampler, the repo conventions, DDIM's η, which
+    diffusers takes per call)."""
+    kind = sampler_name(sampler)
+    classes = {name: cls for cls, name in SCHEDULER_CLASSES.items()}
+    if kind not in classes:
+        raise ValueError(f"{type(sampler).__name__} has no diffusers scheduler class")
+    config = {"_class_name": classes[kind], "_diffusers_version": DIFFUSERS_VERSION,
+              **{key: getattr(sampler.schedule, key) for key in _SCHEDULE_KEYS}}
+    config.update({key: getattr(sampler, key) for key in _DEFAULTS[kind] if key not in _SCHEDULE_KEYS})
+    for field in dataclasses.fields(sampler):
+        if field.name not in config and field.name != "schedule" and getattr(sampler, field.name) != field.default:
+            raise ValueError(f"{type(sampler).__name__}.{field.name}={getattr(sampler, field.name)!r} cannot be "
+                             "written in a diffusers scheduler config")
+    return {**config, **_REQUIRED[kind]}
+
+
+def save_scheduler_config(sampler, directory):
+    """Writes `to_scheduler_config(sampler)` as DIRECTORY/scheduler_config.json (what diffusers and
+    `from_scheduler_config` read); returns the file's path."""
+    path = pathlib.Path(directory) / CONFIG_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(to_scheduler_config(sampler), indent=2))
+    tmp.replace(path)
+    return str(path)

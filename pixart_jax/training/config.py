@@ -10,8 +10,11 @@ from typing import Dict, List, Optional
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-COMPUTE_DTYPES = ("float32", "bfloat16")
-SAMPLERS = ("ddim", "dpm_solver")
+from pixart_jax.choices import DType
+from pixart_jax.config import PRESETS
+from pixart_jax.samplers import SamplerName
+from pixart_jax.samplers.prediction import PredictionType
+from pixart_jax.vae import LATENT_SCALE
 
 
 class ConfigError(ValueError):
@@ -22,10 +25,10 @@ class ConfigError(ValueError):
 class ModelConfig:
     preset: str = "tiny"                    # a pixart_jax.config.PRESETS name
     init_from: Optional[str] = None         # a converted checkpoint to fine-tune from (any load_transformer layout)
-    compute_dtype: str = "float32"          # matmul dtype; parameters stay fp32
+    compute_dtype: DType = DType.float32    # matmul dtype; parameters stay fp32
     remat: bool = False                     # recompute each block's activations in the backward pass
     caption_dropout: float = 0.1            # probability of replacing a caption by y_embedding (mask kept)
-    prediction_type: str = "epsilon"        # what the model regresses: "epsilon" (PixArt) or "v_prediction"
+    prediction_type: PredictionType = PredictionType.epsilon   # what the model regresses (PixArt: epsilon)
 
 
 @dataclasses.dataclass
@@ -46,18 +49,19 @@ class OptimizerConfig:
 class MeshConfig:
     data: int = -1                          # -1: every device not used by fsdp
     fsdp: int = 1
-    # logical parameter axis -> mesh axis (or null = replicated); see train/sharding.py for the logical names
+    # logical parameter axis -> mesh axis (or null = replicated); the logical names are declared on each parameter
+    # where it is made (pixart_jax/transformer.py): layers, kernel_in, kernel_out, table
     rules: Dict[str, Optional[str]] = dataclasses.field(default_factory=lambda: {
         "layers": None, "kernel_in": "fsdp", "kernel_out": None, "table": None})
 
 
 @dataclasses.dataclass
 class DataConfig:
-    source: str = "synthetic"               # a records directory, or "synthetic" (train/synthetic.py)
+    source: str = "synthetic"               # a records directory, or "synthetic" (pixart_jax/training/synthetic.py)
     batch_size: int = 8                     # global batch per micro-step, over all hosts
     synthetic_examples: int = 16
     synthetic_buckets: List[str] = dataclasses.field(default_factory=lambda: ["1.0"])
-    latent_scale: float = 0.18215           # x0 = latent_scale * posterior sample (SD VAE's scaling factor)
+    latent_scale: float = LATENT_SCALE      # x0 = latent_scale * posterior sample (SD VAE's scaling factor)
 
 
 @dataclasses.dataclass
@@ -69,7 +73,7 @@ class LoggingConfig:
 @dataclasses.dataclass
 class SampleConfig:
     every: int = 0                          # optimizer steps between sample grids; 0 = never
-    sampler: str = "dpm_solver"
+    sampler: SamplerName = SamplerName.dpm
     steps: int = 14
     guidance_scale: float = 4.5
     num_images: int = 4                     # taken from the first batch's captions
@@ -109,20 +113,11 @@ class TrainConfig:
 
 
 def check(cfg):
-    from pixart_jax.config import PRESETS
-    from pixart_jax.samplers.prediction import PREDICTION_TYPES
-
     problems = []
     if cfg.model.preset not in PRESETS:
         problems.append(f"model.preset {cfg.model.preset!r} is not one of {sorted(PRESETS)}")
-    if cfg.model.compute_dtype not in COMPUTE_DTYPES:
-        problems.append(f"model.compute_dtype must be one of {COMPUTE_DTYPES}")
-    if cfg.model.prediction_type not in PREDICTION_TYPES:
-        problems.append(f"model.prediction_type must be one of {PREDICTION_TYPES}")
     if cfg.data.latent_scale <= 0:
         problems.append("data.latent_scale must be > 0")
-    if cfg.sample.sampler not in SAMPLERS:
-        problems.append(f"sample.sampler must be one of {SAMPLERS}")
     for name in ("steps", "checkpoint_every", "data.batch_size", "optimizer.grad_accum_steps",
                  "checkpoint.max_to_keep", "checkpoint.preemption_check_every", "logging.log_every"):
         if OmegaConf.select(OmegaConf.structured(cfg), name) < 1:

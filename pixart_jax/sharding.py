@@ -1,11 +1,13 @@
 """The ("data", "fsdp") device mesh and the logical-axis rules that place parameters and batches on it.
 
-Every parameter dimension gets a logical name from where it sits in the model (`logical_axes`); the config's rules
-map logical names to mesh axes. A dimension not divisible by its mesh axis stays replicated. The batch is split
-over both mesh axes (FSDP is data parallel too); with fsdp = 1 this is plain data parallelism.
+Every parameter declares logical names for its dims where it is created (`nnx.Param(..., axes=(...))`, see
+pixart_jax/transformer.py); the config's rules map logical names to mesh axes. A dimension not divisible by its
+mesh axis stays replicated. The batch is split over both mesh axes (FSDP is data parallel too); with fsdp = 1 this
+is plain data parallelism.
 """
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -30,22 +32,34 @@ def _key_names(path):
     return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
 
 
-def logical_axes(names, ndim):
-    """Logical names of a variable's dims from its path: "layers" (the stacked block axis), "kernel_in" /
-    "kernel_out" (the last two dims of a dense or patch kernel; a bias is "kernel_out"), "table" (the width of an
-    adaLN scale-shift table); None for everything else (the y_embedding buffer stays whole)."""
-    axes = [None] * ndim
-    lead = 1 if names and names[0] == "blocks" and ndim > 0 else 0
-    if lead:
-        axes[0] = "layers"
-    leaf = names[-1] if names else None
-    if leaf == "kernel" and ndim - lead >= 2:
-        axes[-2:] = ["kernel_in", "kernel_out"]
-    elif leaf == "bias" and ndim - lead >= 1:
-        axes[-1] = "kernel_out"
-    elif leaf == "scale_shift_table" and ndim - lead >= 1:
-        axes[-1] = "table"
-    return tuple(axes)
+def variable_axes(model):
+    """{dotted path: logical axes} of every variable of `model` (real or abstract), read from the `axes` metadata
+    each nnx.Param is created with. A parameter of two or more dims without axes is an error (it would silently
+    stay replicated); variables that are not nnx.Params (the y_embedding buffer) are replicated."""
+    axes, missing = {}, []
+    for path, var in nnx.to_flat_state(nnx.state(model)):
+        name, value = ".".join(map(str, path)), var.get_value()
+        names = var.get_metadata("axes", None)
+        if names is None:
+            if isinstance(var, nnx.Param) and np.ndim(value) >= 2:
+                missing.append(f"{name} {tuple(np.shape(value))}")
+            continue
+        if len(names) != np.ndim(value):
+            raise ValueError(f"parameter {name} of shape {tuple(np.shape(value))} declares {len(names)} logical axes "
+                             f"{names}")
+        axes[name] = tuple(names)
+    if missing:
+        raise ValueError("parameters without logical axes (declare axes= where the nnx.Param is made): "
+                         + ", ".join(missing))
+    return axes
+
+
+def stack_axes(module, name="layers"):
+    """Prepends the logical axis `name` to the axes of every variable of `module`, whose arrays were stacked
+    along a new leading axis (blocks built with jax.vmap)."""
+    for _, node in nnx.iter_graph(module):
+        if isinstance(node, nnx.Variable) and node.get_metadata("axes", None) is not None:
+            node.set_metadata("axes", (name, *node.get_metadata("axes")))
 
 
 def partition_spec(axes, shape, rules, mesh):
@@ -62,15 +76,15 @@ def partition_spec(axes, shape, rules, mesh):
     return P(*spec)
 
 
-def tree_shardings(state, mesh, rules):
+def tree_shardings(state, mesh, rules, axes):
     """A NamedSharding for every array leaf (array or ShapeDtypeStruct) of `state`, a dict {section: tree} such as
     the train state ("params", "opt", "ema", ...). Below the section, a leaf's dict keys are its parameter path
-    (optimizer states nest the parameter dicts in tuples and attributes, which are skipped), which gives its
-    logical axes; the rules place them. Scalars and everything unnamed are replicated."""
+    (optimizer states nest the parameter dicts in tuples and attributes, which are skipped); `axes` ({path: logical
+    axes}, from `variable_axes`) names its dims and the rules place them. Everything else is replicated."""
     def one(path, leaf):
         shape = np.shape(leaf)
-        axes = logical_axes(_key_names(path)[1:], len(shape))
-        return NamedSharding(mesh, partition_spec(axes, shape, rules, mesh))
+        names = axes.get(".".join(_key_names(path)[1:]), (None,) * len(shape))
+        return NamedSharding(mesh, partition_spec(names, shape, rules, mesh))
     return jax.tree_util.tree_map_with_path(one, state)
 
 

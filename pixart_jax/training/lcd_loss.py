@@ -4,12 +4,14 @@ Grid: N = 50 DDIM points τ_j = 20(j+1) - 1 = {19, …, 999}; a pair is (t_s, t_
 Teacher: one CFG DDIM step t_s -> t_e with the LCM guidance form ε_c + w(ε_c - ε_u). Student and EMA target are
 consistency functions f(x, t) = c_skip(t) x + c_out(t) x̂_0(x, t). Loss: elementwise pseudo-Huber (or L2).
 """
+import enum
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pixart_jax.choices import choose
 from pixart_jax.samplers.prediction import denoise
 from pixart_jax.samplers.schedule import PIXART_SCHEDULE
 
@@ -65,14 +67,17 @@ def teacher_ddim_step(tables, x_s, out_cond, out_uncond, t_s, t_e, w, prediction
     return _per_sample(tables.a[t_e]) * x0 + _per_sample(tables.sigma[t_e]) * eps
 
 
-def distance(prediction, target, loss_type="huber", huber_c=1e-3):
+class LossType(enum.StrEnum):
+    huber = "huber"    # pseudo-Huber √(d² + c²) - c
+    l2 = "l2"          # d²
+
+
+def distance(prediction, target, loss_type=LossType.huber, huber_c=1e-3):
     """Mean over all elements of the pseudo-Huber √(d² + c²) - c, or of d² for "l2"; computed in fp32."""
     d = prediction.astype(jnp.float32) - target.astype(jnp.float32)
-    if loss_type == "huber":
+    if choose(LossType, loss_type, "loss_type") == LossType.huber:
         return jnp.mean(jnp.sqrt(d * d + huber_c ** 2) - huber_c)
-    if loss_type == "l2":
-        return jnp.mean(d * d)
-    raise ValueError(f"loss_type must be 'huber' or 'l2', got {loss_type!r}")
+    return jnp.mean(d * d)
 
 
 def lcd_loss(student, teacher, target, tables, x0, noise, n, w, loss_type="huber", huber_c=1e-3,

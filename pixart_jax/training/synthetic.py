@@ -1,8 +1,8 @@
 """Generated training examples for the tiny config and the tests: coloured-shape latents with random captions.
 
-Each example has the keys the feature pipeline yields (train/data.py): `caption` (L, C) float32, `mask` (L,)
-int32, `mean` / `std` (4, h, w) float32 (an unscaled VAE posterior), `img_hw` (2,) float32, `aspect_ratio` (1,)
-float32 and `bucket` (the aspect-ratio key). Everything is a deterministic function of the seed.
+Each example has the keys the feature pipeline yields (data.py): `caption` (L, C) float32, `mask` (L,) int32,
+`mean` / `std` (4, h, w) float32 (an unscaled VAE posterior), `img_hw` (2,) float32, `aspect_ratio` (1,) float32 and
+`bucket` (the aspect-ratio key). Everything is a deterministic function of the seed.
 """
 import numpy as np
 

@@ -12,10 +12,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pixart_jax.guidance import Caption, guided_forward
 from pixart_jax.samplers.prediction import check_prediction_type
-from train.lcd_loss import lcd_loss, lcd_tables
-from train.loss import LATENT_SCALE, diffusion_tables, draw_training_inputs
-from train.step import TrainStep, abstract_state, init_state, optimizer_update
+from pixart_jax.training.lcd_loss import lcd_loss, lcd_tables
+from pixart_jax.training.loss import diffusion_tables, draw_training_inputs
+from pixart_jax.training.step import TrainStep, abstract_state, init_state, optimizer_update
+from pixart_jax.vae import LATENT_SCALE
 
 
 def _initial_lcd_state(tx, seed):
@@ -31,12 +33,14 @@ init_lcd_state = functools.partial(init_state, initial=_initial_lcd_state)
 abstract_lcd_state = functools.partial(abstract_state, initial=_initial_lcd_state)
 
 
-def _prediction(graphdef, params, buffers, batch, x, t, captions):
-    """The prediction channels (ε or v: the first x.shape[1] of the 8) of the model `params` as float32; micro-
-    conditions from `batch`."""
+def _prediction(graphdef, params, buffers):
+    """model_fn(x, t, captions, mask, resolution, aspect_ratio) -> the prediction channels (ε or v: the first
+    x.shape[1] of the 8) of the model `params`, as float32."""
     model = nnx.merge(graphdef, params, buffers)
-    out = model(x, t, captions, batch["mask"], resolution=batch["img_hw"], aspect_ratio=batch["aspect_ratio"])
-    return out[:, :x.shape[1]].astype(jnp.float32)
+
+    def model_fn(x, t, captions, mask, resolution, aspect_ratio):
+        return model(x, t, captions, mask, resolution, aspect_ratio)[:, :x.shape[1]].astype(jnp.float32)
+    return model_fn
 
 
 def _unconditional(captions, mask, y_embedding, null_caption):
@@ -51,12 +55,6 @@ def _unconditional(captions, mask, y_embedding, null_caption):
     padded = jnp.zeros(captions.shape[1:], jnp.float32).at[:tokens].set(null_caption)
     null_mask = (jnp.arange(length) < tokens).astype(mask.dtype)
     return jnp.broadcast_to(padded, captions.shape), jnp.broadcast_to(null_mask, mask.shape)
-
-
-def _teacher_batch(batch, uncond_mask):
-    """Masks and micro-conditions for the teacher's [cond, uncond] forward."""
-    both = {k: jnp.concatenate([batch[k], batch[k]]) for k in ("img_hw", "aspect_ratio")}
-    return dict(both, mask=jnp.concatenate([batch["mask"], uncond_mask]))
 
 
 class LCDStep(TrainStep):
@@ -87,18 +85,19 @@ class LCDStep(TrainStep):
             n = jax.random.randint(k_n, (size,), 0, num_ddim_timesteps)
             w = jnp.full((size,), guidance, jnp.float32)
             captions = jnp.asarray(batch["caption"], jnp.float32)
-            uncond, uncond_mask = _unconditional(captions, batch["mask"], null, null_caption)
+            cond = Caption(captions, batch["mask"])
+            uncond = Caption(*_unconditional(captions, batch["mask"], null, null_caption))
+            micro = dict(resolution=batch["img_hw"], aspect_ratio=batch["aspect_ratio"])
 
             def teacher(x, t):
-                out = _prediction(graphdef, state["teacher"], buffers, _teacher_batch(batch, uncond_mask),
-                                  jnp.concatenate([x, x]), jnp.concatenate([t, t]),
-                                  jnp.concatenate([captions, uncond]))
-                return jnp.split(out, 2)
+                out_uncond, out_cond = guided_forward(_prediction(graphdef, state["teacher"], buffers), x, t, cond,
+                                                      uncond, **micro)
+                return out_cond, out_uncond
 
             def loss_fn(student):
                 return lcd_loss(
-                    lambda x, t: _prediction(graphdef, student, buffers, batch, x, t, student_captions), teacher,
-                    lambda x, t: _prediction(graphdef, state["target"], buffers, batch, x, t, captions),
+                    lambda x, t: _prediction(graphdef, student, buffers)(x, t, student_captions, cond.mask, **micro),
+                    teacher, lambda x, t: _prediction(graphdef, state["target"], buffers)(x, t, *cond, **micro),
                     tables, x0, noise, n, w, loss_type, huber_c, prediction_type)
 
             student, opt, target, metrics = optimizer_update(tx, schedule, accum_steps, loss_fn, state["student"],

@@ -11,8 +11,8 @@ import numpy as np
 
 from pixart_jax.samplers.prediction import denoise, training_target
 from pixart_jax.samplers.schedule import PIXART_SCHEDULE
+from pixart_jax.vae import LATENT_SCALE
 
-LATENT_SCALE = 0.18215
 LN2 = float(np.log(2.0))
 
 

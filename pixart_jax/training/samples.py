@@ -10,11 +10,10 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
-from pixart_jax.samplers import DDIM, DPMSolverMultistep
-from train.loss import LATENT_SCALE
-from train.sharding import replicated
-
-SAMPLERS = {"ddim": DDIM, "dpm_solver": DPMSolverMultistep}
+from pixart_jax.guidance import Caption, guide, guided_forward
+from pixart_jax.samplers import make_sampler
+from pixart_jax.sharding import replicated
+from pixart_jax.vae import LATENT_SCALE
 
 
 def image_grid(images, columns=None):
@@ -43,7 +42,7 @@ class SampleGrid:
         self.cond = {k: batch[k] for k in ("caption", "mask", "img_hw", "aspect_ratio")}
         shape = (n, *batch["mean"].shape[1:])
         noise = jax.random.normal(jax.random.key(seed), shape, jnp.float32)
-        sampler = SAMPLERS[cfg.sampler](prediction_type=prediction_type)
+        sampler = make_sampler(cfg.sampler, prediction_type=prediction_type)
         vae = None
         if cfg.vae:
             from pixart_jax.vae import load_vae
@@ -54,14 +53,12 @@ class SampleGrid:
             model = nnx.merge(graphdef, params, buffers)
             cond = {k: v[:n] for k, v in cond.items()}
             null = jnp.broadcast_to(buffers["y_embedding"][None], cond["caption"].shape)
-            captions = jnp.concatenate([cond["caption"], null])
-            twice = {k: jnp.concatenate([cond[k], cond[k]]) for k in ("mask", "img_hw", "aspect_ratio")}
+            captions = Caption(cond["caption"], cond["mask"])
 
             def guided(x, t):
-                out = model(jnp.concatenate([x, x]), jnp.concatenate([t, t]), captions, twice["mask"],
-                            resolution=twice["img_hw"], aspect_ratio=twice["aspect_ratio"])[:, :shape[1]]
-                out_c, out_u = jnp.split(out, 2)
-                return out_u + cfg.guidance_scale * (out_c - out_u)
+                out_uncond, out_cond = guided_forward(model, x, t, captions, Caption(null, cond["mask"]),
+                                                      resolution=cond["img_hw"], aspect_ratio=cond["aspect_ratio"])
+                return guide(out_uncond, out_cond, cfg.guidance_scale)[:, :shape[1]]
 
             latents = sampler.sample(guided, noise, cfg.steps)
             if vae_state is None:

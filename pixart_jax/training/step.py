@@ -12,20 +12,20 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from pixart_jax import sharding
 from pixart_jax.checkpoints import load_transformer
+from pixart_jax.choices import DType
 from pixart_jax.config import PRESETS
 from pixart_jax.samplers.prediction import check_prediction_type
+from pixart_jax.training.loss import diffusion_tables, draw_training_inputs, pixart_loss
 from pixart_jax.transformer import PixArtTransformer
-from train import sharding
-from train.loss import LATENT_SCALE, diffusion_tables, draw_training_inputs, pixart_loss
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+from pixart_jax.vae import LATENT_SCALE
 
 
 def build_model(model_cfg, seed):
     """The PixArtTransformer to train: freshly initialised from `model_cfg.preset`, or loaded from
     `model_cfg.init_from` (any layout load_transformer reads) for fine-tuning."""
-    dtype = DTYPES[model_cfg.compute_dtype]
+    dtype = DType(model_cfg.compute_dtype).jax
     if model_cfg.init_from:
         model = load_transformer(model_cfg.init_from, dtype=dtype)
         model.remat = model_cfg.remat
@@ -82,7 +82,8 @@ def init_state(model, tx, seed, mesh, rules, initial=_initial_state):
     state layout, e.g. LCD's, reuses the placement)."""
     _, params, buffers = split_model(model)
     init = initial(tx, seed)
-    shardings = sharding.tree_shardings(jax.eval_shape(init, params, buffers), mesh, rules)
+    shardings = sharding.tree_shardings(jax.eval_shape(init, params, buffers), mesh, rules,
+                                        sharding.variable_axes(model))
     return jax.jit(init, out_shardings=shardings)(params, buffers), shardings
 
 
@@ -91,7 +92,7 @@ def abstract_state(model, tx, seed, mesh, rules, initial=_initial_state):
     computing it: the target a checkpoint is restored onto (whatever mesh it was saved from)."""
     _, params, buffers = split_model(model)
     shapes = jax.eval_shape(initial(tx, seed), params, buffers)
-    shardings = sharding.tree_shardings(shapes, mesh, rules)
+    shardings = sharding.tree_shardings(shapes, mesh, rules, sharding.variable_axes(model))
     target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
     return target, shardings
 

@@ -1,0 +1,198 @@
+"""The training loop every program shares (`python -m train.pretrain`, `train.lcm`, ...).
+
+Reads top to bottom: config -> hosts and mesh -> model and train state -> data -> resume from the newest
+checkpoint in WORKDIR -> the loop. Re-running the same command on the same workdir resumes the run exactly
+(weights, optimizer, EMA, RNG and data order). SIGTERM saves a checkpoint and exits; a non-finite loss stops the
+run without saving, so the last good checkpoint stays the newest.
+"""
+import dataclasses
+import math
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from tqdm import tqdm
+
+from pixart_jax import sharding
+from pixart_jax.training import config as config_lib
+from pixart_jax.training.checkpoint import Checkpoints
+from pixart_jax.training.data import feature_dataset
+from pixart_jax.training.metrics import MetricsWriter
+from pixart_jax.training.samples import SampleGrid, save_png
+from pixart_jax.training.step import TrainStep, abstract_state, build_model, init_state, make_optimizer, split_model
+from pixart_jax.training.synthetic import synthetic_examples
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What `train` returns: the optimizer step reached, this invocation's losses {step: loss}, the final train
+    state (global arrays) and model graphdef, how often the step was traced, and whether SIGTERM stopped it."""
+    step: int
+    losses: dict
+    state: dict
+    graphdef: object
+    traces: int
+    preempted: bool
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient became NaN/Inf; nothing after the last good checkpoint was saved."""
+
+
+class Preemption:
+    """Turns SIGTERM into a request to save and stop. Several processes agree on it at a step boundary every
+    `check_every` steps (a host round trip that waits for the step in flight)."""
+
+    def __init__(self, check_every=1):
+        self._flag, self._check_every = False, check_every
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self._flag = True
+
+    def requested(self, step):
+        if jax.process_count() == 1:
+            return self._flag
+        if step % self._check_every:
+            return False
+        return bool(multihost_utils.process_allgather(np.int32(self._flag)).any())
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def initialize_distributed(dist):
+    """jax.distributed.initialize from the config (explicit coordinator, or auto-detected cluster)."""
+    if dist.coordinator:
+        jax.distributed.initialize(dist.coordinator, dist.num_processes, dist.process_id)
+    elif dist.auto:
+        jax.distributed.initialize()
+
+
+def data_source(cfg, model_cfg):
+    """A records directory, or generated examples (`data.source: synthetic`) sized for the model."""
+    if cfg.data.source != "synthetic":
+        return cfg.data.source
+    return synthetic_examples(cfg.data.synthetic_examples, seed=cfg.seed, caption_channels=model_cfg.caption_channels,
+                              max_tokens=model_cfg.max_tokens, buckets=tuple(cfg.data.synthetic_buckets))
+
+
+class Pretraining:
+    """What `train` trains by default: step.py's state (params, EMA) and TrainStep. Another objective (e.g.
+    distill.py) passes its own object with these three methods and reuses the whole loop."""
+    abstract_state = staticmethod(abstract_state)
+    init_state = staticmethod(init_state)
+
+    @staticmethod
+    def make_step(cfg, graphdef, tx, schedule, shardings, mesh):
+        return TrainStep(graphdef, tx, schedule, shardings, mesh, accum_steps=cfg.optimizer.grad_accum_steps,
+                         ema_rate=cfg.optimizer.ema_rate, caption_dropout=cfg.model.caption_dropout,
+                         latent_scale=cfg.data.latent_scale, prediction_type=cfg.model.prediction_type)
+
+
+def train(cfg: config_lib.TrainConfig, examples=None, program=Pretraining) -> RunResult:
+    """Runs or resumes the run `cfg` (a TrainConfig) describes. `examples` replaces the configured data source
+    (a sequence of example dicts); `program` supplies the state and step (see `Pretraining`)."""
+    initialize_distributed(cfg.distributed)
+    proc0 = jax.process_index() == 0
+    workdir = os.path.abspath(cfg.workdir)
+    if proc0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.yaml"), "w") as f:
+            f.write(config_lib.to_yaml(cfg))
+
+    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
+    global_batch, accum = cfg.data.batch_size, cfg.optimizer.grad_accum_steps
+    if global_batch % mesh.size or global_batch % jax.process_count():
+        raise config_lib.ConfigError(f"data.batch_size {global_batch} must be divisible by the {mesh.size} devices "
+                                     f"and the {jax.process_count()} processes")
+
+    model = build_model(cfg.model, cfg.seed)
+    model_cfg = model.cfg
+    graphdef, _, _ = split_model(model)
+    tx, schedule = make_optimizer(cfg.optimizer, global_batch)
+    rules = dict(cfg.mesh.rules)
+
+    dataset = feature_dataset(data_source(cfg, model_cfg) if examples is None else examples,
+                              batch_size=global_batch // jax.process_count(), seed=cfg.seed,
+                              shard_index=jax.process_index(), shard_count=jax.process_count())
+    iterator = iter(dataset)
+
+    ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.checkpoint.max_to_keep,
+                        async_save=cfg.checkpoint.async_save)
+    with jax.set_mesh(mesh):
+        target, shardings = program.abstract_state(model, tx, cfg.seed, mesh, rules)
+        restored = ckpts.restore(target, iterator)
+        if restored is None:
+            start, (state, _) = 0, program.init_state(model, tx, cfg.seed, mesh, rules)
+        else:
+            start, state = restored
+            print(f"resumed from checkpoint {start} in {ckpts.directory}", flush=True)
+        del model, target
+        train_step = program.make_step(cfg, graphdef, tx, schedule, shardings, mesh)
+        writer = MetricsWriter(workdir, enabled=proc0, start_step=start, tb_every=cfg.logging.log_every)
+        preemption = Preemption(cfg.checkpoint.preemption_check_every)
+        bar = tqdm(total=cfg.steps, initial=start, disable=not (proc0 and cfg.logging.progress), unit="step")
+        losses, grids = {}, None
+        pending, clock = None, [time.perf_counter()]
+
+        def flush():
+            """Fetches the pending step's metrics (one step late, so the host never waits on the device)."""
+            nonlocal pending
+            step, micro = pending
+            pending = None
+            host = jax.device_get(micro)
+            loss = float(np.mean([m["loss"] for m in host]))
+            grad_norm = float(np.mean([m["grad_norm"] for m in host]))
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                raise NonFiniteLossError(
+                    f"loss is {loss} (gradient norm {grad_norm}) at step {step}: stopping without saving. The "
+                    f"newest good checkpoint is step {max(ckpts.steps(), default='none')} in {ckpts.directory}")
+            now = time.perf_counter()
+            steps_per_s = 1.0 / max(now - clock[0], 1e-9)
+            clock[0] = now
+            losses[step] = loss
+            writer.write(step, {"loss": loss, "lr": float(host[-1]["lr"]), "grad_norm": grad_norm,
+                                "steps_per_s": steps_per_s, "images_per_s": steps_per_s * global_batch * accum})
+            bar.set_postfix(loss=f"{loss:.4f}")
+
+        try:
+            for step in range(start, cfg.steps):
+                micro = []
+                for _ in range(accum):
+                    batch = sharding.device_batch(next(iterator), mesh)
+                    if grids is None and cfg.sample.every:  # captions of this run's first batch
+                        grids = SampleGrid(graphdef, cfg.sample, batch, mesh, cfg.seed, cfg.data.latent_scale,
+                                           cfg.model.prediction_type)
+                    state, metrics = train_step(state, batch)
+                    micro.append(metrics)
+                if pending is not None:
+                    flush()
+                pending, done = (step + 1, micro), step + 1
+                bar.update(1)
+                preempted = preemption.requested(done)
+                if done % cfg.checkpoint_every == 0 or done == cfg.steps or preempted:
+                    flush()  # a state is saved only once its loss is known to be finite
+                    ckpts.save(done, state, iterator, config_lib.to_dict(cfg))
+                if grids is not None and done % cfg.sample.every == 0:
+                    grid = grids.grid(state)
+                    if proc0:
+                        save_png(grid, os.path.join(workdir, "samples", f"step_{done:07d}.png"))
+                        writer.image(done, "samples", grid)
+                if preempted:
+                    print(f"SIGTERM: saved checkpoint {done} in {ckpts.directory}; exiting", flush=True)
+                    break
+            else:
+                preempted = False
+            if pending is not None:
+                flush()
+        finally:
+            bar.close()
+            preemption.restore()
+            ckpts.close()
+            writer.close()
+    return RunResult(step=int(jax.device_get(state["step"])) // accum, losses=losses, state=state,
+                     graphdef=graphdef, traces=train_step.traces, preempted=preempted)
