@@ -14,6 +14,7 @@ from pixart_jax.samplers.ddpm import LearnedVarianceDDPM
 from pixart_jax.samplers.dpm_solver import DPMSolverMultistep
 from pixart_jax.samplers.lcm import LCM
 from pixart_jax.samplers.loop import Sampler, table_row
+from pixart_jax.samplers.pcm import PCM
 from pixart_jax.samplers.registry import (
     SAMPLERS,
     SCHEDULER_CLASSES,
@@ -25,8 +26,11 @@ from pixart_jax.samplers.registry import (
     save_scheduler_config,
     to_scheduler_config,
 )
+from pixart_jax.samplers.sa_solver import SASolver
 from pixart_jax.samplers.schedule import PIXART_SCHEDULE, DDPMSchedule
+from pixart_jax.samplers.tcd import TCD
 
-__all__ = ["DDIM", "DDPMSchedule", "DPMSolverMultistep", "LCM", "LearnedVarianceDDPM", "PIXART_SCHEDULE", "SAMPLERS",
-           "SCHEDULER_CLASSES", "Sampler", "SamplerName", "from_scheduler_config", "load_scheduler_config",
-           "make_sampler", "sampler_name", "save_scheduler_config", "table_row", "to_scheduler_config"]
+__all__ = ["DDIM", "DDPMSchedule", "DPMSolverMultistep", "LCM", "LearnedVarianceDDPM", "PCM", "PIXART_SCHEDULE",
+           "SAMPLERS", "SASolver", "SCHEDULER_CLASSES", "Sampler", "SamplerName", "TCD", "from_scheduler_config",
+           "load_scheduler_config", "make_sampler", "sampler_name", "save_scheduler_config", "table_row",
+           "to_scheduler_config"]

@@ -92,6 +92,9 @@ class DDIM(Sampler):
     def needs_noise(self, steps):
         return self.eta > 0
 
+    def with_eta(self, eta):
+        return dataclasses.replace(self, eta=eta)
+
     def step(self, row, x, model_output, state=(), noise=None):
         """x_t -> (x_prev, x̂_0, state): x̂_0 re-noised to the previous level along ε̂, plus σ·noise when η > 0."""
         x32 = f32(x)

@@ -22,6 +22,27 @@ CONVENTIONS = ("diffusers", "repo")
 SPACINGS = ("linspace", "leading", "trailing")
 
 
+def solver_timesteps(steps, alphas_cumprod, spacing, steps_offset=0, lambda_min_clipped=-float("inf")):
+    """The integer timesteps of diffusers' multistep solvers (DPMSolverMultistepScheduler, SASolverScheduler),
+    descending: `steps` points before the grid's end (t = 0, or ᾱ_0), timesteps whose half log-SNR λ falls below
+    lambda_min_clipped skipped."""
+    T = len(alphas_cumprod)
+    if steps > T:
+        raise ValueError(f"number of steps {steps} exceeds num_train_timesteps {T}")
+    half_log_snr = 0.5 * (np.log(alphas_cumprod) - np.log1p(-alphas_cumprod))
+    last = T - int(np.sum(half_log_snr < lambda_min_clipped))
+    if spacing == "linspace":
+        ts = np.linspace(0, last - 1, steps + 1).round()[::-1][:-1]
+    elif spacing == "leading":
+        ts = (np.arange(steps + 1) * (last // (steps + 1)))[::-1][:-1] + steps_offset
+    else:
+        ts = np.round(last - np.arange(steps) * (T / steps)) - 1
+    ts = ts.astype(np.int64)
+    if ts.min() < 0 or ts.max() >= T:
+        raise ValueError(f"timesteps {ts.tolist()} leave [0, {T - 1}]")
+    return ts
+
+
 class DPMTables(NamedTuple):
     """Per-step DPM-Solver++ coefficients, one entry per step."""
     timestep: jnp.ndarray     # what the model sees (integers for diffusers, fractional for the repo)
@@ -96,27 +117,10 @@ class DPMSolverMultistep(Sampler):
         if self.convention == "repo":
             return self._repo_grid(steps)
         acp = self.schedule.alphas_cumprod()
-        ts = self._diffusers_timesteps(steps, acp)
+        ts = solver_timesteps(steps, acp, self.timestep_spacing, self.steps_offset, self.lambda_min_clipped)
         a_last = 1.0 if self.final_sigmas_type == "zero" else acp[0]
         acp_grid = np.append(acp[ts], a_last)
         return ts, np.sqrt(acp_grid), np.sqrt(1 - acp_grid)
-
-    def _diffusers_timesteps(self, steps, acp):
-        T = self.schedule.num_train_timesteps
-        if steps > T:
-            raise ValueError(f"number of steps {steps} exceeds num_train_timesteps {T}")
-        half_log_snr = 0.5 * (np.log(acp) - np.log1p(-acp))
-        last = T - int(np.sum(half_log_snr < self.lambda_min_clipped))  # timesteps whose λ is clipped are skipped
-        if self.timestep_spacing == "linspace":
-            ts = np.linspace(0, last - 1, steps + 1).round()[::-1][:-1]
-        elif self.timestep_spacing == "leading":
-            ts = (np.arange(steps + 1) * (last // (steps + 1)))[::-1][:-1] + self.steps_offset
-        else:
-            ts = np.round(last - np.arange(steps) * (T / steps)) - 1
-        ts = ts.astype(np.int64)
-        if ts.min() < 0 or ts.max() >= T:
-            raise ValueError(f"timesteps {ts.tolist()} leave [0, {T - 1}]")
-        return ts
 
     def _repo_grid(self, steps):
         if steps < self.solver_order:

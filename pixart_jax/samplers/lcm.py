@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pixart_jax.samplers.loop import Sampler, as_tables, check_steps, f32
+from pixart_jax.samplers.phases import consistency_grid, evenly_spaced
 from pixart_jax.samplers.prediction import check_prediction_type, denoise
 from pixart_jax.samplers.schedule import PIXART_SCHEDULE, DDPMSchedule
 
@@ -68,10 +69,10 @@ class LCM(Sampler):
         n = self.original_inference_steps
         if steps > n:
             raise ValueError(f"LCM sampling takes at most original_inference_steps = {n} steps, got {steps}")
-        grid = (np.arange(1, n + 1) * (self.schedule.num_train_timesteps // n) - 1)[::-1]
+        grid = consistency_grid(self.schedule.num_train_timesteps, n)
         if self.convention == "diffusers":
-            return grid[np.floor(np.linspace(0, n, steps, endpoint=False)).astype(np.int64)]
-        return grid[::n // steps][:steps]
+            return evenly_spaced(grid, steps)
+        return grid[::-1][::n // steps][:steps]
 
     def tables(self, steps):
         """Per-step float32 coefficients (see `LCMTables`)."""

@@ -41,6 +41,11 @@ class Sampler:
         """Whether sampling with `steps` steps injects fresh noise (then `sample` needs a key or the noise)."""
         return False
 
+    def with_eta(self, eta):
+        """The sampler with the stochasticity η of one pipeline call: diffusers' pipelines pass their `eta` to
+        schedulers whose step takes one (DDIM's η, TCD's γ); the others ignore it."""
+        return self
+
     def init_state(self, x):
         """The carried state before the first step (multistep solvers keep earlier model values)."""
         return ()
