@@ -69,7 +69,7 @@ def generate(args):
     images, compile_s, run_s = timed_call(
         pipe, prompt=args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
         guidance_scale=args.guidance, height=args.height, width=args.width, seed=args.seed,
-        num_images_per_prompt=args.num_images)
+        num_images_per_prompt=args.num_images, eta=args.eta)
     for path in save_images(images, args.out):
         print(f"wrote {path}")
     print(f"{len(images)} image(s) {images[0].size[0]}x{images[0].size[1]}, {args.steps} steps: compile "
@@ -135,6 +135,7 @@ def main(argv=None):
     p.add_argument("--guidance", type=float, default=4.5, help="classifier-free guidance; <= 1 disables it")
     p.add_argument("--scheduler", choices=list(SamplerName), type=SamplerName,
                    help="default: the directory's scheduler")
+    p.add_argument("--eta", type=float, default=0.0, help="stochasticity: DDIM's η, TCD's and PCM's γ (0 to 1)")
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
     p.add_argument("--seed", type=int, default=0)

@@ -64,7 +64,8 @@ class PixArtPipeline:
     def from_pretrained(cls, directory: str, dtype=jnp.float32, sampler: str | None = None,
                         **sampler_options) -> "PixArtPipeline":
         """A diffusers PixArt pipeline directory (model_index.json, transformer/, text_encoder/, tokenizer/, vae/,
-        scheduler/). `sampler` ("dpm", "ddim", "lcm", "ddpm") overrides the scheduler config's class."""
+        scheduler/). `sampler` (a SamplerName: "dpm", "ddim", "lcm", "tcd", "pcm", "sa", "ddpm") overrides the
+        scheduler config's choice."""
         index_path = os.path.join(directory, "model_index.json")
         if not os.path.isfile(index_path):
             raise CheckpointError(f"{directory} is not a PixArt pipeline directory: it has no model_index.json")
@@ -115,20 +116,24 @@ class PixArtPipeline:
                  output_type: str = "pil", use_resolution_binning: bool = True, clean_caption: bool = True,
                  prompt_embeds=None, prompt_attention_mask=None, negative_prompt_embeds=None,
                  negative_prompt_attention_mask=None, null_caption: str = "negative_prompt",
-                 guidance_channels: int | None = None, progress: bool = True, return_dict: bool = True):
+                 guidance_channels: int | None = None, eta: float = 0.0, progress: bool = True,
+                 return_dict: bool = True):
         """Generates images; arguments as diffusers' PixArtAlphaPipeline, plus `seed` (the initial noise and any
         sampler noise come from jax.random.key(seed); random when None), `null_caption`: "negative_prompt"
         (T5 of the negative prompt, as diffusers) or "y_embedding" (the checkpoint's null caption with the
         prompt's mask, as the original repo), and `guidance_channels`: None guides every ε channel (a learned
         variance comes from the conditional half), 3 reproduces the original repo's IDDPM sampling, which guides
-        only ε channels 0-2. Returns an ImagePipelineOutput whose `images` are a list of PIL images, an
-        (N, H, W, 3) array in [0, 1] or the (N, 4, h, w) latents; with return_dict=False the tuple (images,)."""
+        only ε channels 0-2. `eta` is, as in diffusers, DDIM's η and TCD's / PCM's γ for this call (it replaces
+        the sampler's own; other samplers ignore it). Returns an ImagePipelineOutput whose `images` are a list of
+        PIL images, an (N, H, W, 3) array in [0, 1] or the (N, 4, h, w) latents; with return_dict=False the tuple
+        (images,)."""
         cfg = self.transformer.cfg
         scale = self.vae_scale_factor
         height = cfg.sample_size * scale if height is None else height
         width = cfg.sample_size * scale if width is None else width
         self._check(prompt, prompt_embeds, num_inference_steps, guidance_scale, height, width, output_type,
-                    null_caption, num_images_per_prompt, guidance_channels)
+                    null_caption, num_images_per_prompt, guidance_channels, eta)
+        sampler = self.sampler.with_eta(eta)
         out_size = (height, width)
         if use_resolution_binning:
             if cfg.sample_size not in BIN_TABLES:
@@ -160,7 +165,7 @@ class PixArtPipeline:
                 result = self._generate(
                     state, jnp.asarray(latents, jnp.float32), cond, uncond, resolution, aspect_ratio,
                     jnp.float32(guidance_scale), key_sampler, graphdef=graphdef, steps=num_inference_steps,
-                    sampler=self.sampler, guided=guided, guidance_channels=guidance_channels,
+                    sampler=sampler, guided=guided, guidance_channels=guidance_channels,
                     denoised_only=num_inference_steps == 1, out_size=out_size, decode=output_type != "latent",
                     progress=progress)
                 result = jax.block_until_ready(result)
@@ -192,7 +197,7 @@ class PixArtPipeline:
         return cond, uncond
 
     def _check(self, prompt, prompt_embeds, steps, guidance_scale, height, width, output_type, null_caption, n,
-               guidance_channels):
+               guidance_channels, eta):
         if prompt_embeds is None:
             prompts = [prompt] if isinstance(prompt, str) else prompt
             if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -201,6 +206,8 @@ class PixArtPipeline:
             raise ValueError(f"num_inference_steps must be a positive integer, got {steps!r}")
         if not math.isfinite(guidance_scale) or guidance_scale < 0:
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
+        if not 0 <= eta <= 1:
+            raise ValueError(f"eta must be in [0, 1], got {eta}")
         for name, value in (("height", height), ("width", width)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0 or value % 8:
                 raise ValueError(f"{name} must be a positive multiple of 8, got {value!r} "

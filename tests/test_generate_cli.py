@@ -41,9 +41,21 @@ def test_generate_several_images_and_a_grid(model_dir, tmp_path):
     assert Image.open(out).size == (128, 128)
 
 
+@pytest.mark.parametrize("scheduler, eta", [("pcm", "0"), ("tcd", "0.3")])
+def test_generate_with_the_consistency_samplers(model_dir, tmp_path, scheduler, eta):
+    out = tmp_path / f"{scheduler}.png"
+    run = generate("--model", model_dir, "--prompt", "a red circle", "--steps", "4", "--scheduler", scheduler,
+                   "--eta", eta, "--height", "64", "--width", "64", "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    assert "4 steps" in run.stdout and Image.open(out).size == (64, 64)
+
+
 def test_generate_bad_input_is_one_clear_line(model_dir, tmp_path):
     run = generate("--model", model_dir, "--prompt", "x", "--steps", "0", "--out", str(tmp_path / "x.png"))
     assert run.returncode == 1 and run.stderr.strip() == "error: num_inference_steps must be a positive integer, got 0"
     run = generate("--model", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "x.png"))
     assert run.returncode == 1 and "is not a PixArt pipeline directory" in run.stderr
     assert not (tmp_path / "x.png").exists()
+    run = generate("--model", model_dir, "--prompt", "x", "--scheduler", "tcd", "--eta", "2", "--out",
+                   str(tmp_path / "x.png"))
+    assert run.returncode == 1 and run.stderr.strip() == "error: eta must be in [0, 1], got 2.0"

@@ -76,6 +76,7 @@ def test_batches_seeds_and_output_types(pipe):
     (dict(height=72), "multiples of 16 .* got 72x64"),
     (dict(guidance_scale=-1.0), "guidance_scale must be a finite number >= 0, got -1.0"),
     (dict(output_type="jpg"), "output_type must be one of"),
+    (dict(eta=1.5), r"eta must be in \[0, 1\], got 1.5"),
 ])
 def test_bad_input_fails_before_any_compute(pipe, kwargs, message):
     before = CountingPipeline.traces

@@ -11,9 +11,12 @@ import pytest
 from pixart_jax.samplers import (
     DDIM,
     LCM,
+    PCM,
+    TCD,
     DDPMSchedule,
     DPMSolverMultistep,
     LearnedVarianceDDPM,
+    SASolver,
     from_scheduler_config,
     make_sampler,
     table_row,
@@ -108,7 +111,9 @@ def test_oracle_noise_prediction_recovers_the_clean_sample():
 
 @pytest.mark.parametrize("sampler", [DDIM(prediction_type="v_prediction"),
                                      DPMSolverMultistep(prediction_type="v_prediction"),
-                                     LCM(prediction_type="v_prediction")], ids=lambda s: type(s).__name__)
+                                     LCM(prediction_type="v_prediction"),
+                                     SASolver(prediction_type="v_prediction", predictor_order=1, corrector_order=1)],
+                         ids=lambda s: type(s).__name__)
 def test_oracle_velocity_recovers_the_clean_sample(sampler):
     """A v-prediction model that returns the true v = √ᾱ ε - √(1-ᾱ) x0 of a single data point x0 (for the x it is
     given, ε = (x - √ᾱ x0) / √(1-ᾱ)) makes every sampler return x0."""
@@ -397,8 +402,8 @@ def test_make_sampler_rejects_unknown_names():
         from_scheduler_config(PIXART_DPM_CONFIG, sampler="euler")
 
 
-@pytest.mark.parametrize("sampler", [DDIM(), DPMSolverMultistep(), LCM(), LearnedVarianceDDPM()],
-                         ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("sampler", [DDIM(), DPMSolverMultistep(), LCM(), LearnedVarianceDDPM(), TCD(), PCM(),
+                                     SASolver()], ids=lambda s: type(s).__name__)
 @pytest.mark.parametrize("steps", [0, -3, 2.5, True, None])
 def test_non_positive_or_non_integer_steps_are_rejected(sampler, steps):
     with pytest.raises(ValueError, match="number of steps must be a positive integer"):

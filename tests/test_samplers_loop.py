@@ -7,14 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pixart_jax.samplers import DDIM, LCM, DPMSolverMultistep, LearnedVarianceDDPM, table_row
+from pixart_jax.samplers import DDIM, LCM, PCM, TCD, DPMSolverMultistep, LearnedVarianceDDPM, SASolver, table_row
 from tests.parity import rel_error
 
 SHAPE = (2, 4, 8, 8)
 SAMPLERS = {
     "ddim": DDIM(), "ddim_eta": DDIM(eta=0.5, timestep_spacing="trailing"), "dpm": DPMSolverMultistep(),
     "dpm_repo": DPMSolverMultistep(convention="repo"), "lcm": LCM(), "lcm_repo": LCM(convention="repo"),
-    "ddpm": LearnedVarianceDDPM(),
+    "ddpm": LearnedVarianceDDPM(), "tcd": TCD(), "pcm": PCM(), "sa": SASolver(),
+    "sa_orders_3_4": SASolver(predictor_order=3, corrector_order=4, algorithm_type="noise_prediction"),
 }
 
 
@@ -58,7 +59,7 @@ def test_jitted_loop_equals_the_per_step_functions(name, steps):
     assert rel_error(last_denoised(x_T, noise), denoised) < 1e-6
 
 
-@pytest.mark.parametrize("name", ["ddim_eta", "lcm", "ddpm"])
+@pytest.mark.parametrize("name", ["ddim_eta", "lcm", "ddpm", "tcd", "sa"])
 def test_key_noise_is_a_normal_draw_per_step_key(name):
     """sample(key=k) == sample(noise=[normal(k_i) for k_i in split(k, steps)]): reproducible from the seed."""
     sampler, steps = SAMPLERS[name], 4
@@ -73,7 +74,7 @@ def test_key_noise_is_a_normal_draw_per_step_key(name):
     assert rel_error(other, by_key) > 1e-3
 
 
-@pytest.mark.parametrize("name", ["ddim", "dpm", "lcm", "ddpm"])
+@pytest.mark.parametrize("name", ["ddim", "dpm", "lcm", "ddpm", "tcd", "sa"])
 def test_loop_compiles_once_per_shape_and_steps(name):
     sampler = SAMPLERS[name]
     traces = []

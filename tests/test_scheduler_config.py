@@ -6,8 +6,11 @@ import pytest
 from pixart_jax.samplers import (
     DDIM,
     LCM,
+    PCM,
+    TCD,
     DPMSolverMultistep,
     LearnedVarianceDDPM,
+    SASolver,
     from_scheduler_config,
     save_scheduler_config,
     to_scheduler_config,
@@ -22,6 +25,12 @@ SAMPLERS = [
     DDIM(schedule=FLOAT32_PIXART, timestep_spacing="trailing", set_alpha_to_one=False, clip_sample=True),
     LCM(schedule=FLOAT32_PIXART, original_inference_steps=40, prediction_type="v_prediction"),
     LCM(schedule=DDPMSchedule(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", dtype="float32")),
+    TCD(schedule=FLOAT32_PIXART, original_inference_steps=40, prediction_type="v_prediction"),
+    PCM(schedule=FLOAT32_PIXART),
+    PCM(schedule=FLOAT32_PIXART, original_inference_steps=50, prediction_type="v_prediction"),
+    SASolver(schedule=FLOAT32_PIXART),
+    SASolver(schedule=FLOAT32_PIXART, predictor_order=3, corrector_order=1, algorithm_type="noise_prediction",
+             timestep_spacing="trailing", prediction_type="v_prediction"),
 ]
 
 
@@ -45,6 +54,8 @@ def test_diffusers_config_round_trip():
 
 @pytest.mark.parametrize("sampler, message", [
     (DDIM(eta=0.5), "DDIM.eta=0.5 cannot be written"),
+    (TCD(gamma=0.5), "TCD.gamma=0.5 cannot be written"),
+    (PCM(gamma=0.3), "PCM.gamma=0.3 cannot be written"),
     (DPMSolverMultistep(convention="repo"), "convention='repo' cannot be written"),
     (LearnedVarianceDDPM(), "LearnedVarianceDDPM has no diffusers scheduler class"),
 ])
@@ -59,3 +70,12 @@ def test_written_configs_load_in_diffusers():
         config = to_scheduler_config(sampler)
         scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
         assert all(scheduler.config[k] == v for k, v in config.items() if not k.startswith("_"))
+
+
+def test_a_pcm_config_is_a_tcd_config_that_names_the_pcm_sampler():
+    """diffusers reads a PCM's config as a TCDScheduler (which samples its edges at γ = 0 on N = 40); ours reads
+    it back as the PCM sampler, or as TCD when asked."""
+    config = to_scheduler_config(PCM(schedule=FLOAT32_PIXART))
+    assert config["_class_name"] == "TCDScheduler" and config["_pixart_jax_sampler"] == "pcm"
+    assert config["original_inference_steps"] == 40
+    assert from_scheduler_config(config, sampler="tcd") == TCD(schedule=FLOAT32_PIXART, original_inference_steps=40)
