@@ -184,6 +184,13 @@ class PixArtTransformer(nnx.Module):
 
     def __call__(self, latents, timestep, encoder_hidden_states, encoder_attention_mask=None,
                  resolution=None, aspect_ratio=None):
+        return self.forward(latents, timestep, encoder_hidden_states, encoder_attention_mask, resolution,
+                            aspect_ratio)[0]
+
+    def forward(self, latents, timestep, encoder_hidden_states, encoder_attention_mask=None, resolution=None,
+                aspect_ratio=None, block_outputs=False):
+        """(output (B, 8, H, W), every block's output tokens (depth, B, h·w, hidden) with `block_outputs`, else
+        None): the features a PCM discriminator reads off the frozen teacher."""
         cfg = self.cfg
         b, _, hh, ww = latents.shape
         p = cfg.patch_size
@@ -205,10 +212,11 @@ class PixArtTransformer(nnx.Module):
             block_def, block_state = nnx.split(self.blocks)
 
             def run_block(x, state):
-                return nnx.merge(block_def, state)(x, t0, context, mask), None
+                x = nnx.merge(block_def, state)(x, t0, context, mask)
+                return x, x if block_outputs else None
 
             if self.remat:
                 run_block = jax.checkpoint(run_block, prevent_cse=False)
-            x, _ = jax.lax.scan(run_block, x, block_state)
+            x, features = jax.lax.scan(run_block, x, block_state)
             out = self.final_layer(x, t)
-        return unpatchify(out.astype(jnp.float32), h, w, p, cfg.out_channels)
+        return unpatchify(out.astype(jnp.float32), h, w, p, cfg.out_channels), features

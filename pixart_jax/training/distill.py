@@ -101,16 +101,15 @@ class Distillation:
                        prediction_type=cfg.model.prediction_type, null_caption=null_caption)
 
 
-def export(state, graphdef, directory, which="target", num_ddim_timesteps=50, prediction_type="epsilon"):
-    """Writes `state[which]` as DIRECTORY/transformer (diffusers) and DIRECTORY/scheduler/scheduler_config.json.
-    Every process gathers the weights; process 0 writes."""
+def export(state, graphdef, directory, which, sampler):
+    """Writes `state[which]` as DIRECTORY/transformer (diffusers) and `sampler` (the distilled model's: its
+    training grid, PixArt's schedule) as DIRECTORY/scheduler/scheduler_config.json. Every process gathers the
+    weights; process 0 writes."""
     params, buffers = multihost_utils.process_allgather((state[which], state["buffers"]), tiled=True)
     if jax.process_index():
         return
     save_diffusers(nnx.merge(graphdef, params, buffers), os.path.join(directory, "transformer"))
-    # the distilled model samples on its training grid, with PixArt's schedule
-    save_scheduler_config(LCM(original_inference_steps=num_ddim_timesteps, prediction_type=prediction_type),
-                          os.path.join(directory, "scheduler"))
+    save_scheduler_config(sampler, os.path.join(directory, "scheduler"))
 
 
 def distill(cfg, examples=None):
@@ -118,6 +117,6 @@ def distill(cfg, examples=None):
     loop.train's result."""
     result = loop.train(cfg, examples, program=Distillation)
     if not result.preempted:
-        export(result.state, result.graphdef, os.path.join(os.path.abspath(cfg.workdir), "export"),
-               cfg.lcd.export, cfg.lcd.num_ddim_timesteps, cfg.model.prediction_type)
+        export(result.state, result.graphdef, os.path.join(os.path.abspath(cfg.workdir), "export"), cfg.lcd.export,
+               LCM(original_inference_steps=cfg.lcd.num_ddim_timesteps, prediction_type=cfg.model.prediction_type))
     return result

@@ -12,10 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from pixart_jax.choices import choose
+from pixart_jax.samplers.lcm import SIGMA_DATA
+from pixart_jax.samplers.phases import consistency_grid
 from pixart_jax.samplers.prediction import denoise
 from pixart_jax.samplers.schedule import PIXART_SCHEDULE
 
-SIGMA_DATA = 0.5
 TIMESTEP_SCALING = 10.0
 
 
@@ -32,7 +33,7 @@ def lcd_tables(num_ddim_timesteps=50, schedule=PIXART_SCHEDULE):
     T = schedule.num_train_timesteps
     k = T // num_ddim_timesteps
     abar = schedule.alphas_cumprod()
-    tau = np.arange(1, num_ddim_timesteps + 1) * k - 1
+    tau = consistency_grid(T, num_ddim_timesteps)
     return LCDTables(a=jnp.asarray(np.sqrt(abar), jnp.float32), sigma=jnp.asarray(np.sqrt(1 - abar), jnp.float32),
                      tau=jnp.asarray(tau, jnp.int32), tau_prev=jnp.asarray(np.maximum(tau - k, 0), jnp.int32))
 
@@ -44,27 +45,37 @@ def boundary_scalings(t):
     return c_skip, st / jnp.sqrt(st ** 2 + SIGMA_DATA ** 2)
 
 
-def _per_sample(v):
+def per_sample(v):
     return v.reshape(-1, 1, 1, 1)
 
 
 def _denoise(tables, x, output, t, prediction_type):
     """(x̂_0, ε̂) from a model output (ε̂, or v̂ for v-prediction) at x, per-sample timesteps t (B,)."""
-    return denoise(prediction_type, x, output, _per_sample(tables.a[t]), _per_sample(tables.sigma[t]))
+    return denoise(prediction_type, x, output, per_sample(tables.a[t]), per_sample(tables.sigma[t]))
 
 
 def consistency(tables, x, output, t, prediction_type="epsilon"):
     """f(x, t) = c_skip(t) x + c_out(t) x̂_0(x, t); exactly x at t = 0."""
     c_skip, c_out = boundary_scalings(t)
-    return _per_sample(c_skip) * x + _per_sample(c_out) * _denoise(tables, x, output, t, prediction_type)[0]
+    return per_sample(c_skip) * x + per_sample(c_out) * _denoise(tables, x, output, t, prediction_type)[0]
+
+
+def ddim_jump(tables, x, output, t, t_next, prediction_type="epsilon"):
+    """The deterministic DDIM jump t -> t_next along the output's (x̂_0, ε̂): √ᾱ_next x̂_0 + √(1-ᾱ_next) ε̂ (per-sample
+    timesteps; the identity when t_next = t, up to rounding)."""
+    x0, eps = _denoise(tables, x, output, t, prediction_type)
+    return per_sample(tables.a[t_next]) * x0 + per_sample(tables.sigma[t_next]) * eps
+
+
+def lcm_guidance(out_cond, out_uncond, w):
+    """The LCM form of classifier-free guidance o_c + w (o_c - o_u), w per sample (Imagen scale 1 + w)."""
+    return out_cond + per_sample(w) * (out_cond - out_uncond)
 
 
 def teacher_ddim_step(tables, x_s, out_cond, out_uncond, t_s, t_e, w, prediction_type="epsilon"):
     """One deterministic DDIM step t_s -> t_e with the guided output o_c + w (o_c - o_u) (w per sample; for an
     ε-model ε̃ = ε_c + w (ε_c - ε_u))."""
-    guided = out_cond + _per_sample(w) * (out_cond - out_uncond)
-    x0, eps = _denoise(tables, x_s, guided, t_s, prediction_type)
-    return _per_sample(tables.a[t_e]) * x0 + _per_sample(tables.sigma[t_e]) * eps
+    return ddim_jump(tables, x_s, lcm_guidance(out_cond, out_uncond, w), t_s, t_e, prediction_type)
 
 
 class LossType(enum.StrEnum):
@@ -90,7 +101,7 @@ def lcd_loss(student, teacher, target, tables, x0, noise, n, w, loss_type="huber
     [0, N); w: (B,) guidance (LCM form). Teacher and target are stop-gradient.
     """
     t_s, t_e = tables.tau[n], tables.tau_prev[n]
-    x_s = _per_sample(tables.a[t_s]) * x0 + _per_sample(tables.sigma[t_s]) * noise
+    x_s = per_sample(tables.a[t_s]) * x0 + per_sample(tables.sigma[t_s]) * noise
     out_c, out_u = teacher(x_s, t_s)
     x_e = jax.lax.stop_gradient(teacher_ddim_step(tables, x_s, out_c, out_u, t_s, t_e, w, prediction_type))
     goal = jax.lax.stop_gradient(consistency(tables, x_e, target(x_e, t_e), t_e, prediction_type))

@@ -33,7 +33,7 @@ init_lcd_state = functools.partial(init_state, initial=_initial_lcd_state)
 abstract_lcd_state = functools.partial(abstract_state, initial=_initial_lcd_state)
 
 
-def _prediction(graphdef, params, buffers):
+def prediction_fn(graphdef, params, buffers):
     """model_fn(x, t, captions, mask, resolution, aspect_ratio) -> the prediction channels (ε or v: the first
     x.shape[1] of the 8) of the model `params`, as float32."""
     model = nnx.merge(graphdef, params, buffers)
@@ -43,7 +43,7 @@ def _prediction(graphdef, params, buffers):
     return model_fn
 
 
-def _unconditional(captions, mask, y_embedding, null_caption):
+def unconditional_caption(captions, mask, y_embedding, null_caption):
     """(captions, mask) of the teacher's unconditional branch: y_embedding with each prompt's own mask (PixArt-δ),
     or the given (T, C) null caption (T5 of "") with T valid tokens, padded to the caption length."""
     if null_caption is None:
@@ -86,18 +86,18 @@ class LCDStep(TrainStep):
             w = jnp.full((size,), guidance, jnp.float32)
             captions = jnp.asarray(batch["caption"], jnp.float32)
             cond = Caption(captions, batch["mask"])
-            uncond = Caption(*_unconditional(captions, batch["mask"], null, null_caption))
+            uncond = Caption(*unconditional_caption(captions, batch["mask"], null, null_caption))
             micro = dict(resolution=batch["img_hw"], aspect_ratio=batch["aspect_ratio"])
 
             def teacher(x, t):
-                out_uncond, out_cond = guided_forward(_prediction(graphdef, state["teacher"], buffers), x, t, cond,
+                out_uncond, out_cond = guided_forward(prediction_fn(graphdef, state["teacher"], buffers), x, t, cond,
                                                       uncond, **micro)
                 return out_cond, out_uncond
 
             def loss_fn(student):
                 return lcd_loss(
-                    lambda x, t: _prediction(graphdef, student, buffers)(x, t, student_captions, cond.mask, **micro),
-                    teacher, lambda x, t: _prediction(graphdef, state["target"], buffers)(x, t, *cond, **micro),
+                    lambda x, t: prediction_fn(graphdef, student, buffers)(x, t, student_captions, cond.mask, **micro),
+                    teacher, lambda x, t: prediction_fn(graphdef, state["target"], buffers)(x, t, *cond, **micro),
                     tables, x0, noise, n, w, loss_type, huber_c, prediction_type)
 
             student, opt, target, metrics = optimizer_update(tx, schedule, accum_steps, loss_fn, state["student"],

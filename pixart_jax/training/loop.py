@@ -155,8 +155,10 @@ def train(cfg: config_lib.TrainConfig, examples=None, program=Pretraining) -> Ru
             steps_per_s = 1.0 / max(now - clock[0], 1e-9)
             clock[0] = now
             losses[step] = loss
+            extra = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k not in ("loss", "grad_norm", "lr")}
             writer.write(step, {"loss": loss, "lr": float(host[-1]["lr"]), "grad_norm": grad_norm,
-                                "steps_per_s": steps_per_s, "images_per_s": steps_per_s * global_batch * accum})
+                                "steps_per_s": steps_per_s, "images_per_s": steps_per_s * global_batch * accum,
+                                **extra})
             bar.set_postfix(loss=f"{loss:.4f}")
 
         try:

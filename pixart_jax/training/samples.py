@@ -60,7 +60,9 @@ class SampleGrid:
                                                       resolution=cond["img_hw"], aspect_ratio=cond["aspect_ratio"])
                 return guide(out_uncond, out_cond, cfg.guidance_scale)[:, :shape[1]]
 
-            latents = sampler.sample(guided, noise, cfg.steps)
+            # samplers that inject noise (LCM, TCD, SA-Solver) draw it from a fixed key too
+            key = jax.random.key(seed + 1) if sampler.needs_noise(cfg.steps) else None
+            latents = sampler.sample(guided, noise, cfg.steps, key=key)
             if vae_state is None:
                 scale = jnp.abs(latents[:, :3]).max(axis=(1, 2, 3), keepdims=True) + 1e-6
                 return latents[:, :3] / scale

@@ -76,37 +76,43 @@ def _initial_state(tx, seed):
     return init
 
 
-def init_state(model, tx, seed, mesh, rules, initial=_initial_state):
+def init_state(model, tx, seed, mesh, rules, initial=_initial_state, axes=None):
     """(state, shardings): the initial train state placed on `mesh` by the logical-axis `rules`; EMA starts equal
     to the (possibly loaded) weights. `initial(tx, seed)` gives the `(params, buffers) -> state` function (another
-    state layout, e.g. LCD's, reuses the placement)."""
+    state layout, e.g. LCD's, reuses the placement); `axes` ({path: logical axes}) defaults to the model's (a
+    state with other networks, e.g. PCM's discriminator heads, adds theirs)."""
     _, params, buffers = split_model(model)
     init = initial(tx, seed)
     shardings = sharding.tree_shardings(jax.eval_shape(init, params, buffers), mesh, rules,
-                                        sharding.variable_axes(model))
+                                        sharding.variable_axes(model) if axes is None else axes)
     return jax.jit(init, out_shardings=shardings)(params, buffers), shardings
 
 
-def abstract_state(model, tx, seed, mesh, rules, initial=_initial_state):
+def abstract_state(model, tx, seed, mesh, rules, initial=_initial_state, axes=None):
     """(ShapeDtypeStructs with shardings, shardings) of the state `init_state` would build on `mesh`, without
     computing it: the target a checkpoint is restored onto (whatever mesh it was saved from)."""
     _, params, buffers = split_model(model)
     shapes = jax.eval_shape(initial(tx, seed), params, buffers)
-    shardings = sharding.tree_shardings(shapes, mesh, rules, sharding.variable_axes(model))
+    shardings = sharding.tree_shardings(shapes, mesh, rules, sharding.variable_axes(model) if axes is None else axes)
     target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
     return target, shardings
 
 
-def optimizer_update(tx, schedule, accum_steps, loss_fn, params, opt, average, rate, step):
-    """One update of `params` by the gradient of `loss_fn`, then the moving average `average` (EMA / LCD target)
-    pulled towards the new params by (1 - rate) on micro-steps that complete an accumulated update.
+def optimizer_update(tx, schedule, accum_steps, loss_fn, params, opt, average, rate, step, has_aux=False):
+    """One update of `params` by the gradient of `loss_fn`, then the moving average `average` (EMA / LCD target;
+    None: none kept) pulled towards the new params by (1 - rate) on micro-steps that complete an accumulated
+    update. With `has_aux` loss_fn returns (loss, {name: scalar}) and the scalars join the metrics.
     Returns (params, opt, average, metrics)."""
-    loss, grads = jax.value_and_grad(loss_fn)(params)
+    if has_aux:
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    else:
+        (loss, grads), aux = jax.value_and_grad(loss_fn)(params), {}
     updates, opt = tx.update(grads, opt, params)
     params = optax.apply_updates(params, updates)
     applied = (step + 1) % accum_steps == 0
-    average = jax.tree.map(lambda a, p: jnp.where(applied, rate * a + (1 - rate) * p, a), average, params)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(step // accum_steps)}
+    if average is not None:
+        average = jax.tree.map(lambda a, p: jnp.where(applied, rate * a + (1 - rate) * p, a), average, params)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(step // accum_steps), **aux}
     return params, opt, average, metrics
 
 

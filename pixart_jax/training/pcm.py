@@ -1,0 +1,147 @@
+"""Phased Consistency Models for PixArt, run by `python -m train.pcm CONFIG [key=value ...]` (consistency.md §2).
+
+The teacher is `model.init_from` (any layout load_transformer reads) or a freshly initialised `model.preset`;
+student (and EMA target) start as copies of it. The loop is pixart_jax/training/loop.py's (checkpoints and exact
+resume, metrics.jsonl, tqdm, SIGTERM); the config is the pre-training schema plus a `pcm:` section. No PCM recipe
+for PixArt was released: the defaults are the spec's suggestions (§2.9): N = 40 (the edges of M ∈ {1, 2, 4, 8} are
+then DDIM-trailing timesteps), M = 4, CFG-augmented teacher with w ~ U[3, 4], EMA target 0.95, pseudo-Huber 1e-3.
+A finished run exports the EMA target (`pcm.export: student` for the online weights) as a diffusers transformer to
+WORKDIR/export/transformer with a scheduler config that samples the trained phase edges with M steps
+(WORKDIR/export/scheduler: a TCDScheduler config diffusers samples the same way at eta 0; ours reads it as "pcm").
+"""
+import dataclasses
+import functools
+import os
+
+from flax import nnx
+
+from pixart_jax.samplers import PCM
+from pixart_jax.training import config as config_lib
+from pixart_jax.training import loop
+from pixart_jax.training.discriminator import DiscriminatorHeads
+from pixart_jax.training.distill import ExportWeights, export
+from pixart_jax.training.lcd_loss import LossType
+from pixart_jax.training.pcm_step import (
+    Adversarial,
+    PCMStep,
+    PCMTarget,
+    TeacherGuidance,
+    abstract_pcm_state,
+    init_pcm_state,
+)
+from pixart_jax.training.step import make_optimizer
+
+
+@dataclasses.dataclass
+class DiscriminatorOptimizerConfig:
+    """AdamW of the discriminator heads (constant lr; the released PCM scripts' values)."""
+    lr: float = 1.0e-5
+    b1: float = 0.0
+    b2: float = 0.999
+    eps: float = 1.0e-8
+    weight_decay: float = 1.0e-3
+    grad_clip: float = 1.0
+
+
+@dataclasses.dataclass
+class PCMConfig:
+    num_ddim_timesteps: int = 40            # N: the grid {24, 49, ..., 999}, one teacher step = 1000 / N
+    phases: int = 4                         # M: the student samples with M deterministic steps
+    guidance: TeacherGuidance = TeacherGuidance.augmented
+    guidance_min: float = 3.0               # augmented: w ~ U[guidance_min, guidance_max], LCM form ε_c + w(ε_c - ε_u)
+    guidance_max: float = 4.0
+    null_caption_prob: float = 0.1          # guidance "none" only: captions -> y_embedding (their mask kept)
+    target: PCMTarget = PCMTarget.ema
+    target_decay: float = 0.95              # the EMA target, once per optimizer step
+    loss_type: LossType = LossType.huber
+    huber_c: float = 1.0e-3
+    adversarial: bool = False               # the adversarial consistency loss (heads on every block's output)
+    adversarial_weight: float = 0.1         # λ of the generator's hinge loss
+    discriminator: DiscriminatorOptimizerConfig = dataclasses.field(default_factory=DiscriminatorOptimizerConfig)
+    export: ExportWeights = ExportWeights.target
+
+
+@dataclasses.dataclass
+class PCMTrainConfig(config_lib.TrainConfig):
+    pcm: PCMConfig = dataclasses.field(default_factory=PCMConfig)
+
+
+def _check(cfg):
+    pcm, problems = cfg.pcm, []
+    if pcm.num_ddim_timesteps < 1 or 1000 % pcm.num_ddim_timesteps:
+        problems.append("pcm.num_ddim_timesteps must divide 1000")
+    elif not 1 <= pcm.phases <= pcm.num_ddim_timesteps:
+        problems.append(f"pcm.phases must be in [1, pcm.num_ddim_timesteps = {pcm.num_ddim_timesteps}]")
+    if not pcm.guidance_min <= pcm.guidance_max:
+        problems.append("pcm.guidance_min must be <= pcm.guidance_max")
+    for name in ("null_caption_prob", "target_decay"):
+        if not 0 <= getattr(pcm, name) <= 1:
+            problems.append(f"pcm.{name} must be in [0, 1]")
+    if pcm.export == ExportWeights.target and pcm.target != PCMTarget.ema:
+        problems.append("pcm.export 'target' needs pcm.target 'ema' (the stop-gradient student has no copy): "
+                        "set pcm.export=student")
+    if cfg.model.caption_dropout:
+        problems.append("model.caption_dropout must be 0: PCM drops captions with pcm.null_caption_prob "
+                        "(guidance 'none')")
+    if cfg.sample.every:
+        problems.append("sample.every must be 0: sample grids are not drawn during distillation")
+    if problems:
+        raise config_lib.ConfigError("invalid PCM config: " + "; ".join(problems))
+    return config_lib.check(cfg)
+
+
+load_config = functools.partial(config_lib.load_config, schema=PCMTrainConfig, validate=_check)
+
+
+class PCMDistillation:
+    """The PCM state and step for loop.train (the interface of loop.Pretraining), for one config."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self._adversarial = None
+
+    def adversarial(self, model):
+        """The heads (one per block of `model`, seeded from the run's seed) and their optimizer, or None."""
+        cfg = self.cfg
+        if cfg.pcm.adversarial and self._adversarial is None:
+            disc = cfg.pcm.discriminator
+            tx, schedule = make_optimizer(config_lib.OptimizerConfig(
+                lr=disc.lr, sqrt_lr_scaling=False, weight_decay=disc.weight_decay, eps=disc.eps, b1=disc.b1,
+                b2=disc.b2, grad_clip=disc.grad_clip, warmup_steps=0,
+                grad_accum_steps=cfg.optimizer.grad_accum_steps), cfg.data.batch_size)
+            heads = DiscriminatorHeads(model.cfg.depth, model.cfg.hidden_size, model.dtype,
+                                       rngs=nnx.Rngs(cfg.seed + 1))
+            self._adversarial = Adversarial(heads, tx, schedule, cfg.pcm.adversarial_weight)
+        return self._adversarial
+
+    def abstract_state(self, model, tx, seed, mesh, rules):
+        return abstract_pcm_state(model, tx, seed, mesh, rules, ema_target=self.cfg.pcm.target == PCMTarget.ema,
+                                  adversarial=self.adversarial(model))
+
+    def init_state(self, model, tx, seed, mesh, rules):
+        return init_pcm_state(model, tx, seed, mesh, rules, ema_target=self.cfg.pcm.target == PCMTarget.ema,
+                              adversarial=self.adversarial(model))
+
+    def make_step(self, cfg, graphdef, tx, schedule, shardings, mesh):
+        pcm = cfg.pcm
+        return PCMStep(graphdef, tx, schedule, shardings, mesh, accum_steps=cfg.optimizer.grad_accum_steps,
+                       num_ddim_timesteps=pcm.num_ddim_timesteps, phases=pcm.phases, guidance=pcm.guidance,
+                       guidance_range=(pcm.guidance_min, pcm.guidance_max), null_caption_prob=pcm.null_caption_prob,
+                       target=pcm.target, target_decay=pcm.target_decay, loss_type=pcm.loss_type,
+                       huber_c=pcm.huber_c, latent_scale=cfg.data.latent_scale,
+                       prediction_type=cfg.model.prediction_type, adversarial=self._adversarial)
+
+
+def exported_sampler(cfg):
+    """The sampler of the distilled model: phase-edge jumps on its training grid (sampled with M steps)."""
+    return PCM(original_inference_steps=cfg.pcm.num_ddim_timesteps, prediction_type=cfg.model.prediction_type)
+
+
+def distill(cfg, examples=None):
+    """Runs or resumes the PCM distillation `cfg` describes; exports when it finishes (not when preempted).
+    Returns loop.train's result."""
+    result = loop.train(cfg, examples, program=PCMDistillation(cfg))
+    if not result.preempted:
+        export(result.state, result.graphdef, os.path.join(os.path.abspath(cfg.workdir), "export"), cfg.pcm.export,
+               exported_sampler(cfg))
+    return result
