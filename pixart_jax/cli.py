@@ -96,15 +96,19 @@ def sample_random(args):
 
 
 def demo(args):
-    """Trains a small PixArt from scratch on procedural shapes, distils it with LCD and scores both (offline, CPU)."""
+    """Trains a small PixArt from scratch on procedural shapes, distils it with LCD and PCM and scores them (offline,
+    CPU)."""
     from pixart_jax.demo.run import METHODS, run
 
     report = run(args.out, quick=args.quick)
-    print(f"\n{'method':<20} {'aligned %':>9}  kind / colour / size / position %")
+    print(f"\n{'method':<20} {'aligned %':>9} {'fidelity %':>10}  kind / colour / size / position %")
     for name, *_ in METHODS:
         d = report["attributes"][name]
-        print(f"{name:<20} {d['aligned']:9.1f}  {d['kind']:.0f} / {d['colour']:.0f} / {d['size']:.0f} / "
-              f"{d['position']:.0f}")
+        print(f"{name:<20} {d['aligned']:9.1f} {report['fidelity'][name]:10.1f}  {d['kind']:.0f} / "
+              f"{d['colour']:.0f} / {d['size']:.0f} / {d['position']:.0f}")
+    print(f"fidelity of the captions' renderings through the autoencoder: {report['fidelity_autoencoder']:.1f} %")
+    print("step change (mean |Δ| between the 1/2/4/8-step images of one noise): "
+          + ", ".join(f"{family} {value:.4f}" for family, value in report["step_change"].items()))
     print(f"wrote {os.path.join(args.out, 'grid.png')} and {os.path.join(args.out, 'scores.json')} "
           f"({sum(report['seconds'].values()):.0f} s)")
 

@@ -1,5 +1,5 @@
 """`pixart-jax demo --quick`, as a user runs it: the whole path (data, tokenizer, T5, autoencoder, teacher training,
-LCD, sampling, scoring) in a short run."""
+LCD, PCM, sampling, scoring) in a short run."""
 import json
 import math
 
@@ -7,10 +7,11 @@ from PIL import Image
 
 from pixart_jax.demo.run import METHODS
 from pixart_jax.demo.shapes import IMAGE_SIZE, evaluation_set
-from pixart_jax.samplers import LCM, from_scheduler_config
+from pixart_jax.samplers import LCM, PCM, from_scheduler_config
 from tests.commands import run_cli
 
-REQUIRED = ("teacher_dpm_20_cfg", "teacher_dpm_4_cfg", "teacher_ddim_4_cfg", "lcm_4", "lcm_2", "lcm_1")  # the issue's
+REQUIRED = ("teacher_dpm_20_cfg", "teacher_dpm_4_cfg", "teacher_ddim_4_cfg", "lcm_4", "lcm_2", "lcm_1",  # the issues'
+            "pcm_1", "pcm_2", "pcm_4", "pcm_4_cfg")
 
 
 def test_quick_demo_writes_grid_and_finite_scores(tmp_path):
@@ -23,7 +24,10 @@ def test_quick_demo_writes_grid_and_finite_scores(tmp_path):
     for name in methods:
         assert math.isfinite(scores[name]) and 0 <= scores[name] <= 100, (name, scores[name])
         assert scores[name] == scores["attributes"][name]["aligned"]
+        assert 0 <= scores["fidelity"][name] <= 100
         assert name in run.stdout
+    assert set(scores["step_change"]) == {"lcm", "pcm"} and all(0 <= v <= 1 for v in scores["step_change"].values())
+    assert 50 < scores["fidelity_autoencoder"] <= 100
     assert scores["prompts"] == [p.caption for p in evaluation_set()]
     grid = Image.open(tmp_path / "grid.png")
     assert grid.size == (150 + 36 * 2 * IMAGE_SIZE, len(methods) * 2 * IMAGE_SIZE)
@@ -31,3 +35,5 @@ def test_quick_demo_writes_grid_and_finite_scores(tmp_path):
     assert (tmp_path / "lcm" / "export" / "transformer" / "config.json").is_file()
     sampler = from_scheduler_config(tmp_path / "lcm" / "export")  # the student is a v-prediction LCM
     assert isinstance(sampler, LCM) and sampler.prediction_type == "v_prediction"
+    sampler = from_scheduler_config(tmp_path / "pcm" / "pcm_2" / "export")  # a v-prediction PCM on 40 points
+    assert isinstance(sampler, PCM) and sampler.prediction_type == "v_prediction" and sampler.timesteps(2)[1] == 499

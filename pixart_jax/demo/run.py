@@ -4,10 +4,12 @@
 2. text: a word-level SentencePiece tokenizer trained on the captions and a random, frozen 2-layer T5;
 3. latents: a linear autoencoder fitted here (PatchPCA: 16 px patches -> 32 channels on a 3×3 latent grid);
 4. teacher: PixArt ("shapes-demo" preset, v-prediction) trained by pixart_jax.training, the code of full-size training;
-5. student: latent consistency distillation of the teacher (pixart_jax.training.distill: PixArt-δ's LCD, guidance
-   4.5 baked in);
-6. scores: every method samples the 36 fixed evaluation prompts from the same initial noise, and the procedural
-   checker reads kind, colour, size and position back off each image -> DIR/scores.json and DIR/grid.png.
+5. students: latent consistency distillation of the teacher (pixart_jax.training.distill: PixArt-δ's LCD, guidance
+   4.5 baked in) and Phased Consistency Models (pixart_jax/demo/pcm_stage.py: M = 1, 2, 4, 8, and a normal-CFG M = 4);
+6. scores: every method samples the 36 fixed evaluation prompts from the same initial noise; the procedural checker
+   reads kind, colour, size and position back off each image (alignment), each image is compared with its caption's
+   rendering (fidelity), and the 1/2/4/8-step images of LCM and of PCM are compared with each other (step change;
+   pixart_jax/demo/fidelity.py) -> DIR/scores.json and DIR/grid.png.
 """
 import dataclasses
 import json
@@ -23,7 +25,7 @@ from tqdm.auto import tqdm
 
 from pixart_jax.checkpoints import save_jax
 from pixart_jax.config import PRESETS
-from pixart_jax.demo import checker, shapes
+from pixart_jax.demo import checker, fidelity, pcm_stage, shapes
 from pixart_jax.demo.patch_pca import PatchPCA
 from pixart_jax.pipeline import PixArtPipeline
 from pixart_jax.prompts import load_tokenizer, tokenize, train_tokenizer
@@ -41,18 +43,17 @@ GUIDANCE = 4.5
 # caption puts the shape (position stays at chance after 4,000 steps): where x_t still hides the layout the
 # ε-loss sees x_0 only through √ᾱ_t (< 0.16 there), while the v-loss sees it at full weight.
 PREDICTION = "v_prediction"
-# (name, sampler, steps, guidance) in grid order; the LCM rows sample the distilled student. DDIM uses "trailing"
-# timesteps (4 steps: 999, 749, 499, 249), as few-step DDIM should: "leading" would end at t = 0 and, with one
-# step, call the model only at t = 0 on pure noise.
+# (name, model, sampler, steps, guidance) in grid order; model names the network sampled ("teacher", "lcm", or a
+# PCM student). DDIM uses "trailing" timesteps (4 steps: 999, 749, 499, 249), as few-step DDIM should: "leading"
+# would end at t = 0 and, with one step, call the model only at t = 0 on pure noise.
 DDIM_FEW_STEPS = DDIM(prediction_type=PREDICTION, timestep_spacing="trailing")
-METHODS = (("teacher_dpm_20_cfg", DPMSolverMultistep(prediction_type=PREDICTION), 20, GUIDANCE),
-           ("teacher_dpm_4_cfg", DPMSolverMultistep(prediction_type=PREDICTION), 4, GUIDANCE),
-           ("teacher_ddim_4_cfg", DDIM_FEW_STEPS, 4, GUIDANCE),
-           ("teacher_ddim_2_cfg", DDIM_FEW_STEPS, 2, GUIDANCE),
-           ("teacher_ddim_1_cfg", DDIM_FEW_STEPS, 1, GUIDANCE),
-           ("lcm_4", LCM(prediction_type=PREDICTION), 4, 1.0),
-           ("lcm_2", LCM(prediction_type=PREDICTION), 2, 1.0),
-           ("lcm_1", LCM(prediction_type=PREDICTION), 1, 1.0))
+METHODS = (("teacher_dpm_20_cfg", "teacher", DPMSolverMultistep(prediction_type=PREDICTION), 20, GUIDANCE),
+           ("teacher_dpm_4_cfg", "teacher", DPMSolverMultistep(prediction_type=PREDICTION), 4, GUIDANCE),
+           ("teacher_ddim_4_cfg", "teacher", DDIM_FEW_STEPS, 4, GUIDANCE),
+           ("teacher_ddim_2_cfg", "teacher", DDIM_FEW_STEPS, 2, GUIDANCE),
+           ("teacher_ddim_1_cfg", "teacher", DDIM_FEW_STEPS, 1, GUIDANCE),
+           *((f"lcm_{k}", "lcm", LCM(prediction_type=PREDICTION), k, 1.0) for k in (8, 4, 2, 1)),
+           *pcm_stage.methods(PREDICTION, GUIDANCE))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +63,7 @@ class Settings:
     lcd_steps: int
     batch_size: int = 64
     teacher_lr: float = 1e-3
-    lcd_lr: float = 1e-4
+    lcd_lr: float = 1e-4                 # LCD's and every PCM student's
     seed: int = 0
 
 
@@ -127,14 +128,15 @@ def distill_student(examples, teacher_dir, workdir, settings, latent_scale):
     return nnx.merge(result.graphdef, result.state["target"], result.state["buffers"])
 
 
-def sample_all(teacher, student, text_encoder, tokenizer, vae, prompts):
-    """{method: (N, H, W, 3) images in [0, 1]} for METHODS, every method from the same per-prompt initial noise."""
+def sample_all(models, text_encoder, tokenizer, vae, prompts):
+    """{method: (N, H, W, 3) images in [0, 1]} for METHODS ({model name: transformer} in `models`), every method
+    from the same per-prompt initial noise."""
     noise = jnp.stack([jax.random.normal(jax.random.key(p.seed), (MODEL.in_channels, MODEL.sample_size,
                                                                   MODEL.sample_size)) for p in prompts])
     images = {}
-    for name, sampler, steps, guidance in tqdm(METHODS, desc="sampling", unit="method"):
-        pipe = PixArtPipeline(transformer=student if name.startswith("lcm") else teacher, text_encoder=text_encoder,
-                              tokenizer=tokenizer, vae=vae, sampler=sampler)
+    for name, model, sampler, steps, guidance in tqdm(METHODS, desc="sampling", unit="method"):
+        pipe = PixArtPipeline(transformer=models[model], text_encoder=text_encoder, tokenizer=tokenizer, vae=vae,
+                              sampler=sampler)
         images[name] = pipe(prompt=[p.caption for p in prompts], num_inference_steps=steps, guidance_scale=guidance,
                             height=shapes.IMAGE_SIZE, width=shapes.IMAGE_SIZE, latents=noise, seed=0,
                             output_type="np", use_resolution_binning=False, clean_caption=False,
@@ -175,20 +177,34 @@ def run(out, quick=False):
     teacher = train_teacher(examples, os.path.join(out, "teacher"), settings, vae.scaling_factor)
     clock["teacher_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    student = distill_student(examples, os.path.join(out, "teacher", "model"), os.path.join(out, "lcm"), settings,
-                              vae.scaling_factor)
+    teacher_dir = os.path.join(out, "teacher", "model")
+    models = {"teacher": teacher, "lcm": distill_student(examples, teacher_dir, os.path.join(out, "lcm"), settings,
+                                                         vae.scaling_factor)}
     clock["distillation_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    models.update(pcm_stage.distill_students(
+        examples, teacher_dir, os.path.join(out, "pcm"),
+        lambda workdir: train_overrides(workdir, settings, settings.lcd_steps, settings.lcd_lr, vae.scaling_factor),
+        GUIDANCE))
+    clock["pcm_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
     prompts = shapes.evaluation_set()
-    samples = sample_all(teacher, student, text_encoder, tokenizer, vae, prompts)
+    samples = sample_all(models, text_encoder, tokenizer, vae, prompts)
     attributes = [p.attributes for p in prompts]
     details = {name: checker.attribute_percentages(batch, attributes) for name, batch in samples.items()}
+    fidelities = {name: fidelity.fidelity_percent(batch, attributes) for name, batch in samples.items()}
+    # what the autoencoder allows: the captions' own renderings passed through it
+    renderings = shapes.to_model_input(np.stack([shapes.render(a) for a in attributes]))
+    ceiling = fidelity.fidelity_percent(shapes.from_model_output(vae.decode(vae.encode(renderings))), attributes)
+    step_change = {family: fidelity.step_change([samples[name] for name in names])
+                   for family, names in pcm_stage.STEP_SERIES.items()}
     write_grid(samples, os.path.join(out, "grid.png"))
     clock["evaluation_s"] = time.perf_counter() - start
 
     scores = {name: d["aligned"] for name, d in details.items()}
-    report = {**scores, "attributes": details, "settings": dataclasses.asdict(settings),
+    report = {**scores, "fidelity": fidelities, "step_change": step_change, "fidelity_autoencoder": ceiling,
+              "attributes": details, "settings": dataclasses.asdict(settings),
               "prompts": [p.caption for p in prompts], "seconds": {k: round(v, 1) for k, v in clock.items()}}
     with open(os.path.join(out, "scores.json"), "w") as f:
         json.dump(report, f, indent=2)
