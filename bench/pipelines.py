@@ -1,0 +1,66 @@
+"""What the end-to-end pipeline benchmarks share (bench/lcm.py, bench/pcm.py): a PixArt pipeline with XL/2 widths
+and random weights, built in diffusers and loaded by ours, and the seconds per image of several samplers on both,
+in the same process (T5, transformer, VAE; compilation excluded).
+
+The default model has the real widths (XL/2: hidden 1152, 16 heads; T5-XXL width 4096; the SD VAE) with few
+transformer and T5 layers so that it runs in minutes on a CPU; --full uses all 28 transformer layers.
+"""
+import argparse
+import pathlib
+import tempfile
+
+import diffusers
+import numpy as np
+import torch
+
+from bench.common import print_table, timed_pair
+from pixart_jax.config import PixArtConfig
+from pixart_jax.pipeline import PixArtPipeline
+from tests.reference_pipeline import TINY_T5, build_pipeline
+
+SD_VAE = dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4, sample_size=512,
+              down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
+XXL_T5 = dict(TINY_T5, vocab_size=64, d_model=4096, d_kv=64, d_ff=10240, num_heads=64,
+              relative_attention_num_buckets=32, relative_attention_max_distance=128)
+PROMPT = ["a small red circle at the top left of a big blue square"]
+
+
+def arguments(description):
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=2, help="transformer layers (28 = XL/2)")
+    parser.add_argument("--t5-layers", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--full", action="store_true", help="all 28 transformer layers")
+    return parser.parse_args()
+
+
+def time_samplers(args, samplers):
+    """[[name, ours s/image, diffusers s/image]] for `samplers`: (name, steps, guidance, a function of the
+    reference's DPMSolverMultistepScheduler config -> (diffusers scheduler, our sampler)), one pipeline each side."""
+    layers = 28 if args.full else args.layers
+    transformer = PixArtConfig(depth=layers).to_diffusers()
+    for key in ("_class_name", "sample_size", "interpolation_scale", "use_additional_conditions"):
+        transformer.pop(key)
+    latents = np.random.default_rng(0).standard_normal((1, 4, args.size // 8, args.size // 8)).astype(np.float32)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "pipe"
+        ref = build_pipeline(path, micro=True, scheduler=diffusers.DPMSolverMultistepScheduler(),
+                             transformer=transformer, t5=dict(XXL_T5, num_layers=args.t5_layers), vae=SD_VAE)
+        ours = PixArtPipeline.from_pretrained(str(path))
+        config = dict(ref.scheduler.config)
+        for name, steps, guidance, make in samplers:
+            ref.scheduler, ours.sampler = make(config)
+            kwargs = dict(num_inference_steps=steps, guidance_scale=guidance, height=args.size, width=args.size,
+                          output_type="np", use_resolution_binning=False)
+            with torch.no_grad():
+                (_, ours_s), (_, ref_s) = timed_pair(
+                    lambda: ours(PROMPT, latents=latents, progress=False, **kwargs).images,
+                    lambda: ref(PROMPT, latents=torch.from_numpy(latents), **kwargs).images, args.runs)
+            rows.append([name, ours_s, ref_s])
+    print(f"{args.size}x{args.size}, transformer {layers} layers at XL/2 width, T5 {args.t5_layers} layers at XXL "
+          f"width, SD VAE, fp32, batch 1, median of {args.runs} (compilation excluded)")
+    print_table(["sampler", "ours s/image", "diffusers s/image", "diffusers / ours"],
+                [[name, f"{o:.2f}", f"{r:.2f}", f"{r / o:.2f}x"] for name, o, r in rows])
+    return rows
