@@ -10,6 +10,7 @@ rendering scores 1; a blurred, faint, misplaced, mis-sized or mis-coloured shape
 Step change: the mean absolute pixel difference (images in [0, 1]) between the images one initial noise gives at
 different numbers of steps, averaged over every pair of step counts and every prompt (lower: more consistent).
 """
+import functools
 import itertools
 
 import numpy as np
@@ -27,11 +28,15 @@ def shape_membership(images, colour):
     return np.clip(1 - distance / np.linalg.norm(background - colour), 0, 1)
 
 
+@functools.lru_cache(maxsize=None)
 def canonical_masks(attributes):
-    """(J, H, W) bool: the shape's pixels in the renderings of `attributes` at every jitter of JITTER_GRID²."""
+    """(J, H, W) bool: the shape's pixels in the renderings of `attributes` at every jitter of JITTER_GRID² (cached:
+    216 attribute combinations at most)."""
     background = np.asarray(BACKGROUND, np.float32)
-    return np.stack([(render(attributes, jitter) != background).any(axis=-1)
+    masks = np.stack([(render(attributes, jitter) != background).any(axis=-1)
                      for jitter in itertools.product(JITTER_GRID, JITTER_GRID)])
+    masks.flags.writeable = False
+    return masks
 
 
 def fidelity(image, attributes):
