@@ -66,10 +66,16 @@ def _check(cfg):
         problems.append("lcd.num_ddim_timesteps must divide 1000")
     if cfg.lcd.null_caption == "t5" and not cfg.lcd.text_encoder:
         problems.append("lcd.null_caption 't5' needs lcd.text_encoder (a T5 folder)")
+    return check_distillation(cfg, problems, "LCD")
+
+
+def check_distillation(cfg, problems, what):
+    """`cfg` after the checks every distillation shares and the training config's; ConfigError listing `problems`
+    (the program's own) and these."""
     if cfg.sample.every:
         problems.append("sample.every must be 0: sample grids are not drawn during distillation")
     if problems:
-        raise config_lib.ConfigError("invalid LCD config: " + "; ".join(problems))
+        raise config_lib.ConfigError(f"invalid {what} config: " + "; ".join(problems))
     return config_lib.check(cfg)
 
 
