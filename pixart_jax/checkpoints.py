@@ -63,8 +63,15 @@ def load_diffusers(directory, dtype=jnp.float32):
         directory = os.path.join(directory, "transformer")
     cfg = PixArtConfig.from_diffusers(read_json(os.path.join(directory, "config.json")))
     arrays = _import(keys.DIFFUSERS, cfg, read_weights(directory, DIFFUSERS_WEIGHTS), directory)
-    arrays["y_embedding"] = np.asarray(null_caption_init(jax.random.key(0), cfg))
+    arrays["y_embedding"] = default_null_caption(cfg)
     return _build(cfg, arrays, dtype, directory)
+
+
+def default_null_caption(cfg):
+    """The y_embedding given to a model whose checkpoint has none (diffusers drops it): the reference init drawn
+    from jax.random.key(0) on the CPU, (max_tokens, caption_channels) float32."""
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):
+        return np.asarray(null_caption_init(jax.random.key(0), cfg))
 
 
 def load_original(path, config=None, dtype=jnp.float32):
@@ -104,6 +111,20 @@ def load_transformer(path, dtype=jnp.float32, config=None):
 
 def _numpy_params(model):
     return {k: np.asarray(v) for k, v in flat_arrays(model).items()}
+
+
+def diffusers_layout(path, config=None):
+    """(cfg, tensors, y_embedding) of a transformer in any layout `load_transformer` reads, in diffusers' layout:
+    {diffusers key: array} (read lazily from a diffusers folder, converted through our key maps otherwise) and the
+    checkpoint's null caption, or None when it has none (diffusers folders). The caller checks keys and shapes
+    (a diffusers folder is not read here)."""
+    if detect_format(path) == "diffusers":
+        directory = path if os.path.exists(os.path.join(path, "config.json")) else os.path.join(path, "transformer")
+        cfg = PixArtConfig.from_diffusers(read_json(os.path.join(directory, "config.json")))
+        return cfg, read_weights(directory, DIFFUSERS_WEIGHTS, lazy=True), None
+    model = load_transformer(path, config=config)
+    params = _numpy_params(model)
+    return model.cfg, export_weights(keys.DIFFUSERS, params), params["y_embedding"]
 
 
 def save_diffusers(model, dst):

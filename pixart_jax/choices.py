@@ -1,8 +1,9 @@
-"""Named choices as `str` enums (a config schema rejects any other value with the allowed list), and the
-`DType` table every loader, config and command line uses."""
+"""Named choices as `str` enums (a config schema rejects any other value with the allowed list), and the dtype
+tables: `DType` (the JAX models) and `TorchDType` (the PyTorch path and stored floats, float16 included)."""
 import enum
 
 import jax.numpy as jnp
+import numpy as np
 
 
 def choose(kind, value, what):
@@ -21,3 +22,27 @@ class DType(enum.StrEnum):
     @property
     def jax(self):
         return jnp.dtype(self.value)
+
+
+class TorchDType(enum.StrEnum):
+    """Compute dtypes of the PyTorch path (`pixart_jax.torch`), which float16 GPUs need, and storage dtypes of
+    exported float tensors: DType's names plus float16."""
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+    @property
+    def numpy(self):
+        return np.dtype(jnp.dtype(self.value))
+
+    @property
+    def torch(self):
+        import torch  # only the PyTorch path asks, and it has torch
+
+        return getattr(torch, self.value)
+
+
+class Int8Backend(enum.StrEnum):
+    """How the PyTorch path stores T5 in int8."""
+    weight_only = "weight-only"    # every linear as pixart_jax.int8's codes and scales: the JAX path's numbers
+    bitsandbytes = "bitsandbytes"  # transformers' LLM.int8 (the reference recipe; `wo` stays float)

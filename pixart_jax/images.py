@@ -38,7 +38,12 @@ def to_numpy(images):
 
 def to_pil(images):
     """(B, C, H, W) in [-1, 1] -> list of PIL images (diffusers' output_type="pil")."""
-    return [Image.fromarray(a) for a in (to_numpy(images) * 255).round().astype(np.uint8)]
+    return pil_images(to_numpy(images))
+
+
+def pil_images(images):
+    """(B, H, W, 3) in [0, 1] (output_type="np") -> list of PIL images, rounded as diffusers does."""
+    return [Image.fromarray(a) for a in (np.asarray(images) * 255).round().astype(np.uint8)]
 
 
 def grid(images, columns=None):

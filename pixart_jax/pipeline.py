@@ -33,6 +33,17 @@ OUTPUT_TYPES = ("pil", "np", "latent")
 NULL_CAPTIONS = ("negative_prompt", "y_embedding")
 
 
+def check_pipeline_directory(directory):
+    """A CheckpointError unless `directory` is a PixArt pipeline in the diffusers layout (its model_index.json)."""
+    index_path = os.path.join(directory, "model_index.json")
+    if not os.path.isfile(index_path):
+        raise CheckpointError(f"{directory} is not a PixArt pipeline directory: it has no model_index.json")
+    index = read_json(index_path)
+    if index.get("_class_name") not in PIPELINE_CLASSES:
+        raise CheckpointError(f"{index_path} describes a {index.get('_class_name')!r}, not one of "
+                              f"{PIPELINE_CLASSES}")
+
+
 @dataclasses.dataclass
 class ImagePipelineOutput:
     """What `PixArtPipeline.__call__` returns with return_dict=True (as diffusers' output of the same name):
@@ -61,21 +72,17 @@ class PixArtPipeline:
             "progress"))
 
     @classmethod
-    def from_pretrained(cls, directory: str, dtype=jnp.float32, sampler: str | None = None,
+    def from_pretrained(cls, directory: str, dtype=jnp.float32, sampler: str | None = None, int8: bool = False,
                         **sampler_options) -> "PixArtPipeline":
         """A diffusers PixArt pipeline directory (model_index.json, transformer/, text_encoder/, tokenizer/, vae/,
-        scheduler/). `sampler` ("dpm", "ddim", "lcm", "ddpm") overrides the scheduler config's class."""
-        index_path = os.path.join(directory, "model_index.json")
-        if not os.path.isfile(index_path):
-            raise CheckpointError(f"{directory} is not a PixArt pipeline directory: it has no model_index.json")
-        index = read_json(index_path)
-        if index.get("_class_name") not in PIPELINE_CLASSES:
-            raise CheckpointError(f"{index_path} describes a {index.get('_class_name')!r}, not one of "
-                                  f"{PIPELINE_CLASSES}")
+        scheduler/). `sampler` ("dpm", "ddim", "lcm", "ddpm") overrides the scheduler config's class. `int8`
+        stores every T5 linear as int8 codes + scales (pixart_jax.int8; needed for an int8 text_encoder/ written
+        by pixart_jax.int8_t5)."""
+        check_pipeline_directory(directory)
         path = lambda name: os.path.join(directory, name)  # noqa: E731
         tokenizer = load_tokenizer(path("tokenizer"))
         return cls(transformer=load_transformer(path("transformer"), dtype),
-                   text_encoder=load_text_encoder(path("text_encoder"), dtype), tokenizer=tokenizer,
+                   text_encoder=load_text_encoder(path("text_encoder"), dtype, int8=int8), tokenizer=tokenizer,
                    vae=load_vae(path("vae"), dtype),
                    sampler=from_scheduler_config(path("scheduler"), sampler=sampler, **sampler_options))
 
@@ -125,20 +132,11 @@ class PixArtPipeline:
         (N, H, W, 3) array in [0, 1] or the (N, 4, h, w) latents; with return_dict=False the tuple (images,)."""
         cfg = self.transformer.cfg
         scale = self.vae_scale_factor
-        height = cfg.sample_size * scale if height is None else height
-        width = cfg.sample_size * scale if width is None else width
-        self._check(prompt, prompt_embeds, num_inference_steps, guidance_scale, height, width, output_type,
-                    null_caption, num_images_per_prompt, guidance_channels)
-        out_size = (height, width)
-        if use_resolution_binning:
-            if cfg.sample_size not in BIN_TABLES:
-                raise ValueError(f"resolution binning needs a transformer sample_size in {sorted(BIN_TABLES)}, "
-                                 f"this one has {cfg.sample_size}: pass use_resolution_binning=False")
-            height, width = bin_size(height, width, BIN_TABLES[cfg.sample_size])
-        multiple = scale * cfg.patch_size
-        if height % multiple or width % multiple:
-            raise ValueError(f"height and width must be multiples of {multiple} (VAE factor {scale} x patch "
-                             f"{cfg.patch_size}) without resolution binning, got {height}x{width}")
+        (height, width), out_size = check_call(
+            cfg, scale, prompt=prompt, prompt_embeds=prompt_embeds, steps=num_inference_steps,
+            guidance_scale=guidance_scale, height=height, width=width, output_type=output_type,
+            null_caption=null_caption, num_images_per_prompt=num_images_per_prompt,
+            guidance_channels=guidance_channels, use_resolution_binning=use_resolution_binning)
         guided = guidance_scale > 1.0
         cond, uncond = self._embeddings(prompt, negative_prompt, clean_caption, null_caption, prompt_embeds,
                                         prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask)
@@ -191,40 +189,60 @@ class PixArtPipeline:
                              f"{cond.embeds.shape[0]}")
         return cond, uncond
 
-    def _check(self, prompt, prompt_embeds, steps, guidance_scale, height, width, output_type, null_caption, n,
-               guidance_channels):
-        if prompt_embeds is None:
-            prompts = [prompt] if isinstance(prompt, str) else prompt
-            if not prompts or not all(isinstance(p, str) for p in prompts):
-                raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {steps!r}")
-        if not math.isfinite(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
-        for name, value in (("height", height), ("width", width)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0 or value % 8:
-                raise ValueError(f"{name} must be a positive multiple of 8, got {value!r} "
-                                 f"(height x width: {height!r}x{width!r})")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if null_caption not in NULL_CAPTIONS:
-            raise ValueError(f"null_caption must be one of {NULL_CAPTIONS}, got {null_caption!r}")
-        if n < 1:
-            raise ValueError(f"num_images_per_prompt must be >= 1, got {n}")
-        channels = self.transformer.cfg.in_channels
-        if guidance_channels is not None and not 1 <= guidance_channels <= channels:
-            raise ValueError(f"guidance_channels must be None or in [1, {channels}], got {guidance_channels}")
+
+def check_call(cfg, vae_scale, *, prompt, prompt_embeds, steps, guidance_scale, height, width, output_type,
+               null_caption, num_images_per_prompt, guidance_channels, use_resolution_binning):
+    """Checks a pipeline call's arguments (both backends) before any compute; returns the (height, width) the image
+    is generated at (binned) and the (height, width) it is returned at. `cfg` is the transformer's PixArtConfig."""
+    if height is None:
+        height = cfg.sample_size * vae_scale
+    if width is None:
+        width = cfg.sample_size * vae_scale
+    if prompt_embeds is None:
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"num_inference_steps must be a positive integer, got {steps!r}")
+    if not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0 or value % 8:
+            raise ValueError(f"{name} must be a positive multiple of 8, got {value!r} "
+                             f"(height x width: {height!r}x{width!r})")
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    if null_caption not in NULL_CAPTIONS:
+        raise ValueError(f"null_caption must be one of {NULL_CAPTIONS}, got {null_caption!r}")
+    if num_images_per_prompt < 1:
+        raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+    if guidance_channels is not None and not 1 <= guidance_channels <= cfg.in_channels:
+        raise ValueError(f"guidance_channels must be None or in [1, {cfg.in_channels}], got {guidance_channels}")
+    out_size = (height, width)
+    if use_resolution_binning:
+        if cfg.sample_size not in BIN_TABLES:
+            raise ValueError(f"resolution binning needs a transformer sample_size in {sorted(BIN_TABLES)}, "
+                             f"this one has {cfg.sample_size}: pass use_resolution_binning=False")
+        height, width = bin_size(height, width, BIN_TABLES[cfg.sample_size])
+    multiple = vae_scale * cfg.patch_size
+    if height % multiple or width % multiple:
+        raise ValueError(f"height and width must be multiples of {multiple} (VAE factor {vae_scale} x patch "
+                         f"{cfg.patch_size}) without resolution binning, got {height}x{width}")
+    return (height, width), out_size
+
+
+def check_caption(embeds_shape, mask_shape, expected, name, mask_name):
+    """Checks given caption features (B, L, C) against the transformer's expected (L, C) and their mask (B, L)."""
+    if len(embeds_shape) != 3 or tuple(embeds_shape[1:]) != expected:
+        raise ValueError(f"{name} must have shape (batch, {expected[0]}, {expected[1]}) for this transformer, "
+                         f"got {tuple(embeds_shape)}")
+    if mask_shape is None:
+        raise ValueError(f"{name} needs {mask_name} (batch, {expected[0]}) of 0/1: which tokens are real")
+    if tuple(mask_shape) != tuple(embeds_shape[:2]):
+        raise ValueError(f"{mask_name} must have shape {tuple(embeds_shape[:2])}, got {tuple(mask_shape)}")
 
 
 def _checked_caption(embeds, mask, expected, name, mask_name):
-    """Caption(embeds, mask) as float32 after checking shapes: embeds (B, L, C) = expected (L, C), mask (B, L)."""
-    embeds = jnp.asarray(embeds, jnp.float32)
-    if embeds.ndim != 3 or tuple(embeds.shape[1:]) != expected:
-        raise ValueError(f"{name} must have shape (batch, {expected[0]}, {expected[1]}) for this transformer, "
-                         f"got {tuple(embeds.shape)}")
-    if mask is None:
-        raise ValueError(f"{name} needs {mask_name} (batch, {expected[0]}) of 0/1: which tokens are real")
-    mask = jnp.asarray(mask, jnp.float32)
-    if tuple(mask.shape) != embeds.shape[:2]:
-        raise ValueError(f"{mask_name} must have shape {tuple(embeds.shape[:2])}, got {tuple(mask.shape)}")
-    return Caption(embeds, mask)
+    """Caption(embeds, mask) as float32 after check_caption."""
+    check_caption(np.shape(embeds), None if mask is None else np.shape(mask), expected, name, mask_name)
+    return Caption(jnp.asarray(embeds, jnp.float32), jnp.asarray(mask, jnp.float32))

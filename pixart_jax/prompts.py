@@ -160,6 +160,31 @@ def _encode(text_encoder, input_ids, attention_mask):
     return jnp.asarray(text_encoder(input_ids, attention_mask))
 
 
+class PromptTokens(NamedTuple):
+    """Token ids and masks (B, L) int32 of the prompts and, unless the null caption replaces them, of the negative
+    prompts (None then)."""
+
+    ids: np.ndarray
+    mask: np.ndarray
+    negative_ids: np.ndarray | None
+    negative_mask: np.ndarray | None
+
+
+def prompt_tokens(prompts, negative_prompt="", *, tokenizer, max_length=MAX_LENGTH, clean_caption=True,
+                  negatives=True):
+    """The tokens `encode_prompt` encodes (any runtime's encoder): prompts (a string or B strings) and, when
+    `negatives`, negative_prompt (a string used for every prompt, or B strings)."""
+    texts = preprocess(prompts, clean_caption)
+    ids, mask = tokenize(tokenizer, texts, max_length)
+    if not negatives:
+        return PromptTokens(ids, mask, None, None)
+    batch = len(texts)
+    negative_texts = [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
+    if len(negative_texts) != batch:
+        raise ValueError(f"{len(negative_texts)} negative prompts for {batch} prompts")
+    return PromptTokens(ids, mask, *tokenize(tokenizer, preprocess(negative_texts, clean_caption), max_length))
+
+
 def encode_prompt(prompts, negative_prompt="", *, tokenizer, text_encoder, max_length=MAX_LENGTH,
                   clean_caption=True, null_embedding=None):
     """T5 embeddings and masks of `prompts` and of the unconditional branch of classifier-free guidance.
@@ -169,20 +194,17 @@ def encode_prompt(prompts, negative_prompt="", *, tokenizer, text_encoder, max_l
     that embedding for every prompt with the prompt's own mask, as the original repo does; otherwise the T5
     encoding of `negative_prompt` with its own mask, as the diffusers pipeline does.
     """
-    texts = preprocess(prompts, clean_caption)
-    ids, mask = tokenize(tokenizer, texts, max_length)
-    batch = len(texts)
+    if null_embedding is not None and null_embedding.shape[0] != max_length:
+        raise ValueError(f"null_embedding has {null_embedding.shape[0]} tokens, prompts have {max_length}")
+    tokens = prompt_tokens(prompts, negative_prompt, tokenizer=tokenizer, max_length=max_length,
+                           clean_caption=clean_caption, negatives=null_embedding is None)
+    batch = tokens.ids.shape[0]
     if null_embedding is not None:
         null_embedding = jnp.asarray(null_embedding)
-        if null_embedding.shape[0] != max_length:
-            raise ValueError(f"null_embedding has {null_embedding.shape[0]} tokens, prompts have {max_length}")
-        embeds = _encode(text_encoder, ids, mask)
+        embeds = _encode(text_encoder, tokens.ids, tokens.mask)
         negative = jnp.broadcast_to(null_embedding.astype(embeds.dtype), (batch, *null_embedding.shape))
-        return PromptEmbeddings(embeds, jnp.asarray(mask), negative, jnp.asarray(mask))
-    negatives = [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
-    if len(negatives) != batch:
-        raise ValueError(f"{len(negatives)} negative prompts for {batch} prompts")
-    negative_ids, negative_mask = tokenize(tokenizer, preprocess(negatives, clean_caption), max_length)
+        return PromptEmbeddings(embeds, jnp.asarray(tokens.mask), negative, jnp.asarray(tokens.mask))
     # One encoder call for both branches: rows do not interact, and it is one compilation per batch size.
-    both = _encode(text_encoder, np.concatenate([ids, negative_ids]), np.concatenate([mask, negative_mask]))
-    return PromptEmbeddings(both[:batch], jnp.asarray(mask), both[batch:], jnp.asarray(negative_mask))
+    both = _encode(text_encoder, np.concatenate([tokens.ids, tokens.negative_ids]),
+                   np.concatenate([tokens.mask, tokens.negative_mask]))
+    return PromptEmbeddings(both[:batch], jnp.asarray(tokens.mask), both[batch:], jnp.asarray(tokens.negative_mask))

@@ -6,7 +6,7 @@ import shutil
 import tempfile
 
 from pixart_jax.weights.errors import CheckpointError
-from pixart_jax.weights.safetensors_io import load_safetensors, read_header
+from pixart_jax.weights.safetensors_io import LazyTensors, load_safetensors, read_header
 from pixart_jax.weights.torch_pickle import load_pth
 
 # Containers of released / training .pth files, in the order the reference loaders look at them.
@@ -33,30 +33,42 @@ def read_model_config(directory, what, subfolder):
     return path, read_json(path)
 
 
-def read_weights(directory, *names):
-    """Tensors of the first of `names` (e.g. "model.safetensors", "pytorch_model.bin") found in `directory`,
-    as one file or as the shards listed in `<name>.index.json`, merged into one dict."""
+def weight_files(directory, *names):
+    """The files holding the weights of the first of `names` (e.g. "model.safetensors", "pytorch_model.bin")
+    found in `directory`: the file itself, or the shards listed in `<name>.index.json`."""
     for name in names:
         single = os.path.join(directory, name)
         if os.path.exists(single):
-            return read_state_dict(single)
+            return [single]
         if os.path.exists(single + ".index.json"):
             shards = sorted(set(read_json(single + ".index.json")["weight_map"].values()))
-            tensors = {}
-            for shard in shards:
-                tensors.update(read_state_dict(os.path.join(directory, shard)))
-            return tensors
+            return [os.path.join(directory, shard) for shard in shards]
     raise CheckpointError(f"{directory} has no weights: none of {', '.join(names)} (single or sharded with an "
                           ".index.json)")
+
+
+def read_weights(directory, *names, lazy=False):
+    """Tensors of the first of `names` found in `directory` (see weight_files), merged into one mapping. With
+    `lazy`, safetensors are a LazyTensors that reads each tensor when it is looked up (.pth files are read whole)."""
+    paths = weight_files(directory, *names)
+    if lazy and not any(map(_is_pth, paths)):
+        return LazyTensors(paths)
+    tensors = {}
+    for path in paths:
+        tensors.update(read_state_dict(path))
+    return tensors
+
+
+def _is_pth(path):
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
 
 
 def read_state_dict(path, pth_key=None):
     """A flat {key: array} from a `.safetensors` file or a `.pth` file (unwrapping `state_dict` / `ema`)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path} does not exist or is not a file")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic == b"PK\x03\x04":
+    if _is_pth(path):
         obj = load_pth(path)
         if isinstance(obj, dict):
             keys = [pth_key] if pth_key else [k for k in PTH_STATE_KEYS if k in obj]
