@@ -51,17 +51,34 @@ def _build(cfg, arrays, dtype, where):
     return build_model(lambda: PixArtTransformer(cfg, dtype, rngs=nnx.Rngs(0)), arrays, where)
 
 
-def _import(rules, cfg, state_dict, where, ignore=()):
+def _import(rules, cfg, state_dict, where, ignore=(), only=""):
     expected = abstract_shapes(lambda: PixArtTransformer(cfg, rngs=nnx.Rngs(0)))
+    expected = {k: v for k, v in expected.items() if k.startswith(only)}
+    rules = [r for r in rules if r.ours.startswith(only)]
     return import_weights(rules, state_dict, expected, where=where, ignore=ignore)
+
+
+def _diffusers_folder(path):
+    """A diffusers transformer folder, or a pipeline folder's transformer/."""
+    return os.path.join(path, "transformer") if os.path.exists(os.path.join(path, "model_index.json")) else path
+
+
+def transformer_config(path, config=None):
+    """The PixArtConfig of a transformer in any layout `load_transformer` reads, without reading its weights.
+    `config` (original files only): a PixArtConfig or a variant name; by default read from the file name."""
+    fmt = detect_format(path)
+    if fmt == "diffusers":
+        return PixArtConfig.from_diffusers(read_json(os.path.join(_diffusers_folder(path), "config.json")))
+    if fmt == "jax":
+        return PixArtConfig.from_dict(read_json(os.path.join(path, "config.json"))["config"])
+    return config if isinstance(config, PixArtConfig) else preset(config or os.path.basename(path))
 
 
 def load_diffusers(directory, dtype=jnp.float32):
     """A diffusers `PixArtTransformer2DModel` directory. The null caption `y_embedding`, which diffusers does not
     store, keeps its initial value (it only matters for training with caption dropout)."""
-    if os.path.exists(os.path.join(directory, "model_index.json")):
-        directory = os.path.join(directory, "transformer")
-    cfg = PixArtConfig.from_diffusers(read_json(os.path.join(directory, "config.json")))
+    directory = _diffusers_folder(directory)
+    cfg = transformer_config(directory)
     arrays = _import(keys.DIFFUSERS, cfg, read_weights(directory, DIFFUSERS_WEIGHTS), directory)
     arrays["y_embedding"] = default_null_caption(cfg)
     return _build(cfg, arrays, dtype, directory)
@@ -77,7 +94,7 @@ def default_null_caption(cfg):
 def load_original(path, config=None, dtype=jnp.float32):
     """An original PixArt state dict (`.pth`, or `.safetensors` with the same keys). `config`: a PixArtConfig or a
     variant name; by default the variant is read from the file name (e.g. `PixArt-XL-2-1024-MS.pth`)."""
-    cfg = config if isinstance(config, PixArtConfig) else preset(config or os.path.basename(path))
+    cfg = transformer_config(path, config)
     state_dict = read_state_dict(path)
     arrays = _import(keys.ORIGINAL, cfg, state_dict, path, ignore=keys.ORIGINAL_IGNORED)
     return _build(cfg, arrays, dtype, path)
@@ -85,8 +102,7 @@ def load_original(path, config=None, dtype=jnp.float32):
 
 def load_jax(directory, dtype=jnp.float32):
     """A directory written by `save_jax`: our config.json and an Orbax checkpoint of the flat parameters."""
-    meta = read_json(os.path.join(directory, "config.json"))
-    cfg = PixArtConfig.from_dict(meta["config"])
+    cfg = transformer_config(directory)
     shapes = abstract_shapes(lambda: PixArtTransformer(cfg, rngs=nnx.Rngs(0)))
     device = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
     target = {k: jax.ShapeDtypeStruct(s, jnp.float32, sharding=device) for k, s in shapes.items()}
@@ -119,12 +135,21 @@ def diffusers_layout(path, config=None):
     checkpoint's null caption, or None when it has none (diffusers folders). The caller checks keys and shapes
     (a diffusers folder is not read here)."""
     if detect_format(path) == "diffusers":
-        directory = path if os.path.exists(os.path.join(path, "config.json")) else os.path.join(path, "transformer")
-        cfg = PixArtConfig.from_diffusers(read_json(os.path.join(directory, "config.json")))
-        return cfg, read_weights(directory, DIFFUSERS_WEIGHTS, lazy=True), None
-    model = load_transformer(path, config=config)
+        return transformer_config(path), read_weights(_diffusers_folder(path), DIFFUSERS_WEIGHTS, lazy=True), None
+    if detect_format(path) == "original":
+        cfg = transformer_config(path, config)
+        return cfg, *original_to_diffusers(read_state_dict(path), cfg, path)
+    model = load_jax(path)
     params = _numpy_params(model)
     return model.cfg, export_weights(keys.DIFFUSERS, params), params["y_embedding"]
+
+
+def original_to_diffusers(state_dict, cfg, where="checkpoint", only=""):
+    """(tensors, y_embedding): an original-layout state dict ({key: array}, `pos_embed` ignored) in diffusers'
+    layout, through our key maps (names and shapes checked). `only`: a prefix of our parameter paths to convert
+    just those (e.g. "blocks." for a stack of blocks; y_embedding is then None)."""
+    arrays = _import(keys.ORIGINAL, cfg, state_dict, where, ignore=keys.ORIGINAL_IGNORED, only=only)
+    return export_weights(keys.DIFFUSERS, arrays), arrays.get("y_embedding")
 
 
 def save_diffusers(model, dst):

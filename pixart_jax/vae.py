@@ -58,6 +58,11 @@ class VAEConfig:
         values["block_out_channels"] = tuple(values.get("block_out_channels", cls.block_out_channels))
         return cls(**values)
 
+    @property
+    def spatial_factor(self):
+        """Image pixels per latent pixel, per side."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
 
 # The Stable Diffusion VAE (`sd-vae-ft-ema`) that PixArt uses.
 SD_VAE = VAEConfig(block_out_channels=(128, 256, 512, 512), layers_per_block=2)
@@ -217,7 +222,7 @@ class AutoencoderKL(nnx.Module):
         self.cfg = cfg
         self.dtype = jnp.dtype(dtype)
         self.scaling_factor = cfg.scaling_factor
-        self.spatial_factor = 2 ** (len(cfg.block_out_channels) - 1)  # image pixels per latent pixel, per side
+        self.spatial_factor = cfg.spatial_factor
         self.encoder = Encoder(cfg, dtype, rngs=rngs)
         self.decoder = Decoder(cfg, dtype, rngs=rngs)
         moments, latents = 2 * cfg.latent_channels, cfg.latent_channels
