@@ -1,5 +1,6 @@
 """The `pixart-jax` command line: `demo` (train, distil and score a small PixArt offline), `generate` from a PixArt
-pipeline directory, `convert` / `inspect` checkpoints, `sample-random` as an install check."""
+pipeline directory (JAX, or `--backend torch`), `convert` / `inspect` checkpoints, `quantize-t5` (the int8 T5
+folder), `sample-random` as an install check."""
 import argparse
 import os
 import sys
@@ -9,11 +10,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pixart_jax.choices import DType
+from pixart_jax.choices import DType, Int8Backend, TorchDType, choose
 from pixart_jax.config import PRESETS
 from pixart_jax.conversion import LAYOUTS, describe
 from pixart_jax.conversion import convert as convert_checkpoint
 from pixart_jax.images import grid
+from pixart_jax.int8_t5 import export_int8_t5
 from pixart_jax.pipeline import PixArtPipeline
 from pixart_jax.samplers import DDIM, SamplerName
 from pixart_jax.transformer import PixArtTransformer
@@ -37,12 +39,12 @@ jax.monitoring.register_event_duration_secs_listener(CompileClock.listen)
 
 
 def timed_call(pipe, **kwargs):
-    """(images, compile seconds, run seconds) of one pipeline call."""
+    """(images, compile seconds, run seconds, output) of one pipeline call."""
     CompileClock.seconds = 0.0
     start = time.perf_counter()
-    images = pipe(**kwargs).images
+    output = pipe(**kwargs)
     total = time.perf_counter() - start
-    return images, CompileClock.seconds, total - CompileClock.seconds
+    return output.images, CompileClock.seconds, total - CompileClock.seconds, output
 
 
 def save_images(images, out):
@@ -59,21 +61,51 @@ def save_images(images, out):
     return paths + [out]
 
 
+def _torch_pipeline(args):
+    from pixart_jax.torch import PixArtTorchPipeline  # imported on use: only this backend needs torch
+
+    device = args.device or "cpu"
+    pipe = PixArtTorchPipeline.from_pretrained(args.model, device=device, dtype=args.dtype, int8=args.int8,
+                                               low_memory=args.low_memory, sampler=args.scheduler,
+                                               int8_backend=args.int8_backend)
+    return pipe, type(pipe.scheduler).__name__, device
+
+
+def _jax_pipeline(args):
+    for flag, value in (("--device", args.device), ("--low-memory", args.low_memory),
+                        ("--memory-report", args.memory_report)):
+        if value:
+            raise ValueError(f"{flag} is for --backend torch")
+    dtype = choose(DType, str(args.dtype), "--dtype of the JAX backend")
+    pipe = PixArtPipeline.from_pretrained(args.model, dtype=dtype.jax, sampler=args.scheduler, int8=args.int8)
+    return pipe, type(pipe.sampler).__name__, jax.devices()[0].platform
+
+
 def generate(args):
     """Text-to-image with a PixArt pipeline directory in the diffusers layout."""
     if not args.out.lower().endswith(".png"):
         raise ValueError(f"--out must name a .png file, got {args.out!r}")
     start = time.perf_counter()
-    pipe = PixArtPipeline.from_pretrained(args.model, dtype=args.dtype.jax, sampler=args.scheduler)
-    print(f"loaded {args.model} in {time.perf_counter() - start:.1f} s ({type(pipe.sampler).__name__})")
-    images, compile_s, run_s = timed_call(
+    pipe, sampler, device = (_torch_pipeline if args.backend == "torch" else _jax_pipeline)(args)
+    print(f"loaded {args.model} in {time.perf_counter() - start:.1f} s ({sampler})")
+    extra = {"memory_report": True} if args.memory_report else {}
+    images, compile_s, run_s, output = timed_call(
         pipe, prompt=args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
         guidance_scale=args.guidance, height=args.height, width=args.width, seed=args.seed,
-        num_images_per_prompt=args.num_images)
+        num_images_per_prompt=args.num_images, **extra)
     for path in save_images(images, args.out):
         print(f"wrote {path}")
     print(f"{len(images)} image(s) {images[0].size[0]}x{images[0].size[1]}, {args.steps} steps: compile "
-          f"{compile_s:.1f} s, run {run_s:.1f} s on {jax.devices()[0].platform}")
+          f"{compile_s:.1f} s, run {run_s:.1f} s on {device} ({args.backend})")
+    if args.memory_report:
+        from pixart_jax.torch import format_report
+
+        print(format_report(output.memory))
+
+
+def quantize_t5(args):
+    """Writes the int8 T5 (every linear as int8 codes + scales) of a Hugging Face T5 folder, once."""
+    print(f"wrote {export_int8_t5(args.src, args.dst, args.dtype)}")
 
 
 def sample_random(args):
@@ -87,7 +119,7 @@ def sample_random(args):
                           vae=AutoencoderKL(TINY_VAE, rngs=nnx.Rngs(key_vae)), sampler=DDIM())
     caption = jax.random.normal(key_text, (1, cfg.max_tokens, cfg.caption_channels))
     mask = jnp.ones(caption.shape[:2])
-    images, compile_s, run_s = timed_call(pipe, prompt_embeds=caption, prompt_attention_mask=mask,
+    images, compile_s, run_s, _ = timed_call(pipe, prompt_embeds=caption, prompt_attention_mask=mask,
                                           num_inference_steps=args.steps, guidance_scale=1.0, height=args.size,
                                           width=args.size, seed=args.seed, use_resolution_binning=False)
     save_images(images, args.out)
@@ -139,9 +171,26 @@ def main(argv=None):
     p.add_argument("--width", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-images", type=int, default=1, help="images per prompt")
-    p.add_argument("--dtype", choices=list(DType), type=DType, default=DType.float32, help="compute dtype")
+    p.add_argument("--dtype", choices=list(TorchDType), type=TorchDType, default=TorchDType.float32,
+                   help="compute dtype (float16: --backend torch only)")
+    p.add_argument("--backend", choices=("jax", "torch"), default="jax",
+                   help="torch: the PyTorch path (pip install pixart-jax[torch])")
+    p.add_argument("--device", help="torch device, e.g. cuda or cpu (--backend torch; default cpu)")
+    p.add_argument("--int8", action="store_true", help="T5 with int8 weights (every linear)")
+    p.add_argument("--int8-backend", choices=list(Int8Backend), type=Int8Backend, default=Int8Backend.weight_only,
+                   help="--backend torch: bitsandbytes is transformers' LLM.int8 (experimental below compute "
+                        "capability 7.5)")
+    p.add_argument("--low-memory", action="store_true",
+                   help="--backend torch: load T5, the transformer and the VAE one at a time, freeing each")
+    p.add_argument("--memory-report", action="store_true", help="--backend torch: print each stage's peak memory")
     p.add_argument("--out", default="out/image.png")
     p.set_defaults(run=generate)
+    p = commands.add_parser("quantize-t5", help=quantize_t5.__doc__)
+    p.add_argument("--src", required=True, help="a Hugging Face T5 folder (a pipeline's text_encoder/)")
+    p.add_argument("--dst", required=True, help="output folder: use it as a pipeline's text_encoder/ with --int8")
+    p.add_argument("--dtype", choices=list(TorchDType), type=TorchDType,
+                   help="dtype of the tensors that stay float (embedding, norms); default: the source's")
+    p.set_defaults(run=quantize_t5)
     p = commands.add_parser("convert", help=convert.__doc__)
     p.add_argument("--src", required=True, help="a diffusers transformer/ or pipeline folder, an original .pth / "
                                                  ".safetensors, or a pixart-jax folder")

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from pixart_jax.choices import TorchDType
+from pixart_jax.choices import TorchDType, choose
 from pixart_jax.keymaps.t5 import INT8_CONFIG_KEY, INT8_FORMAT, INT8_SCALE, t5_rules
 from pixart_jax.t5 import encoder_parts
 from pixart_jax.weights.files import atomic_directory, read_json
@@ -45,9 +45,9 @@ def export_int8_t5(src, dst, dtype: TorchDType | str | None = None):
     folder `dst`, reading and quantising one block at a time. `dtype` ("float32", "bfloat16", "float16") stores the
     tensors that stay float (embedding, norms, position bias) in that dtype; None keeps the source's. The output
     appears only when complete. Returns `dst`."""
+    cast = None if dtype is None else choose(TorchDType, dtype, "dtype").numpy
     cfg, specs, parts = encoder_parts(src, int8=True)
     names = hf_names(cfg.num_layers)
-    cast = None if dtype is None else TorchDType(dtype).numpy
     hf_specs = {}  # in the parts' order, so that `produce` holds one block at a time
     for ours, (kind, shape) in specs.items():
         key, transposed = names[ours]

@@ -47,3 +47,43 @@ def test_generate_bad_input_is_one_clear_line(model_dir, tmp_path):
     run = generate("--model", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "x.png"))
     assert run.returncode == 1 and "is not a PixArt pipeline directory" in run.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_generate_with_the_torch_backend_int8_low_memory(model_dir, tmp_path):
+    out = tmp_path / "torch.png"
+    run = generate("--model", model_dir, "--prompt", "a small red circle", "--steps", "3", "--height", "64",
+                   "--width", "96", "--backend", "torch", "--device", "cpu", "--dtype", "bfloat16", "--int8",
+                   "--low-memory", "--memory-report", "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    assert "DPMSolverMultistepScheduler" in run.stdout and "on cpu (torch)" in run.stdout
+    for stage in ("encode", "denoise", "decode"):
+        assert any(line.startswith(stage) and "peak RSS" in line for line in run.stdout.splitlines()), run.stdout
+    assert Image.open(out).size == (96, 64)
+
+
+def test_quantize_t5_then_generate_from_the_int8_folder(model_dir, tmp_path):
+    import shutil
+
+    pipe = tmp_path / "pipe"
+    shutil.copytree(model_dir, pipe, ignore=shutil.ignore_patterns("text_encoder"))
+    run = run_cli("quantize-t5", "--src", f"{model_dir}/text_encoder", "--dst", pipe / "text_encoder", "--dtype",
+                  "float16")
+    assert run.returncode == 0, run.stderr
+    for backend in ("jax", "torch"):
+        out = tmp_path / f"{backend}.png"
+        run = generate("--model", pipe, "--prompt", "a red circle", "--steps", "2", "--height", "64", "--width",
+                       "64", "--int8", "--backend", backend, "--out", out)
+        assert run.returncode == 0, run.stderr
+        assert Image.open(out).size == (64, 64)
+    run = generate("--model", pipe, "--prompt", "a red circle", "--backend", "torch", "--out", tmp_path / "x.png")
+    assert run.returncode == 1 and run.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "holds an int8 T5" in run.stderr and "int8=True" in run.stderr
+
+
+def test_backend_options_are_checked(model_dir, tmp_path):
+    for args, message in ((("--dtype", "float16"), "--dtype of the JAX backend must be one of"),
+                          (("--low-memory",), "--low-memory is for --backend torch"),
+                          (("--backend", "torch", "--scheduler", "ddpm"), "has no diffusers scheduler class")):
+        run = generate("--model", model_dir, "--prompt", "x", *args, "--out", str(tmp_path / "x.png"))
+        assert run.returncode == 1 and message in run.stderr.strip().splitlines()[-1], run.stderr
+    assert not (tmp_path / "x.png").exists()

@@ -93,6 +93,9 @@ def load_controlnet(path, config: PixArtConfig, copies=RELEASED_COPIES, device="
         {k.removeprefix(BASE): v for k, v in state.items() if k.startswith(BASE)}, config, f"{path} ({BASE}*)")
     copied = {f"blocks.{k.removeprefix(CONTROL).replace('.copied_block.', '.', 1)}": v for k, v in state.items()
               if k.startswith(CONTROL) and ".copied_block." in k}
+    found = len({k.split(".")[1] for k in copied})
+    if found != copies:
+        raise ValueError(f"{path} holds {found} copied blocks ({CONTROL}{{k}}.copied_block.*), not copies={copies}")
     block_tensors, _ = original_to_diffusers(copied, config.replace(depth=copies), f"{path} ({CONTROL}*)",
                                              only="blocks.")
     tensors = {BASE + k: v for k, v in base_tensors.items()}

@@ -26,7 +26,7 @@ from pixart_jax.images import pil_images
 from pixart_jax.pipeline import ImagePipelineOutput, check_call, check_caption, check_pipeline_directory
 from pixart_jax.prompts import load_tokenizer, prompt_tokens
 from pixart_jax.samplers import DDIM, from_scheduler_config, to_scheduler_config
-from pixart_jax.torch.loading import release
+from pixart_jax.torch.loading import release, to_torch
 from pixart_jax.torch.memory import MemoryStages
 from pixart_jax.torch.text_encoder import load_text_encoder
 from pixart_jax.torch.transformer import load_transformer
@@ -238,7 +238,7 @@ class PixArtTorchPipeline:
             return stored.float()
         if self._default_null is None:
             self._default_null = default_null_caption(PixArtConfig.from_diffusers(dict(transformer.config)))
-        return torch.from_numpy(self._default_null).to(self.device)
+        return to_torch(self._default_null, self.device)
 
     @torch.inference_mode()
     def _denoise(self, transformer, latents, cond, uncond, steps, guidance_scale, guidance_channels, size,
