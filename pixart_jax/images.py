@@ -17,17 +17,23 @@ def _bilinear_matrix(n_in, n_out):
     return m
 
 
+def cover_and_crop(h, w, height, width):
+    """((rh, rw), (top, left)): the size an h x w image is resized to so that it covers height x width keeping its
+    aspect (diffusers' rounding), and the corner of the centred crop."""
+    ratio = max(height / h, width / w)
+    rh, rw = int(h * ratio), int(w * ratio)
+    return (rh, rw), ((rh - height) // 2, (rw - width) // 2)
+
+
 def resize_and_crop(images, height, width):
     """(B, C, H, W) -> (B, C, height, width): scale to cover the target, keeping the aspect, then centre-crop."""
     h, w = images.shape[2:]
     if (h, w) == (height, width):
         return images
-    ratio = max(height / h, width / w)
-    rh, rw = int(h * ratio), int(w * ratio)
+    (rh, rw), (top, left) = cover_and_crop(h, w, height, width)
     mh = jnp.asarray(_bilinear_matrix(h, rh), jnp.float32)
     mw = jnp.asarray(_bilinear_matrix(w, rw), jnp.float32)
     resized = jnp.einsum("yh,bchw,xw->bcyx", mh, images, mw, precision="highest")
-    top, left = (rh - height) // 2, (rw - width) // 2
     return resized[:, :, top:top + height, left:left + width]
 
 

@@ -57,27 +57,15 @@ def max_diff(a, b):
     return err
 
 
-def test_dpm_solver_with_guidance_and_micro_conditions(pipelines):
-    ours, expected, jax = three_ways(*pipelines["dpm"], height=64, width=64, steps=20, guidance=4.5)
-    assert max_diff(ours, expected) <= 1 / 255
-    assert max_diff(ours, jax) <= 1 / 255
-
-
-def test_ddim_with_guidance_and_micro_conditions_non_square(pipelines):
-    ours, expected, jax = three_ways(*pipelines["ddim"], height=64, width=96, steps=10, guidance=4.5)
-    assert max_diff(ours, expected) <= 1 / 255
-    assert max_diff(ours, jax) <= 1 / 255
-
-
-def test_dpm_solver_plain_model_with_resolution_binning(pipelines):
-    ours, expected, jax = three_ways(*pipelines["plain"], height=200, width=296, steps=8, guidance=4.5,
-                                     binning=True)
-    assert max_diff(ours, expected) <= 1 / 255
-    assert max_diff(ours, jax) <= 1 / 255
-
-
-def test_lcm_one_step_without_guidance(pipelines):
-    ours, expected, jax = three_ways(*pipelines["lcm"], height=96, width=64, steps=1, guidance=0.0)
+@pytest.mark.parametrize("name, size, steps, guidance, binning", [
+    ("dpm", (64, 64), 20, 4.5, False),      # DPM-Solver++ with guidance and micro-conditions
+    ("ddim", (64, 96), 10, 4.5, False),     # DDIM with guidance and micro-conditions, not square
+    ("plain", (200, 296), 8, 4.5, True),    # a plain model, resolution binning and the resize back
+    ("lcm", (96, 64), 1, 0.0, False),       # LCM, one step, no guidance
+])
+def test_same_images_as_diffusers_and_the_jax_pipeline(pipelines, name, size, steps, guidance, binning):
+    ours, expected, jax = three_ways(*pipelines[name], height=size[0], width=size[1], steps=steps,
+                                     guidance=guidance, binning=binning)
     assert max_diff(ours, expected) <= 1 / 255
     assert max_diff(ours, jax) <= 1 / 255
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from pixart_jax.checkpoints import default_null_caption, transformer_config
 from pixart_jax.choices import Int8Backend, TorchDType, choose
 from pixart_jax.config import PixArtConfig
-from pixart_jax.images import pil_images
+from pixart_jax.images import cover_and_crop, pil_images
 from pixart_jax.pipeline import ImagePipelineOutput, check_call, check_caption, check_pipeline_directory
 from pixart_jax.prompts import load_tokenizer, prompt_tokens
 from pixart_jax.samplers import DDIM, from_scheduler_config, to_scheduler_config
@@ -68,10 +68,8 @@ def resize_and_crop(images, height, width):
     h, w = images.shape[2:]
     if (h, w) == (height, width):
         return images
-    ratio = max(height / h, width / w)
-    rh, rw = int(h * ratio), int(w * ratio)
-    resized = F.interpolate(images, size=(rh, rw), mode="bilinear", align_corners=False)
-    top, left = (rh - height) // 2, (rw - width) // 2
+    size, (top, left) = cover_and_crop(h, w, height, width)
+    resized = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
     return resized[:, :, top:top + height, left:left + width]
 
 
