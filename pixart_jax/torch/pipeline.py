@@ -32,8 +32,6 @@ from pixart_jax.torch.text_encoder import load_text_encoder
 from pixart_jax.torch.transformer import load_transformer
 from pixart_jax.vae import VAEConfig
 
-COMPONENTS = ("text_encoder", "transformer", "vae")
-
 
 @dataclasses.dataclass
 class TorchPipelineOutput(ImagePipelineOutput):
@@ -105,7 +103,9 @@ class PixArtTorchPipeline:
         """
         check_pipeline_directory(directory)
         dtype = choose(TorchDType, str(dtype).removeprefix("torch."), "dtype").torch
+        int8_backend = choose(Int8Backend, int8_backend, "int8_backend")
         path = functools.partial(os.path.join, directory)
+        cfg, vae_config = transformer_config(path("transformer")), VAEConfig.from_directory(path("vae"))
         scheduler, step_options = diffusers_scheduler(path("scheduler"), sampler, **sampler_options)
         loaders = {
             "text_encoder": functools.partial(load_text_encoder, path("text_encoder"), device, dtype, int8,
@@ -116,7 +116,7 @@ class PixArtTorchPipeline:
         resident = {name: None if low_memory else load() for name, load in loaders.items()}
         return cls(**resident, tokenizer=load_tokenizer(path("tokenizer")), scheduler=scheduler, device=device,
                    dtype=dtype, step_options=step_options, loaders=loaders,
-                   cfg=transformer_config(path("transformer")), vae_config=VAEConfig.from_directory(path("vae")))
+                   cfg=cfg, vae_config=vae_config)
 
     @property
     def cfg(self):
