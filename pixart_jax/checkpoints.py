@@ -56,7 +56,7 @@ def _import(rules, cfg, state_dict, where, ignore=()):
     return import_weights(rules, state_dict, expected, where=where, ignore=ignore)
 
 
-def load_diffusers(directory, dtype=jnp.float32):
+def load_diffusers(directory: str, dtype=jnp.float32) -> PixArtTransformer:
     """A diffusers `PixArtTransformer2DModel` directory. The null caption `y_embedding`, which diffusers does not
     store, keeps its initial value (it only matters for training with caption dropout)."""
     if os.path.exists(os.path.join(directory, "model_index.json")):
@@ -67,7 +67,7 @@ def load_diffusers(directory, dtype=jnp.float32):
     return _build(cfg, arrays, dtype, directory)
 
 
-def load_original(path, config=None, dtype=jnp.float32):
+def load_original(path: str, config: PixArtConfig | str | None = None, dtype=jnp.float32) -> PixArtTransformer:
     """An original PixArt state dict (`.pth`, or `.safetensors` with the same keys). `config`: a PixArtConfig or a
     variant name; by default the variant is read from the file name (e.g. `PixArt-XL-2-1024-MS.pth`)."""
     cfg = config if isinstance(config, PixArtConfig) else preset(config or os.path.basename(path))
@@ -76,7 +76,7 @@ def load_original(path, config=None, dtype=jnp.float32):
     return _build(cfg, arrays, dtype, path)
 
 
-def load_jax(directory, dtype=jnp.float32):
+def load_jax(directory: str, dtype=jnp.float32) -> PixArtTransformer:
     """A directory written by `save_jax`: our config.json and an Orbax checkpoint of the flat parameters."""
     meta = read_json(os.path.join(directory, "config.json"))
     cfg = PixArtConfig.from_dict(meta["config"])
@@ -88,7 +88,7 @@ def load_jax(directory, dtype=jnp.float32):
     return _build(cfg, arrays, dtype, directory)
 
 
-def load_transformer(path, dtype=jnp.float32, config=None):
+def load_transformer(path: str, dtype=jnp.float32, config: PixArtConfig | str | None = None) -> PixArtTransformer:
     """Loads a PixArt transformer from any supported layout, detected from `path` (see module docstring).
 
     dtype: the compute dtype (parameters stay fp32). config: only for original `.pth` files, a PixArtConfig or a
@@ -106,7 +106,7 @@ def _numpy_params(model):
     return {k: np.asarray(v) for k, v in flat_arrays(model).items()}
 
 
-def save_diffusers(model, dst):
+def save_diffusers(model: PixArtTransformer, dst: str) -> None:
     """Writes a diffusers `transformer/` directory (config.json + diffusion_pytorch_model.safetensors)."""
     config = model.cfg.to_diffusers()
     config["_diffusers_version"] = "0.42.1"
@@ -117,12 +117,12 @@ def save_diffusers(model, dst):
             json.dump(config, f, indent=2)
 
 
-def original_state_dict(model):
+def original_state_dict(model: PixArtTransformer) -> dict[str, np.ndarray]:
     """Our parameters in the original repo's key layout, `y_embedding` included ({key: np.ndarray})."""
     return export_weights(keys.ORIGINAL, _numpy_params(model))
 
 
-def save_original(model, path):
+def save_original(model: PixArtTransformer, path: str) -> None:
     """Writes the original-layout state dict: `.safetensors` by extension, otherwise a `.pth` that `torch.load`
     reads ({"state_dict": ...}, as the reference loaders expect; written without torch)."""
     tensors = original_state_dict(model)
@@ -132,7 +132,7 @@ def save_original(model, path):
         save_pth({"state_dict": tensors}, path)
 
 
-def save_jax(model, dst):
+def save_jax(model: PixArtTransformer, dst: str) -> None:
     """Writes our format: config.json (with `_format: pixart-jax`) and an Orbax checkpoint under params/."""
     arrays = flat_arrays(model)
     with atomic_directory(dst) as tmp:

@@ -1,4 +1,5 @@
-"""Prompts -> T5 embeddings as the PixArt pipelines produce them (spec §3.7, §2.8).
+"""Prompts -> T5 embeddings as the PixArt pipelines produce them (diffusers
+`PixArtAlphaPipeline.encode_prompt` and `_clean_caption`, from DeepFloyd IF).
 
 Caption cleaning (the DeepFloyd-IF / PixArt `clean_caption` procedure, applied twice), T5 tokenisation padded and
 truncated to 120 tokens with an attention mask, and the conditional / unconditional embeddings for guidance.
@@ -101,9 +102,12 @@ def preprocess(prompts, clean_caption=True):
     return [p.lower().strip() for p in prompts]
 
 
-def load_tokenizer(directory):
+def load_tokenizer(directory: str):
     """The T5 SentencePiece tokenizer of a `tokenizer/` folder (`spiece.model` and/or `tokenizer.json`)."""
-    from transformers import T5Tokenizer  # imported on use: transformers takes seconds to import
+    # imported on use (transformers takes seconds to import), without its "PyTorch was not found" advice: only the
+    # tokenizer is used
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    from transformers import T5Tokenizer
 
     return T5Tokenizer.from_pretrained(directory)
 

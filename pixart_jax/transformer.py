@@ -1,4 +1,6 @@
-"""The PixArt-α DiT in Flax NNX (spec §1): patch tokens, adaLN-single, self- and cross-attention blocks.
+"""The PixArt-α DiT in Flax NNX (Chen et al. 2023, arXiv 2310.00426, §2.3; PixArt-alpha
+`diffusion/model/nets/PixArtMS.py`, diffusers `PixArtTransformer2DModel`): patch tokens, adaLN-single, self- and
+cross-attention blocks.
 
 Parameters are fp32; `dtype` is the compute dtype of the matmuls. LayerNorm, softmax and the timestep features
 run in fp32, and in fp32 compute every matmul runs at "highest" precision so fp32 means fp32 on GPU/TPU too.

@@ -142,17 +142,24 @@ def sample_all(teacher, student, text_encoder, tokenizer, vae, prompts):
     return images
 
 
-def write_grid(images, path, zoom=2, label_width=150):
-    """Rows = methods (labelled), columns = the evaluation prompts; nearest-neighbour zoom."""
-    names = list(images)
-    n, size = len(images[names[0]]), shapes.IMAGE_SIZE * zoom
-    sheet = Image.new("RGB", (label_width + n * size, len(names) * size), "white")
+def write_grid(images, path, columns=6, blocks_per_row=5, gap=2, margin=12, title=16):
+    """One labelled block per method, its images `columns` wide in prompt order (the same prompt sits at the same
+    place in every block), `blocks_per_row` blocks side by side: 8-15 methods fit a 1920x1080 screen at 1:1."""
+    names, size = list(images), shapes.IMAGE_SIZE
+    rows = -(-len(images[names[0]]) // columns)
+    block_w, block_h = columns * size + (columns - 1) * gap, title + rows * size + (rows - 1) * gap
+    across = min(blocks_per_row, len(names))
+    down = -(-len(names) // across)
+    sheet = Image.new("RGB", (across * block_w + (across + 1) * margin, down * block_h + (down + 1) * margin), "white")
     draw = ImageDraw.Draw(sheet)
-    for row, name in enumerate(names):
-        draw.text((4, row * size + size // 2 - 6), name, fill="black")
-        for column, image in enumerate(images[name]):
-            tile = Image.fromarray((image * 255).round().astype(np.uint8)).resize((size, size), Image.NEAREST)
-            sheet.paste(tile, (label_width + column * size, row * size))
+    for b, name in enumerate(names):
+        left = margin + (b % across) * (block_w + margin)
+        top = margin + (b // across) * (block_h + margin)
+        draw.text((left, top + 2), name, fill="black")
+        for i, image in enumerate(images[name]):
+            r, c = divmod(i, columns)
+            tile = Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8))
+            sheet.paste(tile, (left + c * (size + gap), top + title + r * (size + gap)))
     sheet.save(path)
 
 

@@ -10,7 +10,8 @@ Example dicts (what `read_examples(...)[i]` returns and what in-memory sources h
   posterior, unscaled (the trainer multiplies its sample by 0.18215); img_hw (2,) float32 — the original image's
   [height, width]; aspect_ratio (1,) float32 — float(bucket); bucket str — the aspect-ratio bucket key.
 A record stores only the caption's valid tokens, in bfloat16; reading pads it back to L tokens by repeating the
-last valid token with mask 0, as PixArt's InternalData loader pads short features (spec §3.4). The padded
+last valid token with mask 0, as PixArt's InternalData loader pads short features
+(`diffusion/data/datasets/InternalData.py`). The padded
 positions are masked out of cross-attention, so their values never reach the model.
 """
 import collections

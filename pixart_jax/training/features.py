@@ -1,4 +1,5 @@
-"""Feature extraction for training (spec §3.4-3.6): images + captions -> T5 and VAE features in ArrayRecord shards.
+"""Feature extraction for training (PixArt-alpha `tools/extract_features.py`): images + captions -> T5 and VAE
+features in ArrayRecord shards.
 
     extract(ExtractionSettings(images=..., text_encoder=..., tokenizer=..., vae=..., out=..., resolution=256))
     (command line: `python -m train.extract_features`)

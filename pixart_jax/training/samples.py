@@ -1,5 +1,6 @@
-"""Periodic sample grids during training: the EMA weights, the first batch's captions, classifier-free guidance
-with the null caption `y_embedding` (the repo's convention, spec §1.8) and one of our samplers, in one jit.
+"""Periodic sample grids during training: the EMA weights, the first batch's captions, classifier-free guidance with
+the null caption `y_embedding` (the convention of the PixArt-alpha repo's `scripts/inference.py`) and one of our
+samplers, in one jit.
 
 With a VAE directory the latents are decoded; without one (the tiny config) latent channels 0-2 are shown."""
 import os

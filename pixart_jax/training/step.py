@@ -1,4 +1,4 @@
-"""Train state and the one jitted train step (spec §2.2, §3.3).
+"""Train state and the one jitted train step (PixArt-alpha `train_scripts/train.py`: AdamW, clipping, EMA).
 
 The state is a dict of global jax.Arrays: `step` (micro-steps done), `params` (fp32 master weights, pure dicts),
 `buffers` (the never-trained y_embedding), `opt` (optax AdamW state), `ema`, `rng` (the run's base key). The step
@@ -114,8 +114,10 @@ class TrainStep:
     """The jitted step `(state, batch) -> (state, metrics)`; the state is donated. `traces` counts how often it
     was traced: once per batch shape (aspect-ratio bucket), never per step."""
 
-    def __init__(self, graphdef, tx, schedule, state_shardings, mesh, *, accum_steps=1, ema_rate=0.9999,
-                 caption_dropout=0.1, latent_scale=LATENT_SCALE, prediction_type="epsilon", tables=None):
+    def __init__(self, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule, state_shardings: dict,
+                 mesh: jax.sharding.Mesh, *, accum_steps: int = 1, ema_rate: float = 0.9999,
+                 caption_dropout: float = 0.1, latent_scale: float = LATENT_SCALE,
+                 prediction_type: str = "epsilon", tables=None):
         check_prediction_type(prediction_type)
         self.traces = 0
         tables = diffusion_tables() if tables is None else tables
@@ -144,6 +146,6 @@ class TrainStep:
         # queued, collectives can starve (seen as a rendezvous timeout), so on CPU one step runs at a time.
         self._one_at_a_time = mesh.devices.flat[0].platform == "cpu" and mesh.size > 1
 
-    def __call__(self, state, batch):
+    def __call__(self, state: dict, batch: dict) -> tuple[dict, dict]:
         out = self._jitted(state, batch)
         return jax.block_until_ready(out) if self._one_at_a_time else out

@@ -37,7 +37,7 @@ def read_header(path):
     return header, metadata, 8 + size
 
 
-def load_safetensors(path):
+def load_safetensors(path: str) -> dict[str, np.ndarray]:
     """All tensors of one file as read-only NumPy arrays backed by a memory map."""
     header, _, start = read_header(path)
     data = np.memmap(path, dtype=np.uint8, mode="r")
@@ -50,7 +50,7 @@ def load_safetensors(path):
     return tensors
 
 
-def save_safetensors(tensors, path, metadata=None):
+def save_safetensors(tensors: dict[str, np.ndarray], path: str, metadata: dict | None = None) -> None:
     """Writes atomically: a temporary file beside `path`, renamed into place when complete."""
     header, offset, arrays = {}, 0, []
     for name, value in tensors.items():

@@ -60,7 +60,7 @@ class _StateDictUnpickler(pickle.Unpickler):
         return self.storages[key]
 
 
-def load_pth(path):
+def load_pth(path: str):
     """The unpickled object of a `torch.save` zip file (tensors become NumPy arrays)."""
     try:
         archive = zipfile.ZipFile(path)
@@ -130,7 +130,7 @@ class _StateDictPickler(pickle._Pickler):  # the pure-Python pickler lets save_g
         return None
 
 
-def save_pth(obj, path):
+def save_pth(obj, path: str) -> None:
     """`torch.save`-compatible zip file of `obj` (dicts of NumPy arrays, nested), written atomically."""
     arrays = []
 
