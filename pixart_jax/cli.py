@@ -16,6 +16,7 @@ from pixart_jax.conversion import convert as convert_checkpoint
 from pixart_jax.images import grid, write_png
 from pixart_jax.pipeline import PixArtPipeline
 from pixart_jax.samplers import DDIM, SamplerName
+from pixart_jax.training.errors import RunError
 from pixart_jax.transformer import PixArtTransformer
 from pixart_jax.vae import AutoencoderKL, VAEConfig
 from pixart_jax.weights.files import check_writable
@@ -180,7 +181,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, OSError) as e:  # bad input (CheckpointError included), unwritable paths: one clear line
+    # bad input (CheckpointError included), unwritable paths, a demo run that cannot resume: one clear line
+    except (ValueError, OSError, RunError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
