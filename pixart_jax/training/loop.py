@@ -1,6 +1,6 @@
 """The training loop every program shares (`python -m train.pretrain`, `train.lcm`, ...).
 
-Reads top to bottom: config, workdir and data checks -> the workdir lock -> hosts and mesh -> model and train
+Reads top to bottom: hosts -> config, workdir, data source and mesh checks -> the workdir lock -> model and train
 state -> data -> resume from the newest checkpoint in WORKDIR (refusing one saved with other settings) -> the loop.
 Re-running the same command on the same workdir resumes the run exactly (weights, optimizer, EMA, RNG and data
 order). SIGTERM saves a checkpoint and exits; a non-finite loss or state stops the run without saving, so the last
