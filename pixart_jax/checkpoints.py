@@ -17,7 +17,7 @@ from pixart_jax.config import PixArtConfig, preset
 from pixart_jax.keymaps import pixart as keys
 from pixart_jax.transformer import PixArtTransformer, null_caption_init
 from pixart_jax.weights import CheckpointError, export_weights, import_weights, save_pth, save_safetensors
-from pixart_jax.weights.files import atomic_directory, read_json, read_state_dict, read_weights
+from pixart_jax.weights.files import atomic_directory, check_destination, read_json, read_state_dict, read_weights
 from pixart_jax.weights.nnx_state import abstract_shapes, build_model, flat_arrays
 
 JAX_FORMAT = "pixart-jax"
@@ -106,12 +106,13 @@ def _numpy_params(model):
     return {k: np.asarray(v) for k, v in flat_arrays(model).items()}
 
 
-def save_diffusers(model: PixArtTransformer, dst: str) -> None:
-    """Writes a diffusers `transformer/` directory (config.json + diffusion_pytorch_model.safetensors)."""
+def save_diffusers(model: PixArtTransformer, dst: str, *, overwrite: bool = False, keep=()) -> None:
+    """Writes a diffusers `transformer/` directory (config.json + diffusion_pytorch_model.safetensors). An existing
+    `dst` is replaced only if we wrote it, or with `overwrite`, and never if it overlaps a path in `keep`."""
     config = model.cfg.to_diffusers()
     config["_diffusers_version"] = "0.42.1"
     tensors = export_weights(keys.DIFFUSERS, _numpy_params(model))
-    with atomic_directory(dst) as tmp:
+    with atomic_directory(dst, overwrite=overwrite, keep=keep) as tmp:
         save_safetensors(tensors, os.path.join(tmp, DIFFUSERS_WEIGHTS), {"format": "pt"})
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
@@ -122,9 +123,11 @@ def original_state_dict(model: PixArtTransformer) -> dict[str, np.ndarray]:
     return export_weights(keys.ORIGINAL, _numpy_params(model))
 
 
-def save_original(model: PixArtTransformer, path: str) -> None:
+def save_original(model: PixArtTransformer, path: str, *, overwrite: bool = False, keep=()) -> None:
     """Writes the original-layout state dict: `.safetensors` by extension, otherwise a `.pth` that `torch.load`
-    reads ({"state_dict": ...}, as the reference loaders expect; written without torch)."""
+    reads ({"state_dict": ...}, as the reference loaders expect; written without torch). An existing file is
+    replaced only with `overwrite`, and never one of `keep`."""
+    check_destination(path, directory=False, overwrite=overwrite, keep=keep)
     tensors = original_state_dict(model)
     if path.endswith(".safetensors"):
         save_safetensors(tensors, path)
@@ -132,10 +135,11 @@ def save_original(model: PixArtTransformer, path: str) -> None:
         save_pth({"state_dict": tensors}, path)
 
 
-def save_jax(model: PixArtTransformer, dst: str) -> None:
-    """Writes our format: config.json (with `_format: pixart-jax`) and an Orbax checkpoint under params/."""
+def save_jax(model: PixArtTransformer, dst: str, *, overwrite: bool = False, keep=()) -> None:
+    """Writes our format: config.json (with `_format: pixart-jax`) and an Orbax checkpoint under params/. An
+    existing `dst` is replaced as by `save_diffusers`."""
     arrays = flat_arrays(model)
-    with atomic_directory(dst) as tmp:
+    with atomic_directory(dst, overwrite=overwrite, keep=keep) as tmp:
         with ocp.StandardCheckpointer() as ckpt:
             ckpt.save(os.path.join(tmp, "params"), arrays)
         with open(os.path.join(tmp, "config.json"), "w") as f:

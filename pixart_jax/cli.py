@@ -13,11 +13,13 @@ from pixart_jax.choices import DType
 from pixart_jax.config import PRESETS
 from pixart_jax.conversion import LAYOUTS, describe
 from pixart_jax.conversion import convert as convert_checkpoint
-from pixart_jax.images import grid
+from pixart_jax.images import grid, write_png
 from pixart_jax.pipeline import PixArtPipeline
 from pixart_jax.samplers import DDIM, SamplerName
+from pixart_jax.training.errors import RunError
 from pixart_jax.transformer import PixArtTransformer
 from pixart_jax.vae import AutoencoderKL, VAEConfig
+from pixart_jax.weights.files import check_writable
 
 TINY_VAE = VAEConfig(block_out_channels=(32, 32, 32, 32), layers_per_block=1)
 
@@ -45,24 +47,36 @@ def timed_call(pipe, **kwargs):
     return images, CompileClock.seconds, total - CompileClock.seconds
 
 
-def save_images(images, out):
-    """One image: `out`. Several: `stem-0.png`, `stem-1.png`, ... and their grid as `out`."""
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    if len(images) == 1:
-        images[0].save(out)
-        return [out]
+def output_paths(out, count):
+    """Where `count` images go: `out` alone, or `stem-0.png`, `stem-1.png`, ... and their grid as `out`."""
     stem = os.path.splitext(out)[0]
-    paths = [f"{stem}-{i}.png" for i in range(len(images))]
-    for image, path in zip(images, paths):
-        image.save(path)
-    grid(images).save(out)
-    return paths + [out]
+    return [out] if count == 1 else [f"{stem}-{i}.png" for i in range(count)] + [out]
+
+
+def check_output(out, count):
+    """Refuses, before any work, an --out that is not a .png name or cannot be written (so no image is lost)."""
+    if not out.lower().endswith(".png"):
+        raise ValueError(f"--out must name a .png file, got {out!r}")
+    check_writable(out)
+    for path in output_paths(out, count):
+        if os.path.isdir(path):
+            raise ValueError(f"--out {out!r}: {path} is a folder; name a .png file")
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            raise ValueError(f"--out {out!r}: {path} exists and is not writable")
+
+
+def save_images(images, out):
+    """One image: `out`. Several: `stem-0.png`, `stem-1.png`, ... and their grid as `out`. Each file is complete
+    or absent."""
+    paths = output_paths(out, len(images))
+    for image, path in zip(images if len(images) == 1 else [*images, grid(images)], paths):
+        write_png(image, path)
+    return paths
 
 
 def generate(args):
     """Text-to-image with a PixArt pipeline directory in the diffusers layout."""
-    if not args.out.lower().endswith(".png"):
-        raise ValueError(f"--out must name a .png file, got {args.out!r}")
+    check_output(args.out, len(args.prompt) * args.num_images)
     start = time.perf_counter()
     pipe = PixArtPipeline.from_pretrained(args.model, dtype=args.dtype.jax, sampler=args.scheduler)
     print(f"loaded {args.model} in {time.perf_counter() - start:.1f} s ({type(pipe.sampler).__name__})")
@@ -78,6 +92,9 @@ def generate(args):
 
 def sample_random(args):
     """DDIM with a tiny randomly initialised PixArt and VAE: checks the install end to end in seconds."""
+    if args.size < 16 or args.size % 16:
+        raise ValueError(f"--size must be a positive multiple of 16, got {args.size}")
+    check_output(args.out, 1)
     key_model, key_vae, key_text = jax.random.split(jax.random.key(args.seed), 3)
     cfg = PRESETS["tiny"]
     model = PixArtTransformer(cfg, rngs=nnx.Rngs(key_model))
@@ -111,7 +128,7 @@ def demo(args):
 
 def convert(args):
     """Converts a PixArt transformer checkpoint between the diffusers, original (.pth) and pixart-jax layouts."""
-    print(f"wrote {convert_checkpoint(args.src, args.dst, args.to, args.config)}")
+    print(f"wrote {convert_checkpoint(args.src, args.dst, args.to, args.config, args.overwrite)}")
 
 
 def inspect(args):
@@ -149,6 +166,8 @@ def main(argv=None):
     p.add_argument("--to", choices=LAYOUTS, default="jax")
     p.add_argument("--config", help=f"variant of an original .pth whose file name does not say it, one of "
                                     f"{sorted(PRESETS)}")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing destination that pixart-jax did not write (never the source)")
     p.set_defaults(run=convert)
     p = commands.add_parser("inspect", help=inspect.__doc__)
     p.add_argument("path")
@@ -162,7 +181,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except ValueError as e:  # bad input (CheckpointError included): one clear line, no traceback
+    # bad input (CheckpointError included), unwritable paths, a demo run that cannot resume: one clear line
+    except (ValueError, OSError, RunError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

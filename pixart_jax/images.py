@@ -1,4 +1,6 @@
 """Image post-processing of the pipeline: the resize-back of resolution binning and output conversion."""
+import os
+
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
@@ -50,3 +52,16 @@ def grid(images, columns=None):
     for i, image in enumerate(images):
         sheet.paste(image, ((i % columns) * w, (i // columns) * h))
     return sheet
+
+
+def write_png(image, path):
+    """Saves a PIL image as PNG at `path` (creating its folder) through a temporary file, so `path` is never a
+    partial image."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

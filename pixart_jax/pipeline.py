@@ -20,6 +20,7 @@ from pixart_jax.aspect_ratios import TEST_TABLES, bin_size
 from pixart_jax.checkpoints import load_transformer
 from pixart_jax.guidance import Caption, guide, guided_forward
 from pixart_jax.images import resize_and_crop, to_numpy, to_pil
+from pixart_jax.memory import check_fits, compiled_bytes
 from pixart_jax.prompts import encode_prompt, load_tokenizer
 from pixart_jax.samplers import from_scheduler_config
 from pixart_jax.t5 import load_text_encoder
@@ -139,6 +140,10 @@ class PixArtPipeline:
         if height % multiple or width % multiple:
             raise ValueError(f"height and width must be multiples of {multiple} (VAE factor {scale} x patch "
                              f"{cfg.patch_size}) without resolution binning, got {height}x{width}")
+        tokens = (height // multiple) * (width // multiple)
+        # tracing builds the (tokens, hidden) float64 position table on the host (about twice that at its peak)
+        check_fits(2 * 8 * tokens * cfg.hidden_size, f"the position embedding of {height}x{width} ({tokens:,} "
+                   "tokens)", jax.devices("cpu")[0])
         guided = guidance_scale > 1.0
         cond, uncond = self._embeddings(prompt, negative_prompt, clean_caption, null_caption, prompt_embeds,
                                         prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask)
@@ -155,15 +160,17 @@ class PixArtPipeline:
             resolution = jnp.tile(jnp.array([[height, width]], jnp.float32), (n, 1))
             aspect_ratio = jnp.full((n, 1), height / width, jnp.float32)
         graphdef, state = nnx.split((self.transformer, self.vae))
+        args = (state, jnp.asarray(latents, jnp.float32), cond, uncond, resolution, aspect_ratio,
+                jnp.float32(guidance_scale), key_sampler)
+        # compiled ahead (jit's caches make a second call with the same shapes reuse it) to check its memory first
+        compiled = self._generate.lower(
+            *args, graphdef=graphdef, steps=num_inference_steps, sampler=self.sampler, guided=guided,
+            guidance_channels=guidance_channels, denoised_only=num_inference_steps == 1, out_size=out_size,
+            decode=output_type != "latent", progress=progress).compile()
+        check_fits(compiled_bytes(compiled), f"generating {n} image(s) of {out_size[0]}x{out_size[1]}")
         with tqdm(total=num_inference_steps, desc="denoising", disable=not progress) as self._bar:
             try:
-                result = self._generate(
-                    state, jnp.asarray(latents, jnp.float32), cond, uncond, resolution, aspect_ratio,
-                    jnp.float32(guidance_scale), key_sampler, graphdef=graphdef, steps=num_inference_steps,
-                    sampler=self.sampler, guided=guided, guidance_channels=guidance_channels,
-                    denoised_only=num_inference_steps == 1, out_size=out_size, decode=output_type != "latent",
-                    progress=progress)
-                result = jax.block_until_ready(result)
+                result = jax.block_until_ready(compiled(*args))
             finally:
                 self._bar = None
         if output_type != "latent":

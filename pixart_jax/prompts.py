@@ -18,7 +18,10 @@ import numpy as np
 from bs4 import BeautifulSoup
 from flax import nnx
 
+from pixart_jax.weights import CheckpointError
+
 MAX_LENGTH = 120
+TOKENIZER_FILES = ("spiece.model", "tokenizer.json")
 logger = logging.getLogger(__name__)
 
 _URL = r"\b(?:{scheme}:(?:/{{1,3}}|[a-zA-Z0-9%])|[a-zA-Z0-9.\-]+\.(?:com|co|ru|net|org|edu|gov|it)[\w/-]*\b/?(?!@))"
@@ -103,13 +106,23 @@ def preprocess(prompts, clean_caption=True):
 
 
 def load_tokenizer(directory: str):
-    """The T5 SentencePiece tokenizer of a `tokenizer/` folder (`spiece.model` and/or `tokenizer.json`)."""
-    # imported on use (transformers takes seconds to import), without its "PyTorch was not found" advice: only the
-    # tokenizer is used
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    from transformers import T5Tokenizer
+    """The T5 SentencePiece tokenizer of a local `tokenizer/` folder (`spiece.model` and/or `tokenizer.json`).
 
-    return T5Tokenizer.from_pretrained(directory)
+    Only local files are read, never the network: a folder without either file is a CheckpointError naming it
+    (transformers would otherwise take the path for a hub model id, or build a tokenizer with no vocabulary)."""
+    if not any(os.path.isfile(os.path.join(directory, name)) for name in TOKENIZER_FILES):
+        if not os.path.isdir(directory):
+            raise CheckpointError(f"tokenizer folder {directory} does not exist (tokenizers are read from local "
+                                  "files only)")
+        empty = " (it is empty)" if not os.listdir(directory) else ""
+        raise CheckpointError(f"tokenizer folder {directory} has no {' or '.join(TOKENIZER_FILES)}{empty}")
+    # read when transformers is first imported: never the network, and no "PyTorch was not found" advice (only the
+    # tokenizer is used)
+    for switch in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TRANSFORMERS_NO_ADVISORY_WARNINGS"):
+        os.environ.setdefault(switch, "1")
+    from transformers import T5Tokenizer  # imported on use: transformers takes seconds to import
+
+    return T5Tokenizer.from_pretrained(directory, local_files_only=True)
 
 
 def train_tokenizer(texts, directory, vocab_size=90, model_type="unigram"):

@@ -47,3 +47,16 @@ def test_generate_bad_input_is_one_clear_line(model_dir, tmp_path):
     run = generate("--model", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "x.png"))
     assert run.returncode == 1 and "is not a PixArt pipeline directory" in run.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_zero_sizes_and_nan_guidance_are_one_line_errors(model_dir, tmp_path, capsys):
+    """0 is not "default" and NaN guidance is not "unguided": each is refused before any compute."""
+    from pixart_jax.cli import main
+
+    for args, message in ((["--height", "0"], "height must be a positive multiple of 8, got 0 "),
+                          (["--width", "0"], "width must be a positive multiple of 8, got 0 "),
+                          (["--guidance", "nan"], "guidance_scale must be a finite number >= 0, got nan")):
+        assert main(["generate", "--model", model_dir, "--prompt", "x", "--out", str(tmp_path / "x.png"), *args]) == 1
+        out, err = capsys.readouterr()
+        assert err.startswith(f"error: {message}") and "\n" not in err.strip() and "denoising" not in err, err
+    assert not (tmp_path / "x.png").exists()

@@ -7,6 +7,7 @@ from flax import nnx
 
 from pixart_jax.config import PRESETS
 from pixart_jax.guidance import guide
+from pixart_jax.memory import OutOfMemoryError
 from pixart_jax.pipeline import PixArtPipeline
 from pixart_jax.prompts import load_tokenizer
 from pixart_jax.samplers import DPMSolverMultistep, LearnedVarianceDDPM
@@ -119,6 +120,20 @@ def test_from_pretrained_rejects_other_directories(tmp_path):
     (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
     with pytest.raises(CheckpointError, match="'StableDiffusionPipeline', not one of"):
         PixArtPipeline.from_pretrained(str(tmp_path))
+    (tmp_path / "model_index.json").write_text('{"_class_name": "PixArtAlphaPipeline"}')
+    (tmp_path / "tokenizer").mkdir()  # empty: checked before any component is loaded
+    with pytest.raises(CheckpointError, match=f"tokenizer folder {tmp_path / 'tokenizer'} has no spiece.model"):
+        PixArtPipeline.from_pretrained(str(tmp_path))
+
+
+def test_sizes_too_large_for_memory_are_refused_before_running(pipe):
+    before = CountingPipeline.traces
+    with pytest.raises(OutOfMemoryError, match=r"^generating 2 image\(s\) of 4096x4096 needs an estimated"):
+        call(pipe, height=4096, width=4096, num_images_per_prompt=2)
+    with pytest.raises(OutOfMemoryError, match=r"^the position embedding of 524288x524288 \(1,073,741,824 "
+                                               r"tokens\) needs"):
+        call(pipe, height=2**19, width=2**19)
+    assert CountingPipeline.traces == before + 1  # the first compiled, but never ran; the second was not traced
 
 
 def test_null_caption_modes(pipe):

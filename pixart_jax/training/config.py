@@ -5,8 +5,11 @@ overrides onto the schema below. Unknown keys, wrong types and missing required 
 `checkpoint_every`, `seed`) raise `ConfigError` before anything is built or compiled.
 """
 import dataclasses
+import enum
+import json
 from typing import Dict, List, Optional
 
+import yaml
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -19,6 +22,19 @@ from pixart_jax.vae import LATENT_SCALE
 
 class ConfigError(ValueError):
     """A training config that cannot be used, with the reason."""
+
+
+class OnMismatch(enum.StrEnum):
+    """What a run does with checkpoints in its workdir that it cannot resume: saved with other settings or another
+    state structure, or none of them readable."""
+    stop = "stop"                # an error naming why; nothing in the workdir is touched
+    start_over = "start_over"    # move the previous run to WORKDIR/replaced-N and start at step 0
+
+
+# Settings that may change when a run resumes: how long it runs, where and on which devices, what it logs and keeps.
+# Every other setting changes what a checkpoint holds or how training continues from it.
+RESUMABLE = ("workdir", "steps", "checkpoint_every", "on_mismatch", "mesh", "distributed", "logging", "sample",
+             "checkpoint", "model.init_from", "model.remat")
 
 
 @dataclasses.dataclass
@@ -102,6 +118,7 @@ class TrainConfig:
     steps: int = MISSING                    # total optimizer steps
     checkpoint_every: int = MISSING         # optimizer steps between checkpoints (the last step always saves)
     seed: int = MISSING
+    on_mismatch: OnMismatch = OnMismatch.stop   # checkpoints in workdir this run cannot resume: stop or start_over
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
@@ -152,6 +169,8 @@ def load_config(path=None, overrides=(), schema=None, validate=None):
         raise ConfigError(f"invalid training config{f' {path}' if path else ''}: {e}") from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(e).split())}") from None
     return (validate or check)(cfg)
 
 
@@ -163,3 +182,19 @@ def to_yaml(cfg):
 def to_dict(cfg):
     """The resolved config as plain JSON-able containers."""
     return OmegaConf.to_container(OmegaConf.structured(cfg))
+
+
+def _flat(tree, prefix=""):
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+
+
+def resume_differences(saved: dict, current: dict) -> list[str]:
+    """'KEY: SAVED in the checkpoint, NOW now' for each setting of `current` (a `to_dict` config) that differs from
+    the `saved` config of a checkpoint and is not RESUMABLE. Settings the saved config lacks (added since) are not
+    compared."""
+    before, now = _flat(saved), _flat(json.loads(json.dumps(current)))
+    resumable = lambda key: any(key == r or key.startswith(r + ".") for r in RESUMABLE)  # noqa: E731
+    return [f"{key}: {before[key]!r} in the checkpoint, {value!r} now" for key, value in now.items()
+            if key in before and before[key] != value and not resumable(key)]
