@@ -100,7 +100,7 @@ def test_pth_views_are_checked_against_their_storage(tmp_path):
 def test_damaged_pth_archive_is_a_clear_error(tmp_path):
     path = rewritten_pth(tmp_path, lambda name, data: data)
     raw = bytearray(path.read_bytes())
-    raw[raw.index(np.arange(16, dtype=np.float32).tobytes()) + 5] ^= 0xFF  # one flipped bit pattern in the data
+    raw[raw.index(np.arange(16, dtype=np.float32).tobytes()) + 5] ^= 0xFF  # one byte of the tensor data changed
     path.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match=r"edited\.pth: cannot read the checkpoint: Bad CRC-32"):
         load_pth(str(path))

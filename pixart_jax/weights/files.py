@@ -162,7 +162,10 @@ def atomic_directory(dst: str, *, overwrite: bool = False, keep=()):
             old = _fresh_name(parent, base, "old")
             os.replace(dst, old)
             os.replace(tmp, dst)
-            shutil.rmtree(old)
+            if os.path.islink(old):  # a replaced link goes, not what it points to
+                os.remove(old)
+            else:
+                shutil.rmtree(old)
         else:
             os.replace(tmp, dst)
     finally:
