@@ -10,7 +10,7 @@ from typing import Dict, List, Optional
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pixart_jax.choices import DType
+from pixart_jax.choices import AttentionKernel, DType, RematPolicy
 from pixart_jax.config import PRESETS
 from pixart_jax.samplers import SamplerName
 from pixart_jax.samplers.prediction import PredictionType
@@ -26,7 +26,9 @@ class ModelConfig:
     preset: str = "tiny"                    # a pixart_jax.config.PRESETS name
     init_from: Optional[str] = None         # a converted checkpoint to fine-tune from (any load_transformer layout)
     compute_dtype: DType = DType.float32    # matmul dtype; parameters stay fp32
-    remat: bool = False                     # recompute each block's activations in the backward pass
+    remat: RematPolicy = RematPolicy.none   # what the backward pass recomputes: none | block | dots
+    activation_dtype: DType = DType.float32  # the residual stream between blocks (what remat=block keeps)
+    attention: AttentionKernel = AttentionKernel.auto   # auto: XLA on CPU, cuDNN on GPU, Pallas splash on TPU
     caption_dropout: float = 0.1            # probability of replacing a caption by y_embedding (mask kept)
     prediction_type: PredictionType = PredictionType.epsilon   # what the model regresses (PixArt: epsilon)
 
