@@ -7,6 +7,7 @@ megacore device). `CHIPS` holds each generation's HBM per chip, the one place th
 """
 import dataclasses
 import math
+import os
 import re
 
 GIB = 2 ** 30
@@ -59,6 +60,8 @@ class Topology:
 
     def devices(self) -> list:
         """Compile-only devices of this slice (needs libtpu)."""
+        # compile-only devices touch no TPU: let several planning processes load libtpu at once
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
         try:
             from jax.experimental import topologies
             first, second = (int(n) for n in self.grid.split("x")[:2])

@@ -121,10 +121,12 @@ def plan_train_step(cfg, program, topology: Topology) -> Plan:
     graphdef = split_model(model)[0]
     tx, schedule = make_optimizer(cfg.optimizer, global_batch)
     shapes = getattr(program, "batch_shapes", feature_batch_shapes)(cfg, model_cfg, (model_cfg.sample_size,) * 2)
+    state, shardings = program.abstract_state(model, tx, cfg.seed, mesh, dict(cfg.mesh.rules))
+    # built outside the mesh: constants a step makes at construction (LCD's tables) stay host arrays, not
+    # arrays placed on compile-only devices
+    step = program.make_step(cfg, graphdef, tx, schedule, shardings, mesh)
+    batch = abstract_batch(shapes, global_batch, mesh)
     with jax.set_mesh(mesh):
-        state, shardings = program.abstract_state(model, tx, cfg.seed, mesh, dict(cfg.mesh.rules))
-        step = program.make_step(cfg, graphdef, tx, schedule, shardings, mesh)
-        batch = abstract_batch(shapes, global_batch, mesh)
         return compile_plan(step.lower(state, batch), topology, mesh, dict(state, batch=batch))
 
 

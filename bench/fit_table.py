@@ -1,0 +1,163 @@
+"""The README's fit table: the largest per-chip batch of XL/2 training (pretraining, LCD) that fits v5e-8, v5p-8
+and v4-8, with remat per block or none and the parameters replicated (fsdp 1) or sharded over every chip, from
+ahead-of-time TPU compiles of the real train steps (pixart_jax/training/plan.py; needs libtpu).
+
+Per-chip HBM is linear in the per-chip batch b (fixed: parameters, optimizer, EMA; per image: activations), so each
+(program, resolution, remat, fsdp) is compiled at two batch sizes on a v5p slice (95 GiB: nothing is refused),
+total(b) = fixed + b * per_image is solved for each chip's capacity, and `--confirm` compiles the predicted largest
+batch and one more on the real slices.
+
+    python bench/fit_table.py --measure results.jsonl     # the compiles (minutes each on 2 cores); resumable
+    python bench/fit_table.py --confirm results.jsonl     # compile the predicted boundaries on the real slices
+    python bench/fit_table.py --table results.jsonl       # print the table
+"""
+import argparse
+import itertools
+import json
+import os
+import pathlib
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import print_table  # noqa: E402
+from pixart_jax.topologies import GIB, parse_topology  # noqa: E402
+from pixart_jax.training.plan import plan_train_step  # noqa: E402
+from pixart_jax.training.programs import PROGRAMS  # noqa: E402
+
+CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
+SETUPS = {  # (program, resolution) -> (config file, overrides)
+    ("pretrain", 1024): ("pixart_1024_ms.yaml", []),
+    ("lcm", 1024): ("lcm_1024_ms.yaml", []),
+    ("pretrain", 512): ("pixart_512.yaml", []),
+    ("lcm", 512): ("lcm_1024_ms.yaml", ["model.preset=PixArt-XL-2-512x512"]),
+    ("pretrain", 256): ("pixart_256.yaml", []),
+    ("lcm", 256): ("lcm_1024_ms.yaml", ["model.preset=PixArt-XL-2-256x256"]),
+}
+SLICES = ("v5e-8", "v5p-8", "v4-8")
+REMAT = ("block", "none")
+FSDP = ("1", "all")                    # parameters replicated, or sharded over every chip of the slice
+FIT_SLICES = {4: "v5p-8", 8: "v5p:2x2x2"}  # slices of 4 and 8 chips with room for every measured batch
+BATCHES = (1, 4)                       # per-chip batches compiled for the fit
+
+
+def chips(slice_name):
+    return parse_topology(slice_name).chips
+
+
+def fsdp_size(fsdp, n_chips):
+    return 1 if fsdp == "1" else n_chips
+
+
+def compile_one(program, resolution, remat, fsdp, per_chip, slice_name):
+    """One ahead-of-time compile: a dict of the plan's numbers."""
+    config, extra = SETUPS[(program, resolution)]
+    topology = parse_topology(slice_name)
+    overrides = [*extra, f"model.remat={remat}", f"mesh.fsdp={fsdp}", "mesh.data=-1",
+                 f"data.batch_size={per_chip * topology.chips}"]
+    entry = PROGRAMS[program]
+    plan = plan_train_step(entry.load_config(CONFIGS / config, overrides), entry.program, topology)
+    return dict(program=program, resolution=resolution, remat=remat, fsdp=fsdp, per_chip=per_chip,
+                slice=slice_name, total=plan.total, temporaries=plan.temporaries, arguments=plan.arguments,
+                fits=plan.fits, refused=plan.refused, compile_seconds=round(plan.compile_seconds, 1))
+
+
+def load(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def append(path, row):
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+
+
+def fit_groups():
+    """(program, resolution, remat, fsdp mesh size, fit slice) for every fitted line."""
+    for (program, resolution), remat in itertools.product(SETUPS, REMAT):
+        for fsdp in sorted({fsdp_size(f, chips(s)) for f in FSDP for s in SLICES}):
+            yield program, resolution, remat, fsdp, FIT_SLICES[8 if fsdp == 8 else 4]
+
+
+def measure(path):
+    done = {(r["program"], r["resolution"], r["remat"], r["fsdp"], r["per_chip"], r["slice"]) for r in load(path)}
+    for program, resolution, remat, fsdp, fit_slice in fit_groups():
+        for b in BATCHES:
+            if (program, resolution, remat, fsdp, b, fit_slice) not in done:
+                append(path, compile_one(program, resolution, remat, fsdp, b, fit_slice))
+
+
+def predictions(rows):
+    """{(program, resolution, remat, fsdp mode, slice): predicted largest per-chip batch} from the fitted lines."""
+    fits = {}
+    for r in rows:
+        if r["slice"] in FIT_SLICES.values() and r["refused"] is None:
+            fits.setdefault((r["program"], r["resolution"], r["remat"], r["fsdp"]), {})[r["per_chip"]] = r["total"]
+    out = {}
+    for (program, resolution), remat, fsdp_mode, slice_name in itertools.product(SETUPS, REMAT, FSDP, SLICES):
+        points = fits.get((program, resolution, remat, fsdp_size(fsdp_mode, chips(slice_name))), {})
+        if len(points) < 2:
+            continue
+        (b1, t1), (b2, t2) = sorted(points.items())[:2]
+        per_image = (t2 - t1) / (b2 - b1)
+        capacity = parse_topology(slice_name).chip.hbm_gib * GIB
+        out[(program, resolution, remat, fsdp_mode, slice_name)] = max(0, int((capacity - (t1 - b1 * per_image))
+                                                                              // per_image))
+    return out
+
+
+def confirm(path):
+    """Compiles each predicted boundary b (and b + 1) on the real slice; the table reports what fits."""
+    rows = load(path)
+    done = {(r["program"], r["resolution"], r["remat"], r["fsdp"], r["per_chip"], r["slice"]) for r in rows}
+    for (program, resolution, remat, fsdp_mode, slice_name), b in predictions(rows).items():
+        fsdp = fsdp_size(fsdp_mode, chips(slice_name))
+        for per_chip in (b, b + 1):
+            if per_chip and (program, resolution, remat, fsdp, per_chip, slice_name) not in done:
+                append(path, compile_one(program, resolution, remat, fsdp, per_chip, slice_name))
+
+
+def table(path):
+    rows = load(path)
+    predicted = predictions(rows)
+    measured = {(r["program"], r["resolution"], r["remat"], r["fsdp"], r["per_chip"], r["slice"]): r["fits"]
+                for r in rows}
+    header = ["program", "resolution", "remat"] + [f"{s} fsdp {f}" for s in SLICES for f in FSDP]
+    body = []
+    for (program, resolution), remat in itertools.product(SETUPS, REMAT):
+        cells = []
+        for slice_name, fsdp_mode in itertools.product(SLICES, FSDP):
+            b = predicted.get((program, resolution, remat, fsdp_mode, slice_name))
+            if b is None:
+                cells.append("?")
+                continue
+            fsdp = fsdp_size(fsdp_mode, chips(slice_name))
+            fits_b = measured.get((program, resolution, remat, fsdp, b, slice_name))
+            over = measured.get((program, resolution, remat, fsdp, b + 1, slice_name))
+            confirmed = (fits_b is True or b == 0) and over is False
+            cells.append(f"{b}{'' if confirmed else '*'}")
+        body.append([program, resolution, remat, *cells])
+    print_table(header, body)
+    print("per-chip batch; * = predicted from the two-point fit, not confirmed by compiling b and b + 1 on the slice")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--measure", metavar="JSONL")
+    group.add_argument("--confirm", metavar="JSONL")
+    group.add_argument("--table", metavar="JSONL")
+    args = parser.parse_args()
+    if args.measure:
+        measure(args.measure)
+    elif args.confirm:
+        confirm(args.confirm)
+    else:
+        table(args.table)
+
+
+if __name__ == "__main__":
+    main()
