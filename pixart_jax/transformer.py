@@ -6,7 +6,8 @@ The blocks are stored stacked (leading `depth` axis) and run with `jax.lax.scan`
 `remat` (a RematPolicy) chooses what the backward pass recomputes: nothing, each whole block from its input (one
 checkpoint per block, as the reference trains) or all but the weight matmuls. `activation_dtype` is the dtype of
 the residual stream carried between blocks (what per-block remat keeps for the backward pass). `attention_kernel`
-picks the attention kernel (pixart_jax/attention.py; `auto`: by platform).
+picks the self-attention kernel (pixart_jax/attention.py; `auto`: by platform); the masked cross-attention over the
+caption tokens is left to `auto`.
 """
 import jax
 import jax.numpy as jnp
@@ -87,11 +88,11 @@ class CrossAttention(nnx.Module):
         self.kv = Dense(d, 2 * d, dtype, rngs=rngs)
         self.proj = Dense(d, d, dtype, zeros, rngs=rngs)
 
-    def __call__(self, x, context, mask, kernel=AttentionKernel.auto):
+    def __call__(self, x, context, mask):
         b, n, d = x.shape
         q = self.q(x).reshape(b, n, self.heads, d // self.heads)
         k, v = jnp.split(self.kv(context).reshape(b, context.shape[1], 2 * self.heads, d // self.heads), 2, 2)
-        return self.proj(attention(q, k, v, mask=mask, kernel=kernel).reshape(b, n, d))
+        return self.proj(attention(q, k, v, mask=mask).reshape(b, n, d))
 
 
 class PixArtBlock(nnx.Module):
@@ -109,7 +110,7 @@ class PixArtBlock(nnx.Module):
         mod = self.scale_shift_table[None] + t0.reshape(t0.shape[0], 6, -1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=1)
         x = x + gate_msa * self.attn(layer_norm(x, self.eps) * (1 + scale_msa) + shift_msa, kernel)
-        x = x + self.cross_attn(x, context, mask, kernel)
+        x = x + self.cross_attn(x, context, mask)
         return x + gate_mlp * self.mlp(layer_norm(x, self.eps) * (1 + scale_mlp) + shift_mlp)
 
 

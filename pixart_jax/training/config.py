@@ -28,7 +28,7 @@ class ModelConfig:
     compute_dtype: DType = DType.float32    # matmul dtype; parameters stay fp32
     remat: RematPolicy = RematPolicy.none   # what the backward pass recomputes: none | block | dots
     activation_dtype: DType = DType.float32  # the residual stream between blocks (what remat=block keeps)
-    attention: AttentionKernel = AttentionKernel.auto   # auto: XLA on CPU, cuDNN on GPU, Pallas splash on TPU
+    attention: AttentionKernel = AttentionKernel.auto   # self-attention: auto = XLA on CPU, cuDNN on GPU, splash on TPU
     caption_dropout: float = 0.1            # probability of replacing a caption by y_embedding (mask kept)
     prediction_type: PredictionType = PredictionType.epsilon   # what the model regresses (PixArt: epsilon)
 
