@@ -3,9 +3,10 @@ and v4-8, with remat per block or none and the parameters replicated (fsdp 1) or
 ahead-of-time TPU compiles of the real train steps (pixart_jax/training/plan.py; needs libtpu).
 
 Per-chip HBM is linear in the per-chip batch b (fixed: parameters, optimizer, EMA; per image: activations), so each
-(program, resolution, remat, fsdp) is compiled at two batch sizes on a v5p slice (95 GiB: nothing is refused),
-total(b) = fixed + b * per_image is solved for each chip's capacity, and `--confirm` compiles the predicted largest
-batch and one more on the real slices.
+(program, resolution, remat) is compiled on a v5p slice (95 GiB: nothing is refused) at two batch sizes with the
+parameters replicated (the per-image slope) and at one with them sharded over 4 and 8 chips (the fixed part of
+each layout); total(b) = fixed + b * per_image is solved for each chip's capacity, and `--confirm` compiles the
+predicted largest batch and one more on the real slices.
 
     python bench/fit_table.py --measure results.jsonl     # the compiles (minutes each on 2 cores); resumable
     python bench/fit_table.py --confirm results.jsonl     # compile the predicted boundaries on the real slices
@@ -37,7 +38,7 @@ SETUPS = {  # (program, resolution) -> (config file, overrides)
 SLICES = ("v5e-8", "v5p-8", "v4-8")
 REMAT = ("block", "none")
 FSDP = ("1", "all")                    # parameters replicated, or sharded over every chip of the slice
-FIT_SLICES = {4: "v5p-8", 8: "v5p:2x2x2"}  # slices of 4 and 8 chips with room for every measured batch
+FIT_SLICES = {1: "v5p-8", 4: "v5p-8", 8: "v5p:2x2x2"}  # fsdp -> a slice with room for every measured batch
 BATCHES = (1, 4)                       # per-chip batches compiled for the fit
 
 
@@ -75,36 +76,40 @@ def append(path, row):
     print(json.dumps(row), flush=True)
 
 
-def fit_groups():
-    """(program, resolution, remat, fsdp mesh size, fit slice) for every fitted line."""
+def fit_compiles():
+    """(program, resolution, remat, fsdp mesh size, per-chip batch, fit slice) in the order they are compiled: the
+    per-image slope from two batches with replicated parameters, then one batch for each sharded layout (FSDP
+    changes the fixed part, not the activations per image)."""
     for (program, resolution), remat in itertools.product(SETUPS, REMAT):
-        for fsdp in sorted({fsdp_size(f, chips(s)) for f in FSDP for s in SLICES}):
-            yield program, resolution, remat, fsdp, FIT_SLICES[8 if fsdp == 8 else 4]
+        yield from ((program, resolution, remat, 1, b, FIT_SLICES[1]) for b in BATCHES)
+        for fsdp in sorted({fsdp_size("all", chips(s)) for s in SLICES}):
+            yield program, resolution, remat, fsdp, BATCHES[0], FIT_SLICES[fsdp]
 
 
 def measure(path):
     done = {(r["program"], r["resolution"], r["remat"], r["fsdp"], r["per_chip"], r["slice"]) for r in load(path)}
-    for program, resolution, remat, fsdp, fit_slice in fit_groups():
-        for b in BATCHES:
-            if (program, resolution, remat, fsdp, b, fit_slice) not in done:
-                append(path, compile_one(program, resolution, remat, fsdp, b, fit_slice))
+    for key in fit_compiles():
+        if key not in done:
+            append(path, compile_one(*key))
 
 
 def predictions(rows):
     """{(program, resolution, remat, fsdp mode, slice): predicted largest per-chip batch} from the fitted lines."""
-    fits = {}
+    points = {}
     for r in rows:
         if r["slice"] in FIT_SLICES.values() and r["refused"] is None:
-            fits.setdefault((r["program"], r["resolution"], r["remat"], r["fsdp"]), {})[r["per_chip"]] = r["total"]
+            points.setdefault((r["program"], r["resolution"], r["remat"], r["fsdp"]), {})[r["per_chip"]] = r["total"]
     out = {}
     for (program, resolution), remat, fsdp_mode, slice_name in itertools.product(SETUPS, REMAT, FSDP, SLICES):
-        points = fits.get((program, resolution, remat, fsdp_size(fsdp_mode, chips(slice_name))), {})
-        if len(points) < 2:
+        line = points.get((program, resolution, remat, 1), {})
+        own = points.get((program, resolution, remat, fsdp_size(fsdp_mode, chips(slice_name))), {})
+        if len(line) < 2 or not own:
             continue
-        (b1, t1), (b2, t2) = sorted(points.items())[:2]
+        (b1, t1), (b2, t2) = sorted(line.items())[:2]
         per_image = (t2 - t1) / (b2 - b1)
+        b0, t0 = min(own.items())
         capacity = parse_topology(slice_name).chip.hbm_gib * GIB
-        out[(program, resolution, remat, fsdp_mode, slice_name)] = max(0, int((capacity - (t1 - b1 * per_image))
+        out[(program, resolution, remat, fsdp_mode, slice_name)] = max(0, int((capacity - (t0 - b0 * per_image))
                                                                               // per_image))
     return out
 

@@ -3,6 +3,10 @@
 The denoising loop (classifier-free guidance batched in one forward), the VAE decode and the resize-back of
 resolution binning run in one jitted function that compiles once per (shapes, steps, sampler, guidance on/off).
 Components are read at every call, so `pipe.transformer = other` (as diffusers users do) takes effect.
+
+The batch runs data-parallel over the local devices (as many as divide it evenly): the images are split, the
+weights replicated, or with `fsdp` > 1 the transformer's weights sharded over groups of `fsdp` devices (for models
+that do not fit one device). The images do not depend on the number of devices.
 """
 import dataclasses
 import math
@@ -16,6 +20,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from pixart_jax import sharding
 from pixart_jax.aspect_ratios import TEST_TABLES, bin_size
 from pixart_jax.checkpoints import load_transformer
 from pixart_jax.guidance import Caption, guide, guided_forward
@@ -31,6 +36,7 @@ PIPELINE_CLASSES = ("PixArtAlphaPipeline",)
 BIN_TABLES = {128: TEST_TABLES[1024], 64: TEST_TABLES[512], 32: TEST_TABLES[256]}  # by transformer sample_size
 OUTPUT_TYPES = ("pil", "np", "latent")
 NULL_CAPTIONS = ("negative_prompt", "y_embedding")
+FSDP_RULES = {"kernel_in": "fsdp"}  # the transformer's kernels split along their input dim, as in training
 
 
 @dataclasses.dataclass
@@ -46,13 +52,17 @@ class ImagePipelineOutput:
 @dataclasses.dataclass
 class PixArtPipeline:
     """transformer, text_encoder (callable (ids, mask) -> embeddings), tokenizer, vae (anything with `decode`,
-    `scaling_factor` and `spatial_factor`, e.g. an AutoencoderKL) and sampler, as components."""
+    `scaling_factor` and `spatial_factor`, e.g. an AutoencoderKL) and sampler, as components; `devices` to split
+    a batch over (default: every local device) and `fsdp`, the number of devices one copy of the transformer's
+    weights is sharded over (1: replicated)."""
 
     transformer: nnx.Module
     text_encoder: object
     tokenizer: object
     vae: nnx.Module
     sampler: object
+    devices: list | None = None
+    fsdp: int = 1
 
     def __post_init__(self):
         self._bar = None  # this pipeline's progress bar while a call runs
@@ -154,21 +164,33 @@ class PixArtPipeline:
         if cfg.micro_conditions:
             resolution = jnp.tile(jnp.array([[height, width]], jnp.float32), (n, 1))
             aspect_ratio = jnp.full((n, 1), height / width, jnp.float32)
+        mesh = self.mesh(n)
         graphdef, state = nnx.split((self.transformer, self.vae))
-        with tqdm(total=num_inference_steps, desc="denoising", disable=not progress) as self._bar:
+        rows = jax.device_put((jnp.asarray(latents, jnp.float32), cond, uncond, resolution, aspect_ratio),
+                              sharding.batch_sharding(mesh))
+        with tqdm(total=num_inference_steps, desc="denoising", disable=not progress) as self._bar, \
+                jax.set_mesh(mesh):
             try:
                 result = self._generate(
-                    state, jnp.asarray(latents, jnp.float32), cond, uncond, resolution, aspect_ratio,
-                    jnp.float32(guidance_scale), key_sampler, graphdef=graphdef, steps=num_inference_steps,
-                    sampler=self.sampler, guided=guided, guidance_channels=guidance_channels,
-                    denoised_only=num_inference_steps == 1, out_size=out_size, decode=output_type != "latent",
-                    progress=progress)
+                    state, *rows, jnp.float32(guidance_scale), key_sampler, graphdef=graphdef,
+                    steps=num_inference_steps, sampler=self.sampler, guided=guided,
+                    guidance_channels=guidance_channels, denoised_only=num_inference_steps == 1, out_size=out_size,
+                    decode=output_type != "latent", progress=progress)
                 result = jax.block_until_ready(result)
             finally:
                 self._bar = None
         if output_type != "latent":
             result = to_numpy(result) if output_type == "np" else to_pil(result)
         return ImagePipelineOutput(result) if return_dict else (result,)
+
+    def mesh(self, batch):
+        """The ("data", "fsdp") mesh a batch of `batch` images runs on, with the weights placed on it (once: placed
+        weights stay where they are)."""
+        devices = sharding.data_parallel_devices(batch, self.devices or jax.local_devices(), self.fsdp)
+        mesh = sharding.make_mesh(-1, self.fsdp, devices)
+        sharding.place(self.transformer, mesh, FSDP_RULES if self.fsdp > 1 else None)
+        sharding.place(self.vae, mesh)
+        return mesh
 
     def _embeddings(self, prompt, negative_prompt, clean_caption, null_caption, embeds, mask, neg_embeds, neg_mask):
         """(cond, uncond) Captions: encoded prompts, or the given embeddings checked against the transformer."""
