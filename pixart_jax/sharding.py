@@ -106,13 +106,16 @@ def device_batch(batch, mesh):
 
 
 def place(module, mesh, rules=None):
-    """Moves `module`'s variables onto `mesh`, in place: parameters by their logical axes and `rules` ({logical:
-    mesh axis}; None replicates everything), other variables replicated. Arrays already placed so are not copied."""
+    """Puts `module`'s variables on `mesh`, in place: parameters by their logical axes and `rules` ({logical:
+    mesh axis}; None replicates everything), other variables replicated. Arrays already placed so are not copied;
+    an abstract module (nnx.eval_shape) gets ShapeDtypeStructs carrying the shardings."""
     state = nnx.state(module)
     pure = nnx.to_pure_dict(state)
     axes = variable_axes(module) if rules else {}
     shardings = tree_shardings({"module": pure}, mesh, rules or {}, axes)["module"]
-    nnx.replace_by_pure_dict(state, jax.device_put(pure, shardings))
+    nnx.replace_by_pure_dict(state, jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s) if isinstance(a, jax.ShapeDtypeStruct)
+        else jax.device_put(a, s), pure, shardings))
     nnx.update(module, state)
 
 

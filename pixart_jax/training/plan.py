@@ -162,24 +162,37 @@ def describe_run(cfg, name, path):
 
 
 def main(argv=None) -> int:
-    """`train.plan` / `pixart-jax plan`: CONFIG [topology=...] [program=...] [key=value ...]; the exit code."""
+    """`train.plan` / `pixart-jax plan`: CONFIG [topology=...] [program=...] [key=value ...], or
+    pipeline=PRESET topology=... [images= steps= sampler= guidance= dtype= fsdp=] (pixart_jax/pipeline_plan.py);
+    returns the exit code."""
+    from pixart_jax.pipeline_plan import PIPELINE_KEYS, plan_pipeline
+
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0
     path, rest = (None, argv) if "=" in argv[0] else (argv[0], argv[1:])
-    keys = {k: v for k, _, v in (a.partition("=") for a in rest) if k in PLAN_KEYS}
-    overrides = [a for a in rest if a.partition("=")[0] not in PLAN_KEYS]
+    pipeline = any(a.startswith("pipeline=") for a in rest)
+    own = PIPELINE_KEYS + ("topology",) if pipeline else PLAN_KEYS
+    keys = {k: v for k, _, v in (a.partition("=") for a in rest) if k in own}
+    overrides = [a for a in rest if a.partition("=")[0] not in own]
     try:
         if "topology" not in keys:
             raise TopologyError("name the slice: topology=v5e:2x4 (or v5e-8, v4-8, v5p-8, v6e-8, ...)")
-        topology = parse_topology(keys["topology"])
-        name, program = program_for(path, keys.get("program"))
-        cfg = program.load_config(path, overrides)
-        plan = plan_train_step(cfg, program.program, topology)
-    except (config_lib.ConfigError, TopologyError) as e:
+        topology = parse_topology(keys.pop("topology"))
+        if pipeline:
+            if overrides or path:
+                raise config_lib.ConfigError(f"a pipeline plan takes no config or overrides, got "
+                                             f"{[path] if path else []}{overrides}; its keys: {PIPELINE_KEYS}")
+            preset = keys.pop("pipeline")
+            plan, what = plan_pipeline(preset, topology, **keys), f"sampling loop of {preset} ({keys or 'defaults'})"
+        else:
+            name, program = program_for(path, keys.get("program"))
+            cfg = program.load_config(path, overrides)
+            plan, what = plan_train_step(cfg, program.program, topology), describe_run(cfg, name, path)
+    except (config_lib.ConfigError, TopologyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_plan(plan, describe_run(cfg, name, path)), flush=True)
+    print(format_plan(plan, what), flush=True)
     return 0 if plan.fits else 1
 
