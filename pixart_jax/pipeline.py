@@ -150,7 +150,7 @@ class PixArtPipeline:
             raise ValueError(f"height and width must be multiples of {multiple} (VAE factor {scale} x patch "
                              f"{cfg.patch_size}) without resolution binning, got {height}x{width}")
         guided = guidance_scale > 1.0
-        cond, uncond = self._embeddings(prompt, negative_prompt, clean_caption, null_caption, prompt_embeds,
+        cond, uncond = self._embeddings(guided, prompt, negative_prompt, clean_caption, null_caption, prompt_embeds,
                                         prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask)
         n = cond.embeds.shape[0] * num_images_per_prompt
         cond, uncond = (Caption(*(jnp.repeat(a, num_images_per_prompt, axis=0) for a in c)) for c in (cond, uncond))
@@ -192,15 +192,19 @@ class PixArtPipeline:
         sharding.place(self.vae, mesh)
         return mesh
 
-    def _embeddings(self, prompt, negative_prompt, clean_caption, null_caption, embeds, mask, neg_embeds, neg_mask):
-        """(cond, uncond) Captions: encoded prompts, or the given embeddings checked against the transformer."""
+    def _embeddings(self, guided, prompt, negative_prompt, clean_caption, null_caption, embeds, mask, neg_embeds,
+                    neg_mask):
+        """(cond, uncond) Captions: encoded prompts, or the given embeddings checked against the transformer.
+        Without guidance the negative prompt is not encoded (uncond is cond: the loop never reads it)."""
         cfg = self.transformer.cfg
         if embeds is None:
             null = self.transformer.y_embedding[...] if null_caption == "y_embedding" else None
             embeds, mask, neg_embeds, neg_mask = encode_prompt(
                 prompt, negative_prompt, tokenizer=self.tokenizer, text_encoder=self.text_encoder,
-                max_length=cfg.max_tokens, clean_caption=clean_caption, null_embedding=null)
-            return Caption(embeds, mask), Caption(neg_embeds, neg_mask)
+                max_length=cfg.max_tokens, clean_caption=clean_caption, null_embedding=null,
+                do_classifier_free_guidance=guided)
+            cond = Caption(embeds, mask)
+            return cond, (Caption(neg_embeds, neg_mask) if guided else cond)
         expected = (cfg.max_tokens, cfg.caption_channels)
         cond = _checked_caption(embeds, mask, expected, "prompt_embeds", "prompt_attention_mask")
         if neg_embeds is None:
