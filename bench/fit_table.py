@@ -6,10 +6,11 @@ Per-chip HBM is linear in the per-chip batch b (fixed: parameters, optimizer, EM
 (program, resolution, remat) is compiled on a v5p slice (95 GiB: nothing is refused) at two batch sizes with the
 parameters replicated (the per-image slope) and at one with them sharded over 4 and 8 chips (the fixed part of
 each layout); total(b) = fixed + b * per_image is solved for each chip's capacity, and `--confirm` compiles the
-predicted largest batch and one more on the real slices.
+predicted largest batch on the real slices, then walks down or up until b fits and b + 1 does not (the compiler's
+plan is close to, not exactly, linear: it keeps more in flight when there is room).
 
     python bench/fit_table.py --measure results.jsonl     # the compiles (minutes each on 2 cores); resumable
-    python bench/fit_table.py --confirm results.jsonl     # compile the predicted boundaries on the real slices
+    python bench/fit_table.py --confirm results.jsonl     # find the boundaries by compiling on the real slices
     python bench/fit_table.py --table results.jsonl       # print the table
 """
 import argparse
@@ -114,39 +115,51 @@ def predictions(rows):
     return out
 
 
-def confirm(path):
-    """Compiles each predicted boundary b (and b + 1) on the real slice; the table reports what fits."""
+def boundary(rows, program, resolution, remat, fsdp, slice_name):
+    """The largest per-chip batch measured to fit on the slice whose next batch was measured not to (None if not
+    yet known): the compiler's plan is not exactly linear in the batch, so only compiles on the slice decide."""
+    fits = {r["per_chip"]: r["fits"] for r in rows if (r["program"], r["resolution"], r["remat"], r["fsdp"],
+                                                        r["slice"]) == (program, resolution, remat, fsdp, slice_name)}
+    known = [b for b, ok in fits.items() if ok and fits.get(b + 1) is False]
+    return max(known) if known else (0 if fits.get(1) is False else None)
+
+
+def confirm(path, cells=None):
+    """Walks each cell (or the given (program, resolution, remat, fsdp mode, slice) cells) from its predicted
+    largest batch on the real slice: down while it does not fit, up while the next one does."""
     rows = load(path)
-    done = {(r["program"], r["resolution"], r["remat"], r["fsdp"], r["per_chip"], r["slice"]) for r in rows}
-    for (program, resolution, remat, fsdp_mode, slice_name), b in predictions(rows).items():
+    for cell, b in predictions(rows).items():
+        if cells and cell not in cells:
+            continue
+        program, resolution, remat, fsdp_mode, slice_name = cell
         fsdp = fsdp_size(fsdp_mode, chips(slice_name))
-        for per_chip in (b, b + 1):
-            if per_chip and (program, resolution, remat, fsdp, per_chip, slice_name) not in done:
-                append(path, compile_one(program, resolution, remat, fsdp, per_chip, slice_name))
+        while boundary(rows, program, resolution, remat, fsdp, slice_name) is None:
+            fits = {r["per_chip"]: r["fits"] for r in rows if (r["program"], r["resolution"], r["remat"], r["fsdp"],
+                                                                r["slice"]) == (program, resolution, remat, fsdp,
+                                                                                slice_name)}
+            b = max(1, b)
+            if b in fits:
+                b = b - 1 if not fits[b] else b + 1
+                continue
+            row = compile_one(program, resolution, remat, fsdp, b, slice_name)
+            append(path, row)
+            rows.append(row)
 
 
 def table(path):
     rows = load(path)
     predicted = predictions(rows)
-    measured = {(r["program"], r["resolution"], r["remat"], r["fsdp"], r["per_chip"], r["slice"]): r["fits"]
-                for r in rows}
     header = ["program", "resolution", "remat"] + [f"{s} fsdp {f}" for s in SLICES for f in FSDP]
     body = []
     for (program, resolution), remat in itertools.product(SETUPS, REMAT):
         cells = []
         for slice_name, fsdp_mode in itertools.product(SLICES, FSDP):
-            b = predicted.get((program, resolution, remat, fsdp_mode, slice_name))
-            if b is None:
-                cells.append("?")
-                continue
-            fsdp = fsdp_size(fsdp_mode, chips(slice_name))
-            fits_b = measured.get((program, resolution, remat, fsdp, b, slice_name))
-            over = measured.get((program, resolution, remat, fsdp, b + 1, slice_name))
-            confirmed = (fits_b is True or b == 0) and over is False
-            cells.append(f"{b}{'' if confirmed else '*'}")
+            known = boundary(rows, program, resolution, remat, fsdp_size(fsdp_mode, chips(slice_name)), slice_name)
+            guess = predicted.get((program, resolution, remat, fsdp_mode, slice_name))
+            cells.append(str(known) if known is not None else "?" if guess is None else f"{guess}*")
         body.append([program, resolution, remat, *cells])
     print_table(header, body)
-    print("per-chip batch; * = predicted from the two-point fit, not confirmed by compiling b and b + 1 on the slice")
+    print("largest images per chip; * = predicted from the two-point fit on v5p, not confirmed on the slice")
 
 
 def main():
@@ -155,11 +168,14 @@ def main():
     group.add_argument("--measure", metavar="JSONL")
     group.add_argument("--confirm", metavar="JSONL")
     group.add_argument("--table", metavar="JSONL")
+    parser.add_argument("--only", action="append", metavar="PROGRAM:RESOLUTION:REMAT:FSDP:SLICE",
+                        help="with --confirm: just these cells, e.g. pretrain:1024:block:all:v5e-8")
     args = parser.parse_args()
     if args.measure:
         measure(args.measure)
     elif args.confirm:
-        confirm(args.confirm)
+        cells = [(p, int(r), m, f, s) for p, r, m, f, s in (c.split(":") for c in args.only or [])]
+        confirm(args.confirm, cells)
     else:
         table(args.table)
 

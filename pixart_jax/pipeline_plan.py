@@ -24,9 +24,9 @@ PIPELINE_KEYS = ("pipeline", "images", "steps", "sampler", "guidance", "dtype", 
 
 
 def plan_pipeline(preset: str, topology: Topology, *, images=None, steps=20, sampler="dpm", guidance=4.5,
-                  dtype="bfloat16", fsdp=1) -> Plan:
+                  dtype="bfloat16", fsdp=1, vae_config=SD_VAE) -> Plan:
     """Compiles PixArtPipeline's jitted loop for `images` images (default: one per chip) of the preset's native
-    size on `topology` and returns its per-chip memory plan."""
+    size on `topology` (with an AutoencoderKL of `vae_config`) and returns its per-chip memory plan."""
     if preset not in PRESETS:
         raise ValueError(f"pipeline={preset!r} is not one of {sorted(PRESETS)}")
     cfg, compute = PRESETS[preset], DType(dtype).jax
@@ -34,7 +34,7 @@ def plan_pipeline(preset: str, topology: Topology, *, images=None, steps=20, sam
     images = len(devices) if images is None else int(images)
     mesh = sharding.make_mesh(-1, int(fsdp), sharding.data_parallel_devices(images, devices, int(fsdp)))
     transformer = nnx.eval_shape(lambda: PixArtTransformer(cfg, compute, rngs=nnx.Rngs(0)))
-    vae = nnx.eval_shape(lambda: AutoencoderKL(SD_VAE, compute, rngs=nnx.Rngs(0)))
+    vae = nnx.eval_shape(lambda: AutoencoderKL(vae_config, compute, rngs=nnx.Rngs(0)))
     sharding.place(transformer, mesh, FSDP_RULES if int(fsdp) > 1 else None)
     sharding.place(vae, mesh)
     pipe = PixArtPipeline(transformer, None, None, vae, make_sampler(sampler))

@@ -100,6 +100,17 @@ def test_splash_attention_compiles_for_tpu_without_the_score_matrix():
     assert temporaries["xla"] > 1.0 and temporaries["xla"] > 5 * temporaries["auto"]
 
 
+def test_the_sampling_loop_plans_for_a_slice():
+    """PixArtPipeline's jitted loop (2 DPM steps with CFG, VAE decode) for 8 images over a v5e-4's chips."""
+    from pixart_jax.pipeline_plan import plan_pipeline
+    from pixart_jax.vae import VAEConfig
+
+    plan = plan_pipeline("tiny", parse_topology("v5e-4"), images=8, steps=2, dtype="float32",
+                         vae_config=VAEConfig(block_out_channels=(16, 16, 16, 16), norm_num_groups=8))
+    assert plan.fits and plan.mesh_shape == {"data": 4, "fsdp": 1} and 0 < plan.total < 0.1 * GIB
+    assert plan.largest[0][0].startswith(("transformer.", "vae."))
+
+
 def test_topologies_by_name():
     assert parse_topology("v5e-8").name == "v5e:2x4" and parse_topology("v4-8").name == "v4:2x2x1"
     assert parse_topology("v5p-8").chips == 4 and parse_topology("v6e:2x4").chips == 8
