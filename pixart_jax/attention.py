@@ -2,8 +2,9 @@
 
 `AttentionKernel.auto` picks, for the platform the computation is compiled for (the mesh's, else the default
 backend): XLA everywhere it has no better choice; cuDNN's fused flash attention on GPU for unmasked bf16/fp16
-attention it supports; Pallas splash attention on TPU for unmasked attention whose lengths tile into its blocks
-(PixArt's self-attention: it never materialises the (tokens x tokens) scores, 2 GiB per 2 x 16 heads at 1024 px).
+attention it supports; Pallas splash attention on TPU for unmasked attention (PixArt's self-attention: it never
+materialises the (tokens x tokens) scores, 2 GiB per 2 x 16 heads at 1024 px). Splash needs lengths in whole
+blocks of 128: other lengths (most aspect-ratio buckets) are padded, the padding kept apart by segment ids.
 Masked attention (PixArt's cross-attention over 120 caption tokens: a small score matrix) stays with XLA. Splash
 on another platform runs in Pallas interpret mode (slow; for parity tests on CPU).
 """
@@ -17,7 +18,7 @@ from jax.sharding import PartitionSpec as P
 from pixart_jax.choices import AttentionKernel
 from pixart_jax.sharding import MESH_AXES
 
-SPLASH_BLOCKS = (512, 256, 128)   # splash block sizes tried, largest first: both lengths must divide into one
+SPLASH_BLOCKS = (512, 256, 128)   # splash block sizes tried, largest first; lengths are padded to the smallest
 CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 
 
@@ -30,7 +31,7 @@ def target_platform():
 def select_kernel(platform, q, k, mask=None, bias=None):
     """The kernel `auto` runs for (B, T, heads, head_dim) q and k on `platform` ("cpu", "gpu"/"cuda", "tpu")."""
     unmasked = mask is None and bias is None
-    if platform == "tpu" and unmasked and splash_block(q.shape[1], k.shape[1]):
+    if platform == "tpu" and unmasked:
         return AttentionKernel.splash
     if platform in ("gpu", "cuda") and unmasked and q.dtype in CUDNN_DTYPES and q.shape[-1] % 8 == 0 \
             and q.shape[-1] <= 128:
@@ -72,15 +73,22 @@ def _batch_parallel(fn, *arrays):
 
 
 def _splash(q, k, v, interpret):
-    """Pallas TPU splash attention of (B, T, heads, D) q (already scaled), k, v without a mask."""
+    """Pallas TPU splash attention of (B, T, heads, D) q (already scaled), k, v without a mask. Lengths that are
+    not whole blocks are padded; padded keys get another segment id, so no real query attends to them."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
 
     t, heads, s = q.shape[1], q.shape[2], k.shape[1]
-    b = splash_block(t, s)
+    unit = SPLASH_BLOCKS[-1]
+    tp, sp = -(-t // unit) * unit, -(-s // unit) * unit
+    pad = lambda a, n: jnp.pad(a, ((0, 0), (0, n - a.shape[1]), (0, 0), (0, 0))).swapaxes(1, 2)  # noqa: E731
+    b = splash_block(tp, sp)
     sizes = splash.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b, block_kv_dkv=b,
                               block_kv_dkv_compute=b, block_q_dq=b, block_kv_dq=b)
-    run = splash.make_splash_mha(masks.MultiHeadMask([masks.FullMask((t, s))] * heads), block_sizes=sizes,
+    run = splash.make_splash_mha(masks.MultiHeadMask([masks.FullMask((tp, sp))] * heads), block_sizes=sizes,
                                  head_shards=1, q_seq_shards=1, interpret=interpret)
-    heads_first = lambda a: jnp.swapaxes(a, 1, 2)  # noqa: E731  (B, T, H, D) <-> (B, H, T, D)
-    return heads_first(jax.vmap(run)(heads_first(q), heads_first(k), heads_first(v)))
+    ids = None
+    if (tp, sp) != (t, s):  # segment 1: real tokens; 0: padding (padded queries attend padded keys only)
+        ids = splash.SegmentIds(q=(jnp.arange(tp) < t).astype(jnp.int32), kv=(jnp.arange(sp) < s).astype(jnp.int32))
+    out = jax.vmap(lambda q, k, v: run(q, k, v, segment_ids=ids))(pad(q, tp), pad(k, sp), pad(v, sp))
+    return out.swapaxes(1, 2)[:, :t]  # (B, T, H, D)

@@ -23,7 +23,7 @@ def qkv(shape, seed=0):
     return tuple(jnp.asarray(rng.standard_normal(shape), jnp.float32) for _ in range(3))
 
 
-@pytest.mark.parametrize("shape", [(2, 256, 2, 64), (1, 128, 3, 24)])
+@pytest.mark.parametrize("shape", [(2, 256, 2, 64), (1, 128, 3, 24), (2, 200, 2, 32)])  # 200: padded, segments
 def test_splash_matches_xla_forward_and_backward(shape):
     q, k, v = qkv(shape)
     loss = lambda kernel: lambda q, k, v: jnp.sum(jnp.sin(attention(q, k, v, kernel=kernel)))  # noqa: E731
@@ -51,8 +51,8 @@ def test_kernel_choice_by_platform():
     assert select_kernel("cpu", q16, q16) is AttentionKernel.xla
     assert select_kernel("tpu", q16, q16) is AttentionKernel.splash
     assert select_kernel("tpu", q16, captions, mask) is AttentionKernel.xla        # masked cross-attention
-    untiled = jax.ShapeDtypeStruct((2, 1000, 16, 72), jnp.bfloat16)  # 1000 tokens: no splash block divides it
-    assert select_kernel("tpu", untiled, untiled) is AttentionKernel.xla
+    untiled = jax.ShapeDtypeStruct((2, 4032, 16, 72), jnp.bfloat16)  # a 576x1792 bucket: padded to 4096
+    assert select_kernel("tpu", untiled, untiled) is AttentionKernel.splash
     assert select_kernel("gpu", q16, q16) is AttentionKernel.cudnn
     assert select_kernel("gpu", q32, q32) is AttentionKernel.xla                    # cuDNN: bf16/fp16 only
     with pytest.raises(ValueError, match="splash attention kernel takes no mask"):
