@@ -5,7 +5,7 @@ per-chip HBM the TPU compiler plans (`python -m train.plan CONFIG topology=v5e:2
 The program's own `abstract_state` and `make_step` build the step (the same jit, shardings and donation the run
 uses) over abstract parameters and batch on the slice's ("data", "fsdp") mesh: nothing is allocated or loaded.
 The model has the config's preset architecture (`model.init_from` is not read); latents are the preset's square
-size. Exit codes: 0 fits, 1 does not fit, 2 bad config or topology.
+size unless `latent=SIDE` gives another. Exit codes: 0 fits, 1 does not fit, 2 bad config or topology.
 """
 import dataclasses
 import math
@@ -24,7 +24,7 @@ from pixart_jax.training import config as config_lib
 from pixart_jax.training.programs import program_for
 from pixart_jax.training.step import build_model, make_optimizer, split_model
 
-PLAN_KEYS = ("topology", "program")
+PLAN_KEYS = ("topology", "program", "latent")
 LARGEST = 8  # arrays listed
 
 
@@ -105,8 +105,9 @@ def abstract_batch(shapes, global_batch, mesh):
             for k, (shape, dtype) in shapes.items()}
 
 
-def plan_train_step(cfg, program, topology: Topology) -> Plan:
-    """Compiles `program`'s train step for `cfg` on the slice `topology` and returns its per-chip memory plan."""
+def plan_train_step(cfg, program, topology: Topology, latent: int | None = None) -> Plan:
+    """Compiles `program`'s train step for `cfg` on the slice `topology` for square latents of side `latent`
+    (default: the preset's) and returns its per-chip memory plan."""
     devices = topology.devices()
     try:
         mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, devices=devices)
@@ -120,7 +121,8 @@ def plan_train_step(cfg, program, topology: Topology) -> Plan:
     model = nnx.eval_shape(lambda: build_model(dataclasses.replace(cfg.model, init_from=None), cfg.seed))
     graphdef = split_model(model)[0]
     tx, schedule = make_optimizer(cfg.optimizer, global_batch)
-    shapes = getattr(program, "batch_shapes", feature_batch_shapes)(cfg, model_cfg, (model_cfg.sample_size,) * 2)
+    side = model_cfg.sample_size if latent is None else int(latent)
+    shapes = getattr(program, "batch_shapes", feature_batch_shapes)(cfg, model_cfg, (side, side))
     state, shardings = program.abstract_state(model, tx, cfg.seed, mesh, dict(cfg.mesh.rules))
     # built outside the mesh: constants a step makes at construction (LCD's tables) stay host arrays, not
     # arrays placed on compile-only devices
@@ -189,7 +191,8 @@ def main(argv=None) -> int:
         else:
             name, program = program_for(path, keys.get("program"))
             cfg = program.load_config(path, overrides)
-            plan, what = plan_train_step(cfg, program.program, topology), describe_run(cfg, name, path)
+            plan = plan_train_step(cfg, program.program, topology, keys.get("latent"))
+            what = describe_run(cfg, name, path)
     except (config_lib.ConfigError, TopologyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
