@@ -1,5 +1,6 @@
 """The `pixart-jax` command line: `demo` (train, distil and score a small PixArt offline), `generate` from a PixArt
-pipeline directory, `convert` / `inspect` checkpoints, `sample-random` as an install check."""
+pipeline directory, `convert` / `inspect` checkpoints, `plan` a training config on a TPU slice, `sample-random` as an
+install check."""
 import argparse
 import os
 import sys
@@ -126,6 +127,13 @@ def demo(args):
           f"({sum(report['seconds'].values()):.0f} s)")
 
 
+def plan(args):
+    """Compiles a training config's step ahead of time for a TPU slice and prints per-chip HBM (needs libtpu)."""
+    from pixart_jax.training.plan import main as plan_main
+
+    return plan_main(args.extra + args.args)
+
+
 def convert(args):
     """Converts a PixArt transformer checkpoint between the diffusers, original (.pth) and pixart-jax layouts."""
     print(f"wrote {convert_checkpoint(args.src, args.dst, args.to, args.config, args.overwrite)}")
@@ -172,20 +180,25 @@ def main(argv=None):
     p = commands.add_parser("inspect", help=inspect.__doc__)
     p.add_argument("path")
     p.set_defaults(run=inspect)
+    p = commands.add_parser("plan", help=plan.__doc__, add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER,
+                   help="CONFIG topology=v5e:2x4 [program=pretrain|lcm] [key=value ...]")
+    p.set_defaults(run=plan)
     p = commands.add_parser("sample-random", help=sample_random.__doc__)
     p.add_argument("--size", type=int, default=256, help="image side in pixels, a multiple of 16")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/random.png")
     p.set_defaults(run=sample_random)
-    args = parser.parse_args(argv)
+    args, args.extra = parser.parse_known_args(argv)
+    if args.extra and args.command != "plan":  # only plan passes options through (to the training config)
+        parser.error(f"unrecognized arguments: {' '.join(args.extra)}")
     try:
-        args.run(args)
+        return args.run(args) or 0
     # bad input (CheckpointError included), unwritable paths, a demo run that cannot resume: one clear line
     except (ValueError, OSError, RunError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

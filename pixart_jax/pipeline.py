@@ -3,6 +3,10 @@
 The denoising loop (classifier-free guidance batched in one forward), the VAE decode and the resize-back of
 resolution binning run in one jitted function that compiles once per (shapes, steps, sampler, guidance on/off).
 Components are read at every call, so `pipe.transformer = other` (as diffusers users do) takes effect.
+
+The batch runs data-parallel over the local devices (as many as divide it evenly): the images are split, the
+weights replicated, or with `fsdp` > 1 the transformer's weights sharded over groups of `fsdp` devices (for models
+that do not fit one device). The images do not depend on the number of devices.
 """
 import dataclasses
 import math
@@ -16,6 +20,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from pixart_jax import sharding
 from pixart_jax.aspect_ratios import TEST_TABLES, bin_size
 from pixart_jax.checkpoints import load_transformer
 from pixart_jax.guidance import Caption, guide, guided_forward
@@ -32,6 +37,7 @@ PIPELINE_CLASSES = ("PixArtAlphaPipeline",)
 BIN_TABLES = {128: TEST_TABLES[1024], 64: TEST_TABLES[512], 32: TEST_TABLES[256]}  # by transformer sample_size
 OUTPUT_TYPES = ("pil", "np", "latent")
 NULL_CAPTIONS = ("negative_prompt", "y_embedding")
+FSDP_RULES = {"kernel_in": "fsdp"}  # the transformer's kernels split along their input dim, as in training
 
 
 @dataclasses.dataclass
@@ -47,13 +53,17 @@ class ImagePipelineOutput:
 @dataclasses.dataclass
 class PixArtPipeline:
     """transformer, text_encoder (callable (ids, mask) -> embeddings), tokenizer, vae (anything with `decode`,
-    `scaling_factor` and `spatial_factor`, e.g. an AutoencoderKL) and sampler, as components."""
+    `scaling_factor` and `spatial_factor`, e.g. an AutoencoderKL) and sampler, as components; `devices` to split
+    a batch over (default: every local device) and `fsdp`, the number of devices one copy of the transformer's
+    weights is sharded over (1: replicated)."""
 
     transformer: nnx.Module
     text_encoder: object
     tokenizer: object
     vae: nnx.Module
     sampler: object
+    devices: list | None = None
+    fsdp: int = 1
 
     def __post_init__(self):
         self._bar = None  # this pipeline's progress bar while a call runs
@@ -145,7 +155,7 @@ class PixArtPipeline:
         check_fits(2 * 8 * tokens * cfg.hidden_size, f"the position embedding of {height}x{width} ({tokens:,} "
                    "tokens)", jax.devices("cpu")[0])
         guided = guidance_scale > 1.0
-        cond, uncond = self._embeddings(prompt, negative_prompt, clean_caption, null_caption, prompt_embeds,
+        cond, uncond = self._embeddings(guided, prompt, negative_prompt, clean_caption, null_caption, prompt_embeds,
                                         prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask)
         n = cond.embeds.shape[0] * num_images_per_prompt
         cond, uncond = (Caption(*(jnp.repeat(a, num_images_per_prompt, axis=0) for a in c)) for c in (cond, uncond))
@@ -159,16 +169,20 @@ class PixArtPipeline:
         if cfg.micro_conditions:
             resolution = jnp.tile(jnp.array([[height, width]], jnp.float32), (n, 1))
             aspect_ratio = jnp.full((n, 1), height / width, jnp.float32)
+        mesh = self.mesh(n)
         graphdef, state = nnx.split((self.transformer, self.vae))
-        args = (state, jnp.asarray(latents, jnp.float32), cond, uncond, resolution, aspect_ratio,
-                jnp.float32(guidance_scale), key_sampler)
-        # compiled ahead (jit's caches make a second call with the same shapes reuse it) to check its memory first
-        compiled = self._generate.lower(
-            *args, graphdef=graphdef, steps=num_inference_steps, sampler=self.sampler, guided=guided,
-            guidance_channels=guidance_channels, denoised_only=num_inference_steps == 1, out_size=out_size,
-            decode=output_type != "latent", progress=progress).compile()
+        rows = jax.device_put((jnp.asarray(latents, jnp.float32), cond, uncond, resolution, aspect_ratio),
+                              sharding.batch_sharding(mesh))
+        args = (state, *rows, jnp.float32(guidance_scale), key_sampler)
+        with jax.set_mesh(mesh):
+            # compiled ahead (jit's caches make a second call with the same shapes reuse it) to check its memory
+            compiled = self._generate.lower(
+                *args, graphdef=graphdef, steps=num_inference_steps, sampler=self.sampler, guided=guided,
+                guidance_channels=guidance_channels, denoised_only=num_inference_steps == 1, out_size=out_size,
+                decode=output_type != "latent", progress=progress).compile()
         check_fits(compiled_bytes(compiled), f"generating {n} image(s) of {out_size[0]}x{out_size[1]}")
-        with tqdm(total=num_inference_steps, desc="denoising", disable=not progress) as self._bar:
+        with tqdm(total=num_inference_steps, desc="denoising", disable=not progress) as self._bar, \
+                jax.set_mesh(mesh):
             try:
                 result = jax.block_until_ready(compiled(*args))
             finally:
@@ -177,15 +191,28 @@ class PixArtPipeline:
             result = to_numpy(result) if output_type == "np" else to_pil(result)
         return ImagePipelineOutput(result) if return_dict else (result,)
 
-    def _embeddings(self, prompt, negative_prompt, clean_caption, null_caption, embeds, mask, neg_embeds, neg_mask):
-        """(cond, uncond) Captions: encoded prompts, or the given embeddings checked against the transformer."""
+    def mesh(self, batch):
+        """The ("data", "fsdp") mesh a batch of `batch` images runs on, with the weights placed on it (once: placed
+        weights stay where they are)."""
+        devices = sharding.data_parallel_devices(batch, self.devices or jax.local_devices(), self.fsdp)
+        mesh = sharding.make_mesh(-1, self.fsdp, devices)
+        sharding.place(self.transformer, mesh, FSDP_RULES if self.fsdp > 1 else None)
+        sharding.place(self.vae, mesh)
+        return mesh
+
+    def _embeddings(self, guided, prompt, negative_prompt, clean_caption, null_caption, embeds, mask, neg_embeds,
+                    neg_mask):
+        """(cond, uncond) Captions: encoded prompts, or the given embeddings checked against the transformer.
+        Without guidance the negative prompt is not encoded (uncond is cond: the loop never reads it)."""
         cfg = self.transformer.cfg
         if embeds is None:
             null = self.transformer.y_embedding[...] if null_caption == "y_embedding" else None
             embeds, mask, neg_embeds, neg_mask = encode_prompt(
                 prompt, negative_prompt, tokenizer=self.tokenizer, text_encoder=self.text_encoder,
-                max_length=cfg.max_tokens, clean_caption=clean_caption, null_embedding=null)
-            return Caption(embeds, mask), Caption(neg_embeds, neg_mask)
+                max_length=cfg.max_tokens, clean_caption=clean_caption, null_embedding=null,
+                do_classifier_free_guidance=guided)
+            cond = Caption(embeds, mask)
+            return cond, (Caption(neg_embeds, neg_mask) if guided else cond)
         expected = (cfg.max_tokens, cfg.caption_channels)
         cond = _checked_caption(embeds, mask, expected, "prompt_embeds", "prompt_attention_mask")
         if neg_embeds is None:

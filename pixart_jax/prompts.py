@@ -178,13 +178,14 @@ def _encode(text_encoder, input_ids, attention_mask):
 
 
 def encode_prompt(prompts, negative_prompt="", *, tokenizer, text_encoder, max_length=MAX_LENGTH,
-                  clean_caption=True, null_embedding=None):
+                  clean_caption=True, null_embedding=None, do_classifier_free_guidance=True):
     """T5 embeddings and masks of `prompts` and of the unconditional branch of classifier-free guidance.
 
     prompts: a string or a list of B strings; negative_prompt: a string (used for every prompt) or B strings.
     Unconditional branch (spec §2.8): with `null_embedding` (the checkpoint's `y_embedding`, (max_length, D)),
     that embedding for every prompt with the prompt's own mask, as the original repo does; otherwise the T5
-    encoding of `negative_prompt` with its own mask, as the diffusers pipeline does.
+    encoding of `negative_prompt` with its own mask, as the diffusers pipeline does. Without guidance only the
+    prompts are encoded (half the T5 work) and the unconditional fields are None.
     """
     texts = preprocess(prompts, clean_caption)
     ids, mask = tokenize(tokenizer, texts, max_length)
@@ -196,6 +197,8 @@ def encode_prompt(prompts, negative_prompt="", *, tokenizer, text_encoder, max_l
         embeds = _encode(text_encoder, ids, mask)
         negative = jnp.broadcast_to(null_embedding.astype(embeds.dtype), (batch, *null_embedding.shape))
         return PromptEmbeddings(embeds, jnp.asarray(mask), negative, jnp.asarray(mask))
+    if not do_classifier_free_guidance:
+        return PromptEmbeddings(_encode(text_encoder, ids, mask), jnp.asarray(mask), None, None)
     negatives = [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
     if len(negatives) != batch:
         raise ValueError(f"{len(negatives)} negative prompts for {batch} prompts")

@@ -5,8 +5,11 @@ cross-attention blocks.
 Parameters are fp32; `dtype` is the compute dtype of the matmuls. LayerNorm, softmax and the timestep features
 run in fp32, and in fp32 compute every matmul runs at "highest" precision so fp32 means fp32 on GPU/TPU too.
 The blocks are stored stacked (leading `depth` axis) and run with `jax.lax.scan`: one block is compiled once.
-With `remat=True` each block's activations are recomputed in the backward pass (one checkpoint per block, as the
-reference trains), trading compute for memory.
+`remat` (a RematPolicy) chooses what the backward pass recomputes: nothing, each whole block from its input (one
+checkpoint per block, as the reference trains) or all but the weight matmuls. `activation_dtype` is the dtype of
+the residual stream carried between blocks (what per-block remat keeps for the backward pass). `attention_kernel`
+picks the self-attention kernel (pixart_jax/attention.py; `auto`: by platform); the masked cross-attention over the
+caption tokens is left to `auto`.
 """
 import jax
 import jax.numpy as jnp
@@ -14,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from pixart_jax.attention import attention
+from pixart_jax.choices import AttentionKernel, RematPolicy, choose
 from pixart_jax.config import PixArtConfig
 from pixart_jax.embeddings import patchify, sincos_pos_embed, timestep_features, unpatchify
 from pixart_jax.sharding import stack_axes
@@ -70,10 +74,10 @@ class SelfAttention(nnx.Module):
         self.qkv = Dense(d, 3 * d, dtype, rngs=rngs)
         self.proj = Dense(d, d, dtype, rngs=rngs)
 
-    def __call__(self, x):
+    def __call__(self, x, kernel=AttentionKernel.auto):
         b, n, d = x.shape
         q, k, v = jnp.split(self.qkv(x).reshape(b, n, 3 * self.heads, d // self.heads), 3, axis=2)
-        return self.proj(attention(q, k, v).reshape(b, n, d))
+        return self.proj(attention(q, k, v, kernel=kernel).reshape(b, n, d))
 
 
 class CrossAttention(nnx.Module):
@@ -104,10 +108,10 @@ class PixArtBlock(nnx.Module):
         self.cross_attn = CrossAttention(cfg, dtype, rngs=rngs)
         self.mlp = Mlp(d, cfg.mlp_hidden, d, gelu_tanh, dtype, rngs=rngs)
 
-    def __call__(self, x, t0, context, mask):
+    def __call__(self, x, t0, context, mask, kernel=AttentionKernel.auto):
         mod = self.scale_shift_table[None] + t0.reshape(t0.shape[0], 6, -1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=1)
-        x = x + gate_msa * self.attn(layer_norm(x, self.eps) * (1 + scale_msa) + shift_msa)
+        x = x + gate_msa * self.attn(layer_norm(x, self.eps) * (1 + scale_msa) + shift_msa, kernel)
         x = x + self.cross_attn(x, context, mask)
         return x + gate_mlp * self.mlp(layer_norm(x, self.eps) * (1 + scale_mlp) + shift_mlp)
 
@@ -153,9 +157,13 @@ class PixArtTransformer(nnx.Module):
     encoder_hidden_states (B, L, caption_channels), encoder_attention_mask (B, L) 0/1, and for micro-conditioned
     (MS) models resolution (B, 2) = [height, width] in pixels and aspect_ratio (B, 1). Returns (B, 8, H, W)."""
 
-    def __init__(self, cfg: PixArtConfig, dtype=jnp.float32, *, remat=False, rngs: nnx.Rngs):
+    def __init__(self, cfg: PixArtConfig, dtype=jnp.float32, *, remat: RematPolicy = RematPolicy.none,
+                 activation_dtype=jnp.float32, attention_kernel: AttentionKernel = AttentionKernel.auto,
+                 rngs: nnx.Rngs):
         d = cfg.hidden_size
-        self.cfg, self.dtype, self.remat = cfg, dtype, remat
+        self.cfg, self.dtype, self.activation_dtype = cfg, dtype, activation_dtype
+        self.remat = choose(RematPolicy, remat, "remat")
+        self.attention_kernel = choose(AttentionKernel, attention_kernel, "attention_kernel")
         self.x_embedder = PatchEmbed(cfg, dtype, rngs=rngs)
         self.t_embedder = Mlp(256, d, d, jax.nn.silu, dtype, normal_002, rngs=rngs)
         if cfg.micro_conditions:
@@ -205,12 +213,14 @@ class PixArtTransformer(nnx.Module):
                 mask = (jnp.asarray(encoder_attention_mask) > 0)[:, None, None, :]
 
             block_def, block_state = nnx.split(self.blocks)
+            carry, kernel = self.activation_dtype, AttentionKernel(self.attention_kernel)
 
             def run_block(x, state):
-                return nnx.merge(block_def, state)(x, t0, context, mask), None
+                return nnx.merge(block_def, state)(x, t0, context, mask, kernel).astype(carry), None
 
-            if self.remat:
-                run_block = jax.checkpoint(run_block, prevent_cse=False)
-            x, _ = jax.lax.scan(run_block, x, block_state)
+            remat = RematPolicy(self.remat)
+            if remat is not RematPolicy.none:
+                run_block = jax.checkpoint(run_block, prevent_cse=False, policy=remat.jax)
+            x, _ = jax.lax.scan(run_block, x.astype(carry), block_state)
             out = self.final_layer(x, t)
         return unpatchify(out.astype(jnp.float32), h, w, p, cfg.out_channels)

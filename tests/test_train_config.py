@@ -23,8 +23,8 @@ def test_shipped_configs_cover_the_released_stages():
 
 def test_overrides_are_typed():
     cfg = load_config(CONFIGS[0].parent / "tiny.yaml",
-                      ["workdir=runs/t", "steps=8", "optimizer.lr=0.5", "mesh.fsdp=2", "model.remat=true"])
-    assert (cfg.workdir, cfg.steps, cfg.optimizer.lr, cfg.mesh.fsdp, cfg.model.remat) == ("runs/t", 8, 0.5, 2, True)
+                      ["workdir=runs/t", "steps=8", "optimizer.lr=0.5", "mesh.fsdp=2", "model.remat=block"])
+    assert (cfg.workdir, cfg.steps, cfg.optimizer.lr, cfg.mesh.fsdp, cfg.model.remat) == ("runs/t", 8, 0.5, 2, "block")
     assert to_dict(cfg)["steps"] == 8
 
 

@@ -134,10 +134,11 @@ def max_rel(a, b):
     return max(float(jnp.abs(x - y).max() / jnp.abs(y).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def test_remat_gives_the_same_loss_and_gradients():
+@pytest.mark.parametrize("policy", ["block", "dots"])
+def test_remat_gives_the_same_loss_and_gradients(policy):
     (batch,) = batches()
     results = []
-    for overrides in ([], ["model.remat=true"]):
+    for overrides in ([], [f"model.remat={policy}"]):
         loss_fn, params = fixed_loss(overrides, batch)
         results.append(jax.jit(jax.value_and_grad(loss_fn))(params))
     (loss, grads), (loss_remat, grads_remat) = results

@@ -13,7 +13,7 @@ import yaml
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pixart_jax.choices import DType
+from pixart_jax.choices import AttentionKernel, DType, RematPolicy
 from pixart_jax.config import PRESETS
 from pixart_jax.samplers import SamplerName
 from pixart_jax.samplers.prediction import PredictionType
@@ -42,7 +42,9 @@ class ModelConfig:
     preset: str = "tiny"                    # a pixart_jax.config.PRESETS name
     init_from: Optional[str] = None         # a converted checkpoint to fine-tune from (any load_transformer layout)
     compute_dtype: DType = DType.float32    # matmul dtype; parameters stay fp32
-    remat: bool = False                     # recompute each block's activations in the backward pass
+    remat: RematPolicy = RematPolicy.none   # what the backward pass recomputes: none | block | dots
+    activation_dtype: DType = DType.float32  # the residual stream between blocks (what remat=block keeps)
+    attention: AttentionKernel = AttentionKernel.auto   # self-attention: auto = XLA on CPU, cuDNN on GPU, splash on TPU
     caption_dropout: float = 0.1            # probability of replacing a caption by y_embedding (mask kept)
     prediction_type: PredictionType = PredictionType.epsilon   # what the model regresses (PixArt: epsilon)
 

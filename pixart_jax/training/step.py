@@ -25,12 +25,13 @@ from pixart_jax.vae import LATENT_SCALE
 def build_model(model_cfg, seed):
     """The PixArtTransformer to train: freshly initialised from `model_cfg.preset`, or loaded from
     `model_cfg.init_from` (any layout load_transformer reads) for fine-tuning."""
-    dtype = DType(model_cfg.compute_dtype).jax
+    dtype, activations = DType(model_cfg.compute_dtype).jax, DType(model_cfg.activation_dtype).jax
     if model_cfg.init_from:
         model = load_transformer(model_cfg.init_from, dtype=dtype)
-        model.remat = model_cfg.remat
+        model.remat, model.activation_dtype, model.attention_kernel = model_cfg.remat, activations, model_cfg.attention
         return model
-    return PixArtTransformer(PRESETS[model_cfg.preset], dtype, remat=model_cfg.remat, rngs=nnx.Rngs(seed))
+    return PixArtTransformer(PRESETS[model_cfg.preset], dtype, remat=model_cfg.remat, activation_dtype=activations,
+                             attention_kernel=model_cfg.attention, rngs=nnx.Rngs(seed))
 
 
 def peak_learning_rate(opt_cfg, global_batch):
@@ -145,6 +146,11 @@ class TrainStep:
         # XLA:CPU runs every device's share of a program on one thread pool: with several multi-device steps
         # queued, collectives can starve (seen as a rendezvous timeout), so on CPU one step runs at a time.
         self._one_at_a_time = mesh.devices.flat[0].platform == "cpu" and mesh.size > 1
+
+    def lower(self, state, batch):
+        """The step lowered for these arguments, which may be abstract (ShapeDtypeStructs with shardings):
+        `.compile()` builds it ahead of time, e.g. for a TPU slice this machine does not have (training/plan.py)."""
+        return self._jitted.lower(state, batch)
 
     def __call__(self, state: dict, batch: dict) -> tuple[dict, dict]:
         out = self._jitted(state, batch)
