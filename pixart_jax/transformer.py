@@ -6,6 +6,8 @@ The blocks are stored stacked (leading `depth` axis) and run with `jax.lax.scan`
 With `remat=True` each block's activations are recomputed in the backward pass (one checkpoint per block, as the
 reference trains), trading compute for memory.
 """
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +24,31 @@ zeros = nnx.initializers.zeros
 # Logical axes of an adaLN scale-shift table (rows, width); linear kernels are (kernel_in, kernel_out), and the
 # stacked blocks add a leading "layers" axis. The training config's mesh rules map these names to mesh axes.
 TABLE_AXES = (None, "table")
+
+
+class BlockInputs(NamedTuple):
+    """What every block of a forward sees besides its tokens: adaLN t0 (B, 6D), projected captions (B, L, D) and the
+    caption mask (B, 1, 1, L) or None."""
+    t0: jax.Array
+    context: jax.Array
+    mask: jax.Array | None
+
+
+def stacked(make, count, key):
+    """`count` modules `make(rngs)` stored stacked along a new leading "layers" axis, each initialised from its own
+    split of `key` (one jax.lax.scan runs them, so one of them is compiled)."""
+    module_def = nnx.graphdef(nnx.eval_shape(lambda: make(nnx.Rngs(0))))
+    modules = nnx.merge(module_def, jax.vmap(lambda k: nnx.split(make(nnx.Rngs(k)))[1])(jax.random.split(key, count)))
+    stack_axes(modules)
+    return modules
+
+
+def scan_layers(body, carry, layers, remat):
+    """jax.lax.scan of `body(carry, layer) -> (carry, None)` over stacked `layers`; with `remat` each layer's
+    activations are recomputed in the backward pass."""
+    if remat:
+        body = jax.checkpoint(body, prevent_cse=False)
+    return jax.lax.scan(body, carry, layers)[0]
 
 
 class Buffer(nnx.Variable):
@@ -162,11 +189,7 @@ class PixArtTransformer(nnx.Module):
         self.t_block = Dense(d, 6 * d, dtype, normal_002, rngs=rngs)
         self.y_proj = Mlp(cfg.caption_channels, d, d, gelu_tanh, dtype, normal_002, rngs=rngs)
         self.y_embedding = Buffer(null_caption_init(rngs.params(), cfg))
-        keys = jax.random.split(rngs.params(), cfg.depth)
-        block_def = nnx.graphdef(nnx.eval_shape(lambda: PixArtBlock(cfg, dtype, rngs=nnx.Rngs(0))))
-        self.blocks = nnx.merge(block_def, jax.vmap(
-            lambda k: nnx.split(PixArtBlock(cfg, dtype, rngs=nnx.Rngs(k)))[1])(keys))
-        stack_axes(self.blocks)
+        self.blocks = stacked(lambda r: PixArtBlock(cfg, dtype, rngs=r), cfg.depth, rngs.params())
         self.final_layer = FinalLayer(cfg, dtype, rngs=rngs)
 
     def condition(self, timestep, resolution=None, aspect_ratio=None):
@@ -182,33 +205,51 @@ class PixArtTransformer(nnx.Module):
             t = t + jnp.concatenate([hw.reshape(b, -1), ar.reshape(b, -1)], axis=1)
         return t
 
-    def __call__(self, latents, timestep, encoder_hidden_states, encoder_attention_mask=None,
-                 resolution=None, aspect_ratio=None):
-        cfg = self.cfg
-        b, _, hh, ww = latents.shape
-        p = cfg.patch_size
+    def precision(self):
+        """The matmul precision context of this model's compute dtype ("highest" in fp32)."""
+        return jax.default_matmul_precision("highest" if jnp.dtype(self.dtype) == jnp.float32 else "default")
+
+    def tokens(self, latents, pos_table=None):
+        """(x (B, N, D), grid (h, w)): patch tokens plus the sin-cos embedding of their grid, or `pos_table`
+        (N, D) when given (a stored table)."""
+        p = self.cfg.patch_size
+        hh, ww = latents.shape[2:]
         if hh % p or ww % p:
             raise ValueError(f"latent size {hh}x{ww} is not divisible by the patch size {p}")
         h, w = hh // p, ww // p
-        precision = "highest" if jnp.dtype(self.dtype) == jnp.float32 else "default"
-        with jax.default_matmul_precision(precision):
-            pos = sincos_pos_embed(cfg.hidden_size, h, w, cfg.base_size, cfg.interpolation_scale)
-            x = self.x_embedder(latents) + jnp.asarray(pos, jnp.float32)[None]
-            timestep = jnp.broadcast_to(jnp.asarray(timestep, jnp.float32).reshape(-1), (b,))
-            t = self.condition(timestep, resolution, aspect_ratio)
-            t0 = self.t_block(jax.nn.silu(t))
-            context = self.y_proj(encoder_hidden_states)
-            mask = None
-            if encoder_attention_mask is not None:
-                mask = (jnp.asarray(encoder_attention_mask) > 0)[:, None, None, :]
+        if pos_table is None:
+            pos_table = sincos_pos_embed(self.cfg.hidden_size, h, w, self.cfg.base_size, self.cfg.interpolation_scale)
+        return self.x_embedder(latents) + jnp.asarray(pos_table, jnp.float32)[None], (h, w)
 
-            block_def, block_state = nnx.split(self.blocks)
+    def conditioning(self, batch, timestep, encoder_hidden_states, encoder_attention_mask=None, resolution=None,
+                     aspect_ratio=None):
+        """(t (B, D), BlockInputs): the summed conditioning vector of the final layer and what every block sees."""
+        timestep = jnp.broadcast_to(jnp.asarray(timestep, jnp.float32).reshape(-1), (batch,))
+        t = self.condition(timestep, resolution, aspect_ratio)
+        mask = None
+        if encoder_attention_mask is not None:
+            mask = (jnp.asarray(encoder_attention_mask) > 0)[:, None, None, :]
+        return t, BlockInputs(self.t_block(jax.nn.silu(t)), self.y_proj(encoder_hidden_states), mask)
 
-            def run_block(x, state):
-                return nnx.merge(block_def, state)(x, t0, context, mask), None
+    def run_blocks(self, x, inputs, start=0, stop=None):
+        """x through blocks[start:stop], one jax.lax.scan (one checkpoint per block when remat is on)."""
+        block_def, state = nnx.split(self.blocks)
 
-            if self.remat:
-                run_block = jax.checkpoint(run_block, prevent_cse=False)
-            x, _ = jax.lax.scan(run_block, x, block_state)
-            out = self.final_layer(x, t)
-        return unpatchify(out.astype(jnp.float32), h, w, p, cfg.out_channels)
+        def run_block(x, block):
+            return nnx.merge(block_def, block)(x, *inputs), None
+
+        return scan_layers(run_block, x, jax.tree.map(lambda a: a[start:stop], state), self.remat)
+
+    def output(self, x, t, grid):
+        """The final layer and unpatchify: tokens (B, N, D) -> (B, out_channels, H, W) float32."""
+        out = self.final_layer(x, t)
+        return unpatchify(out.astype(jnp.float32), *grid, self.cfg.patch_size, self.cfg.out_channels)
+
+    def __call__(self, latents, timestep, encoder_hidden_states, encoder_attention_mask=None,
+                 resolution=None, aspect_ratio=None):
+        with self.precision():
+            x, grid = self.tokens(latents)                                        # (B, N, D)
+            t, inputs = self.conditioning(latents.shape[0], timestep, encoder_hidden_states,
+                                          encoder_attention_mask, resolution, aspect_ratio)  # (B, D)
+            x = self.run_blocks(x, inputs)                                        # (B, N, D)
+            return self.output(x, t, grid)                                        # (B, 8, H, W)
