@@ -83,8 +83,8 @@ def empty_prompt(text_encoder, tokenizer):
     return np.asarray(load_text_encoder(text_encoder)(ids, mask)[0], np.float32)
 
 
-class Distillation:
-    """The LCD state and step for loop.train's loop (the interface of loop.Pretraining)."""
+class Distillation(loop.Pretraining):
+    """The LCD state and step for loop.train's loop."""
     abstract_state = staticmethod(abstract_lcd_state)
     init_state = staticmethod(init_lcd_state)
 

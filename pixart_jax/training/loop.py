@@ -81,10 +81,16 @@ def data_source(cfg, model_cfg):
 
 
 class Pretraining:
-    """What `train` trains by default: step.py's state (params, EMA) and TrainStep. Another objective (e.g.
-    distill.py) passes its own object with these three methods and reuses the whole loop."""
+    """What `train` trains by default: a PixArtTransformer, step.py's state (params, EMA) and TrainStep, on the
+    configured data. Another objective (e.g. distill.py, controlnet.py) subclasses it, replaces what differs and
+    reuses the whole loop."""
     abstract_state = staticmethod(abstract_state)
     init_state = staticmethod(init_state)
+    data_source = staticmethod(data_source)
+
+    @staticmethod
+    def build_model(cfg):
+        return build_model(cfg.model, cfg.seed)
 
     @staticmethod
     def make_step(cfg, graphdef, tx, schedule, shardings, mesh):
@@ -95,7 +101,7 @@ class Pretraining:
 
 def train(cfg: config_lib.TrainConfig, examples=None, program=Pretraining) -> RunResult:
     """Runs or resumes the run `cfg` (a TrainConfig) describes. `examples` replaces the configured data source
-    (a sequence of example dicts); `program` supplies the state and step (see `Pretraining`)."""
+    (a sequence of example dicts); `program` supplies the model, data, state and step (see `Pretraining`)."""
     initialize_distributed(cfg.distributed)
     proc0 = jax.process_index() == 0
     workdir = os.path.abspath(cfg.workdir)
@@ -110,13 +116,13 @@ def train(cfg: config_lib.TrainConfig, examples=None, program=Pretraining) -> Ru
         raise config_lib.ConfigError(f"data.batch_size {global_batch} must be divisible by the {mesh.size} devices "
                                      f"and the {jax.process_count()} processes")
 
-    model = build_model(cfg.model, cfg.seed)
+    model = program.build_model(cfg)
     model_cfg = model.cfg
     graphdef, _, _ = split_model(model)
     tx, schedule = make_optimizer(cfg.optimizer, global_batch)
     rules = dict(cfg.mesh.rules)
 
-    dataset = feature_dataset(data_source(cfg, model_cfg) if examples is None else examples,
+    dataset = feature_dataset(program.data_source(cfg, model_cfg) if examples is None else examples,
                               batch_size=global_batch // jax.process_count(), seed=cfg.seed,
                               shard_index=jax.process_index(), shard_count=jax.process_count())
     iterator = iter(dataset)
