@@ -6,6 +6,7 @@ directory holding such a `controlnet.pth` and a config.json of the official cons
 `lewei_scale`, `multi_scale`, `class`); our directory (config.json + an Orbax checkpoint). A new ControlNet starts
 from any base checkpoint `load_transformer` reads: `load_controlnet(base=PATH, copies=13)`.
 """
+import json
 import os
 import re
 
@@ -25,7 +26,7 @@ from pixart_jax.controlnet import (
 from pixart_jax.keymaps import controlnet as keys
 from pixart_jax.transformer import PixArtTransformer
 from pixart_jax.weights import CheckpointError, export_weights, import_weights, save_pth, save_safetensors
-from pixart_jax.weights.files import read_json, read_state_dict
+from pixart_jax.weights.files import atomic_directory, read_json, read_state_dict
 from pixart_jax.weights.nnx_state import abstract_shapes, build_model, flat_arrays
 
 OFFICIAL_WEIGHTS = "controlnet.pth"
@@ -177,13 +178,20 @@ def original_state_dict(model: PixArtControlNet):
 
 
 def save_controlnet(model: PixArtControlNet, path: str):
-    """Writes the original layout: `.safetensors` by extension, otherwise a `.pth` ({"state_dict": ...}) that
-    torch.load and the reference loaders read (written without torch)."""
+    """Writes the original layout: a `.pth` ({"state_dict": ...}, what torch.load and the reference loaders read;
+    written without torch) or `.safetensors` file by extension; any other path becomes a directory with
+    controlnet.pth and the official constructor arguments in config.json (the directory format that needs no
+    config= to load)."""
     tensors = original_state_dict(model)
     if path.endswith(".safetensors"):
         save_safetensors(tensors, path)
-    else:
+    elif path.endswith(".pth"):
         save_pth({"state_dict": tensors}, path)
+    else:
+        with atomic_directory(path) as tmp:
+            save_pth({"state_dict": tensors}, os.path.join(tmp, OFFICIAL_WEIGHTS))
+            with open(os.path.join(tmp, "config.json"), "w") as f:
+                json.dump(config_to_official(model.config), f, indent=1)
 
 
 def save_controlnet_jax(model: PixArtControlNet, dst: str):

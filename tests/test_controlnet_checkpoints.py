@@ -104,7 +104,8 @@ def test_round_trips_are_bit_exact(name, tmp_path):
     save_controlnet(model, str(tmp_path / "again.pth"))
     save_controlnet(model, str(tmp_path / "again.safetensors"))
     save_controlnet_jax(model, str(tmp_path / "jax"))
-    for path in ("again.pth", "again.safetensors", "jax"):
+    save_controlnet(model, str(tmp_path / "official"))
+    for path in ("again.pth", "again.safetensors", "jax", "official"):
         back = load_controlnet(str(tmp_path / path), config=model.config)
         assert_same(params(back), ours, path)
     np.testing.assert_array_equal(run(load_controlnet(str(tmp_path / "jax")), io, micro=name == "ms"),
@@ -114,6 +115,7 @@ def test_round_trips_are_bit_exact(name, tmp_path):
                 "the fixture's own state dict")
     official = json.loads(pathlib.Path(directory, "config.json").read_text())
     assert config_from_official(official) == model.config
+    assert load_controlnet(str(tmp_path / "official")).config == model.config  # no config= needed
     assert config_from_official(config_to_official(model.config)) == model.config
 
 
