@@ -129,6 +129,9 @@ def demo(args):
         d = report["attributes"][name]
         print(f"{name:<20} {d['aligned']:9.1f}  {d['kind']:.0f} / {d['colour']:.0f} / {d['size']:.0f} / "
               f"{d['position']:.0f}")
+    follow = report["control_follow"]
+    print(f"control followed (IoU >= {follow['iou_threshold']}): ControlNet {follow['controlnet']:.1f} %, "
+          f"without control {follow['no_control']:.1f} %")
     print(f"wrote {os.path.join(args.out, 'grid.png')} and {os.path.join(args.out, 'scores.json')} "
           f"({sum(report['seconds'].values()):.0f} s)")
 
