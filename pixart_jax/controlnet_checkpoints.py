@@ -80,11 +80,10 @@ def detect_format(path):
     """'original' (a state dict file), 'official' (controlnet.pth + constructor config.json) or 'jax' (ours)."""
     if os.path.isfile(path):
         return "original"
-    if not os.path.isdir(path):
-        raise CheckpointError(f"{path} does not exist")
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
-        raise CheckpointError(f"{path} is not a ControlNet checkpoint directory: it has no config.json")
+        raise CheckpointError(f"{path} is not a ControlNet checkpoint directory: it has no config.json"
+                              if os.path.isdir(path) else f"{path} does not exist")
     config = read_json(config_path)
     if not keys.is_controlnet_config(config):
         raise CheckpointError(f"{path} holds {PLAIN_NOTE}")

@@ -47,14 +47,8 @@ class ControlNetTrainConfig(config_lib.TrainConfig):
 
 
 def _check(cfg):
-    problems = []
-    if cfg.controlnet.copies < 1:
-        problems.append("controlnet.copies must be at least 1")
-    if cfg.sample.every:
-        problems.append("sample.every must be 0: sample grids are not drawn during ControlNet training")
-    if problems:
-        raise config_lib.ConfigError("invalid ControlNet config: " + "; ".join(problems))
-    return config_lib.check(cfg)
+    problems = ["controlnet.copies must be at least 1"] if cfg.controlnet.copies < 1 else []
+    return config_lib.check_program(cfg, problems, "ControlNet")
 
 
 load_config = functools.partial(config_lib.load_config, schema=ControlNetTrainConfig, validate=_check)
