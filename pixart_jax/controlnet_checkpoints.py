@@ -37,22 +37,31 @@ PLAIN_NOTE = ("a plain PixArt transformer checkpoint, not a ControlNet-Transform
 OFFICIAL_DEFAULTS = dict(input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28, num_heads=16,
                          mlp_ratio=4.0, pred_sigma=True, caption_channels=4096, lewei_scale=1.0, model_max_length=120,
                          copy_blocks_num=RELEASED_COPIES)
+# Constructor arguments that change nothing here at these values (the released models' settings); caption dropout
+# is a training setting (model.caption_dropout), so any value is accepted.
+INERT_ARGUMENTS = {"drop_path": (0, 0.0), "window_size": (0,), "window_block_indexes": (None, []),
+                   "use_rel_pos": (False,)}
 _NAME_PATTERNS = [(r"1024-ControlNet", "PixArt-XL-2-1024-ControlNet"),
                   (r"512-ControlNet", "PixArt-XL-2-512-ControlNet")]
 
 
 def config_from_official(args, where="config.json"):
     """ControlNetConfig of the official constructor arguments (a directory's config.json)."""
-    unknown = sorted(set(args) - set(OFFICIAL_DEFAULTS) - {"multi_scale", "class"})
-    if unknown:
-        raise CheckpointError(f"{where}: unknown ControlNet constructor arguments {unknown}")
+    args = {k: v for k, v in args.items() if k != "class_dropout_prob"}
+    unsupported = [f"{k}={args.pop(k)!r}" for k, allowed in INERT_ARGUMENTS.items() if args.get(k, allowed[0])
+                   not in allowed]
+    unknown = sorted(set(args) - set(OFFICIAL_DEFAULTS) - set(INERT_ARGUMENTS) - {"multi_scale", "class"})
+    if unknown or unsupported:
+        raise CheckpointError(f"{where}: unknown ControlNet constructor arguments {unknown}" if unknown else
+                              f"{where}: unsupported constructor arguments {unsupported} (the released models use "
+                              f"{ {k: v[0] for k, v in INERT_ARGUMENTS.items()} })")
     class_name = args.get("class")
     if class_name is not None and class_name not in keys.OFFICIAL_CLASSES:
         raise CheckpointError(f"{where}: class {class_name!r} is not one of {sorted(keys.OFFICIAL_CLASSES)}")
     multi_scale = bool(args.get("multi_scale", keys.OFFICIAL_CLASSES.get(class_name, False)))
     if class_name is not None and keys.OFFICIAL_CLASSES[class_name] != multi_scale:
         raise CheckpointError(f"{where}: class {class_name} does not go with multi_scale={multi_scale}")
-    a = dict(OFFICIAL_DEFAULTS, **args)
+    a = dict(OFFICIAL_DEFAULTS, **{k: v for k, v in args.items() if k not in INERT_ARGUMENTS})
     base = PixArtConfig(depth=a["depth"], hidden_size=a["hidden_size"], num_heads=a["num_heads"],
                         patch_size=a["patch_size"], in_channels=a["in_channels"],
                         out_channels=a["in_channels"] * (2 if a["pred_sigma"] else 1), mlp_ratio=float(a["mlp_ratio"]),

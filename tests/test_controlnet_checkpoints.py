@@ -10,7 +10,7 @@ from flax import nnx
 import pixart_jax
 from pixart_jax.checkpoints import save_jax, save_original
 from pixart_jax.config import PRESETS
-from pixart_jax.controlnet import PixArtControlNet
+from pixart_jax.controlnet import ControlNetConfig, PixArtControlNet
 from pixart_jax.controlnet_checkpoints import (
     config_from_official,
     config_to_official,
@@ -117,6 +117,22 @@ def test_round_trips_are_bit_exact(name, tmp_path):
     assert config_from_official(official) == model.config
     assert load_controlnet(str(tmp_path / "official")).config == model.config  # no config= needed
     assert config_from_official(config_to_official(model.config)) == model.config
+
+
+def test_official_constructor_arguments():
+    args = {"depth": 5, "hidden_size": 48, "num_heads": 4, "input_size": 8, "caption_channels": 32,
+            "model_max_length": 8, "copy_blocks_num": 3, "class": "ControlPixArtHalf", "drop_path": 0.0,
+            "class_dropout_prob": 0.1, "window_block_indexes": []}
+    cfg = config_from_official(args)
+    assert (cfg.copies, cfg.base.sample_size, cfg.base.micro_conditions, cfg.base.max_tokens) == (3, 8, False, 8)
+    assert config_from_official({"multi_scale": True}) == ControlNetConfig(PRESETS["PixArt-XL-2-1024-MS"].replace(
+        sample_size=32, interpolation_scale=1.0))  # the constructors' defaults
+    for bad, message in (({"qk_norm": True}, r"unknown ControlNet constructor arguments \['qk_norm'\]"),
+                         ({"use_rel_pos": True}, r"unsupported constructor arguments \['use_rel_pos=True'\]"),
+                         ({"class": "ControlPixArtMSHalf", "multi_scale": False}, "does not go with"),
+                         ({"copy_blocks_num": 5, "depth": 5}, "copies 1 to depth - 1 = 4")):
+        with pytest.raises(CheckpointError, match=message):
+            config_from_official({**args, **bad})
 
 
 def test_original_file_names_and_copy_counts(tmp_path):
