@@ -202,8 +202,9 @@ def run(out, quick=False):
     start = time.perf_counter()  # the ControlNet stage (pixart_jax/demo/control.py), sampled as METHODS[0]
     name, sampler, steps, guidance = METHODS[0]
     control_rows, control_follow = control.stage(
-        examples, images, vae, os.path.join(out, "teacher", "model"), os.path.join(out, "controlnet"),
+        (examples, images, captions), vae, os.path.join(out, "teacher", "model"), os.path.join(out, "controlnet"),
         lambda workdir, count, lr: train_overrides(workdir, settings, count, lr, vae.scaling_factor),
+        lambda texts: caption_features(tokenizer, text_encoder, texts),
         lambda model, **kw: sample(PixArtControlNetPipeline(model, text_encoder, tokenizer, vae, sampler), prompts,
                                    steps, guidance, **kw), prompts, samples[name], quick)
     write_grid({**samples, **control_rows}, os.path.join(out, "grid.png"))
