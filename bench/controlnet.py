@@ -92,8 +92,8 @@ def run_step(args):
     batch = make_batch(args.batch, args.sizes[0])
     batch.update(control_mean=batch["mean"] * 0.5, control_std=batch["std"])
     with jax.set_mesh(mesh):
-        state, shardings = init(model, tx, 0, mesh, {})
         graphdef = split_model(model)[0]
+        state, shardings = init(model, tx, 0, mesh, {}, donate=True)  # XL/2 is not held twice
         del model
         train_step = step_class(graphdef, tx, schedule, shardings, mesh)
         if args.side != "controlnet":

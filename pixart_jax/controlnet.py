@@ -105,21 +105,20 @@ class PixArtControlNet(nnx.Module):
         return self.pos_embed[...][0]
 
     def _branch(self, x, c, inputs):
-        """Base blocks 1..N, each fed copy k-1's output through its zero linear, in one scan over (base block,
-        copy, zero linear); returns x."""
-        block_def, blocks = nnx.split(self.base.blocks)
+        """Base blocks 1..N, each fed copy k-1's output through its zero linear, in one scan over (k, copy, zero
+        linear); the frozen base block is read in place by index. Returns x."""
         copy_def, copies = nnx.split(self.copies)
         proj_def, projs = nnx.split(self.after_proj)
 
         def step(carry, layer):
             x, c = carry
-            block, copy, proj = layer
-            c = nnx.merge(copy_def, copy)(c, *inputs)                                   # (B, N, D) copy k-1
-            x = nnx.merge(block_def, block)(x + nnx.merge(proj_def, proj)(c), *inputs)  # (B, N, D) base block k
+            k, copy, proj = layer
+            c = nnx.merge(copy_def, copy)(c, *inputs)                                 # (B, N, D) copy k-1
+            x = self.base.block(k)(x + nnx.merge(proj_def, proj)(c), *inputs)         # (B, N, D) base block k
             return (x, c), None
 
-        blocks = jax.tree.map(lambda a: a[1:self.num_copies + 1], blocks)
-        return scan_layers(step, (x, c), (blocks, copies, projs), self.base.remat)[0]
+        layers = (jnp.arange(1, self.num_copies + 1), copies, projs)
+        return scan_layers(step, (x, c), layers, self.base.remat)[0]
 
     def __call__(self, latents, timestep, encoder_hidden_states, encoder_attention_mask=None, resolution=None,
                  aspect_ratio=None, control=None):

@@ -231,14 +231,21 @@ class PixArtTransformer(nnx.Module):
             mask = (jnp.asarray(encoder_attention_mask) > 0)[:, None, None, :]
         return t, BlockInputs(self.t_block(jax.nn.silu(t)), self.y_proj(encoder_hidden_states), mask)
 
-    def run_blocks(self, x, inputs, start=0, stop=None):
-        """x through blocks[start:stop], one jax.lax.scan (one checkpoint per block when remat is on)."""
+    def block(self, index):
+        """Block `index` (an int or a traced scalar) of the stack, read in place (no copy of the stack)."""
         block_def, state = nnx.split(self.blocks)
+        return nnx.merge(block_def, jax.tree.map(lambda a: a[index], state))
 
-        def run_block(x, block):
-            return nnx.merge(block_def, block)(x, *inputs), None
-
-        return scan_layers(run_block, x, jax.tree.map(lambda a: a[start:stop], state), self.remat)
+    def run_blocks(self, x, inputs, start=0, stop=None):
+        """x through blocks[start:stop], one jax.lax.scan (one checkpoint per block when remat is on). The whole
+        stack is scanned as it is stored; part of it (a ControlNet's frozen base) by index, which slices each block
+        in place instead of copying the part (gradients for a part are still right, accumulated per block)."""
+        stop = self.cfg.depth if stop is None else stop
+        if (start, stop) == (0, self.cfg.depth):
+            block_def, state = nnx.split(self.blocks)
+            return scan_layers(lambda x, block: (nnx.merge(block_def, block)(x, *inputs), None), x, state,
+                               self.remat)
+        return scan_layers(lambda x, i: (self.block(i)(x, *inputs), None), x, jnp.arange(start, stop), self.remat)
 
     def output(self, x, t, grid):
         """The final layer and unpatchify: tokens (B, N, D) -> (B, out_channels, H, W) float32."""

@@ -76,15 +76,16 @@ def _initial_state(tx, seed):
     return init
 
 
-def init_state(model, tx, seed, mesh, rules, initial=_initial_state):
+def init_state(model, tx, seed, mesh, rules, initial=_initial_state, donate=False):
     """(state, shardings): the initial train state placed on `mesh` by the logical-axis `rules`; EMA starts equal
     to the (possibly loaded) weights. `initial(tx, seed)` gives the `(params, buffers) -> state` function (another
-    state layout, e.g. LCD's, reuses the placement)."""
+    state layout, e.g. LCD's, reuses the placement). `donate`: the model's arrays become the state's (the model is
+    unusable afterwards), so a large model is not held twice."""
     _, params, buffers = split_model(model)
     init = initial(tx, seed)
     shardings = sharding.tree_shardings(jax.eval_shape(init, params, buffers), mesh, rules,
                                         sharding.variable_axes(model))
-    return jax.jit(init, out_shardings=shardings)(params, buffers), shardings
+    return jax.jit(init, out_shardings=shardings, donate_argnums=(0, 1) if donate else ())(params, buffers), shardings
 
 
 def abstract_state(model, tx, seed, mesh, rules, initial=_initial_state):
