@@ -123,15 +123,17 @@ def main():
         peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
         print(json.dumps({"seconds": seconds, "peak_gib": peak_gib, "total_s": time.perf_counter() - start}))
         return
+    results = {}  # the train steps first, while this process holds no XL/2 model
+    for side in ("controlnet", "base") if args.base_step else ("controlnet",):
+        run = subprocess.run([sys.executable, __file__, "--side", side, "--batch", str(args.batch), "--steps",
+                              str(args.steps), "--sizes", str(args.sizes[0])], capture_output=True, text=True)
+        if run.returncode:  # e.g. killed for memory: the forward table still comes
+            print(f"{side} train step failed (exit {run.returncode}): {run.stderr.strip()[-300:]}", file=sys.stderr)
+            continue
+        results[side] = json.loads(run.stdout.strip().splitlines()[-1])
     print(f"{PRESET} + ControlNet ({COPIES} copies), fp32, {os.cpu_count()} cores")
     print_table(["image", "batch", "base s", "ControlNet s", "ratio", "FLOP ratio", "GFLOP/s base / ControlNet"],
                 forward_rows(args))
-    results = {}
-    for side in ("controlnet", "base") if args.base_step else ("controlnet",):
-        out = subprocess.run([sys.executable, __file__, "--side", side, "--batch", str(args.batch), "--steps",
-                              str(args.steps), "--sizes", str(args.sizes[0])], capture_output=True, text=True,
-                             check=True).stdout
-        results[side] = json.loads(out.strip().splitlines()[-1])
     size = args.sizes[0]
     print(f"\ntrain step at {size}x{size} px, batch {args.batch}, median of {args.steps} steps after a warm-up")
     names = {"controlnet": "ControlNet (copies + zero linears trained)", "base": "base pre-training (all, EMA)"}
