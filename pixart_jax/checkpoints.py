@@ -15,6 +15,7 @@ from flax import nnx
 
 from pixart_jax.config import PixArtConfig, preset
 from pixart_jax.keymaps import pixart as keys
+from pixart_jax.keymaps.controlnet import is_controlnet_config, is_controlnet_state_dict
 from pixart_jax.transformer import PixArtTransformer, null_caption_init
 from pixart_jax.weights import CheckpointError, export_weights, import_weights, save_pth, save_safetensors
 from pixart_jax.weights.files import atomic_directory, check_destination, read_json, read_state_dict, read_weights
@@ -23,6 +24,8 @@ from pixart_jax.weights.nnx_state import abstract_shapes, build_model, flat_arra
 JAX_FORMAT = "pixart-jax"
 DIFFUSERS_CLASSES = ("PixArtTransformer2DModel", "Transformer2DModel")
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+CONTROLNET_NOTE = ("PixArt ControlNet-Transformer checkpoint, not a plain PixArt transformer: load it with "
+                   "pixart_jax.load_controlnet")
 
 
 def detect_format(path):
@@ -40,6 +43,8 @@ def detect_format(path):
                               "(expected a diffusers transformer/ directory, a pipeline directory with "
                               "model_index.json, or a directory written by pixart-jax)")
     config = read_json(config_path)
+    if is_controlnet_config(config):
+        raise CheckpointError(f"{path} is a {CONTROLNET_NOTE}")
     if config.get("_format") == JAX_FORMAT:
         return "jax"
     if config.get("_class_name") in DIFFUSERS_CLASSES:
@@ -70,21 +75,38 @@ def load_diffusers(directory: str, dtype=jnp.float32) -> PixArtTransformer:
 def load_original(path: str, config: PixArtConfig | str | None = None, dtype=jnp.float32) -> PixArtTransformer:
     """An original PixArt state dict (`.pth`, or `.safetensors` with the same keys). `config`: a PixArtConfig or a
     variant name; by default the variant is read from the file name (e.g. `PixArt-XL-2-1024-MS.pth`)."""
-    cfg = config if isinstance(config, PixArtConfig) else preset(config or os.path.basename(path))
     state_dict = read_state_dict(path)
+    if is_controlnet_state_dict(state_dict):
+        raise CheckpointError(f"{path} is a {CONTROLNET_NOTE} (its keys are base_model.* and controlnet.*)")
+    cfg = config if isinstance(config, PixArtConfig) else preset(config or os.path.basename(path))
     arrays = _import(keys.ORIGINAL, cfg, state_dict, path, ignore=keys.ORIGINAL_IGNORED)
     return _build(cfg, arrays, dtype, path)
+
+
+def restore_params(directory, shapes):
+    """{path: array} of the Orbax checkpoint `directory/params` written by `write_params`, onto `shapes`."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+    target = {k: jax.ShapeDtypeStruct(s, jnp.float32, sharding=device) for k, s in shapes.items()}
+    with ocp.StandardCheckpointer() as ckpt:
+        return ckpt.restore(os.path.abspath(os.path.join(directory, "params")), target)
+
+
+def write_params(model, dst, meta, *, overwrite=False, keep=()):
+    """Our directory format: config.json = `meta` and an Orbax checkpoint of every variable under params/. An
+    existing `dst` is replaced only if we wrote it, or with `overwrite`, and never if it overlaps a path in `keep`."""
+    arrays = flat_arrays(model)
+    with atomic_directory(dst, overwrite=overwrite, keep=keep) as tmp:
+        with ocp.StandardCheckpointer() as ckpt:
+            ckpt.save(os.path.join(tmp, "params"), arrays)
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(meta, f, indent=2)
 
 
 def load_jax(directory: str, dtype=jnp.float32) -> PixArtTransformer:
     """A directory written by `save_jax`: our config.json and an Orbax checkpoint of the flat parameters."""
     meta = read_json(os.path.join(directory, "config.json"))
     cfg = PixArtConfig.from_dict(meta["config"])
-    shapes = abstract_shapes(lambda: PixArtTransformer(cfg, rngs=nnx.Rngs(0)))
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
-    target = {k: jax.ShapeDtypeStruct(s, jnp.float32, sharding=device) for k, s in shapes.items()}
-    with ocp.StandardCheckpointer() as ckpt:
-        arrays = ckpt.restore(os.path.abspath(os.path.join(directory, "params")), target)
+    arrays = restore_params(directory, abstract_shapes(lambda: PixArtTransformer(cfg, rngs=nnx.Rngs(0))))
     return _build(cfg, arrays, dtype, directory)
 
 
@@ -138,9 +160,4 @@ def save_original(model: PixArtTransformer, path: str, *, overwrite: bool = Fals
 def save_jax(model: PixArtTransformer, dst: str, *, overwrite: bool = False, keep=()) -> None:
     """Writes our format: config.json (with `_format: pixart-jax`) and an Orbax checkpoint under params/. An
     existing `dst` is replaced as by `save_diffusers`."""
-    arrays = flat_arrays(model)
-    with atomic_directory(dst, overwrite=overwrite, keep=keep) as tmp:
-        with ocp.StandardCheckpointer() as ckpt:
-            ckpt.save(os.path.join(tmp, "params"), arrays)
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump({"_format": JAX_FORMAT, "config": model.cfg.to_dict()}, f, indent=2)
+    write_params(model, dst, {"_format": JAX_FORMAT, "config": model.cfg.to_dict()}, overwrite=overwrite, keep=keep)

@@ -12,6 +12,9 @@ from flax import nnx
 
 from pixart_jax.choices import DType
 from pixart_jax.config import PRESETS
+from pixart_jax.control import ControlKind, read_image
+from pixart_jax.controlnet_checkpoints import detect_format as controlnet_format
+from pixart_jax.controlnet_pipeline import PixArtControlNetPipeline
 from pixart_jax.conversion import LAYOUTS, describe
 from pixart_jax.conversion import convert as convert_checkpoint
 from pixart_jax.images import grid, write_png
@@ -75,16 +78,37 @@ def save_images(images, out):
     return paths
 
 
+def _control_arguments(args):
+    """The control keywords of a --controlnet call ({} without one), checked before anything loads."""
+    if args.controlnet is None:
+        if args.control_image is not None:
+            raise ValueError("--control-image needs --controlnet (a PixArt ControlNet checkpoint)")
+        return {}
+    if args.control_image is None:
+        raise ValueError("--controlnet needs --control-image (the image whose edges the output follows)")
+    if args.control == ControlKind.hed and args.hed is None:
+        raise ValueError("--control hed needs --hed (the HED network's ControlNetHED.pth)")
+    read_image(args.control_image)  # a missing or unreadable image fails here
+    controlnet_format(args.controlnet)  # a path that is no ControlNet directory fails here
+    return {"control_image": args.control_image, "control": args.control}
+
+
 def generate(args):
-    """Text-to-image with a PixArt pipeline directory in the diffusers layout."""
+    """Text-to-image with a PixArt pipeline directory in the diffusers layout (with --controlnet: guided by the
+    edges of a control image)."""
     check_output(args.out, len(args.prompt) * args.num_images)
+    control = _control_arguments(args)
     start = time.perf_counter()
-    pipe = PixArtPipeline.from_pretrained(args.model, dtype=args.dtype.jax, sampler=args.scheduler)
+    if control:
+        pipe = PixArtControlNetPipeline.from_pretrained(args.model, args.controlnet, hed=args.hed,
+                                                        dtype=args.dtype.jax, sampler=args.scheduler)
+    else:
+        pipe = PixArtPipeline.from_pretrained(args.model, dtype=args.dtype.jax, sampler=args.scheduler)
     print(f"loaded {args.model} in {time.perf_counter() - start:.1f} s ({type(pipe.sampler).__name__})")
     images, compile_s, run_s = timed_call(
         pipe, prompt=args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
         guidance_scale=args.guidance, height=args.height, width=args.width, seed=args.seed,
-        num_images_per_prompt=args.num_images)
+        num_images_per_prompt=args.num_images, **control)
     for path in save_images(images, args.out):
         print(f"wrote {path}")
     print(f"{len(images)} image(s) {images[0].size[0]}x{images[0].size[1]}, {args.steps} steps: compile "
@@ -123,6 +147,9 @@ def demo(args):
         d = report["attributes"][name]
         print(f"{name:<20} {d['aligned']:9.1f}  {d['kind']:.0f} / {d['colour']:.0f} / {d['size']:.0f} / "
               f"{d['position']:.0f}")
+    follow = report["control_follow"]
+    print(f"control followed (IoU >= {follow['iou_threshold']}): ControlNet {follow['controlnet']:.1f} %, "
+          f"without control {follow['no_control']:.1f} %")
     print(f"wrote {os.path.join(args.out, 'grid.png')} and {os.path.join(args.out, 'scores.json')} "
           f"({sum(report['seconds'].values()):.0f} s)")
 
@@ -166,6 +193,13 @@ def main(argv=None):
     p.add_argument("--num-images", type=int, default=1, help="images per prompt")
     p.add_argument("--dtype", choices=list(DType), type=DType, default=DType.float32, help="compute dtype")
     p.add_argument("--out", default="out/image.png")
+    p.add_argument("--controlnet", help="a PixArt ControlNet checkpoint (original .pth, official or pixart-jax "
+                                        "folder): replaces the pipeline's transformer")
+    p.add_argument("--control-image", help="with --controlnet: the image whose edges the output follows (and whose "
+                                           "size it has unless --height/--width are given)")
+    p.add_argument("--control", choices=list(ControlKind), type=ControlKind, default=ControlKind.canny,
+                   help="edge map of the control image: canny, hed (needs --hed), none (it already is one)")
+    p.add_argument("--hed", help="ControlNetHED.pth, the HED network's weights (for --control hed)")
     p.set_defaults(run=generate)
     p = commands.add_parser("convert", help=convert.__doc__)
     p.add_argument("--src", required=True, help="a diffusers transformer/ or pipeline folder, an original .pth / "

@@ -1,4 +1,6 @@
-"""Image post-processing of the pipeline: the resize-back of resolution binning and output conversion."""
+"""Image processing of the pipelines: bilinear resizing (PyTorch's `interpolate(mode="bilinear",
+align_corners=False)` and OpenCV's INTER_LINEAR when enlarging), the resize-back of resolution binning and output
+conversion."""
 import os
 
 import jax.numpy as jnp
@@ -19,6 +21,13 @@ def _bilinear_matrix(n_in, n_out):
     return m
 
 
+def resize_bilinear(images, height, width):
+    """(B, C, H, W) -> (B, C, height, width), half-pixel bilinear without antialiasing (module docstring)."""
+    mh = jnp.asarray(_bilinear_matrix(images.shape[2], height), jnp.float32)
+    mw = jnp.asarray(_bilinear_matrix(images.shape[3], width), jnp.float32)
+    return jnp.einsum("yh,bchw,xw->bcyx", mh, images, mw, precision="highest")
+
+
 def resize_and_crop(images, height, width):
     """(B, C, H, W) -> (B, C, height, width): scale to cover the target, keeping the aspect, then centre-crop."""
     h, w = images.shape[2:]
@@ -26,9 +35,7 @@ def resize_and_crop(images, height, width):
         return images
     ratio = max(height / h, width / w)
     rh, rw = int(h * ratio), int(w * ratio)
-    mh = jnp.asarray(_bilinear_matrix(h, rh), jnp.float32)
-    mw = jnp.asarray(_bilinear_matrix(w, rw), jnp.float32)
-    resized = jnp.einsum("yh,bchw,xw->bcyx", mh, images, mw, precision="highest")
+    resized = resize_bilinear(images, rh, rw)
     top, left = (rh - height) // 2, (rw - width) // 2
     return resized[:, :, top:top + height, left:left + width]
 

@@ -76,19 +76,9 @@ class PixArtPipeline:
                         **sampler_options) -> "PixArtPipeline":
         """A diffusers PixArt pipeline directory (model_index.json, transformer/, text_encoder/, tokenizer/, vae/,
         scheduler/). `sampler` ("dpm", "ddim", "lcm", "ddpm") overrides the scheduler config's class."""
-        index_path = os.path.join(directory, "model_index.json")
-        if not os.path.isfile(index_path):
-            raise CheckpointError(f"{directory} is not a PixArt pipeline directory: it has no model_index.json")
-        index = read_json(index_path)
-        if index.get("_class_name") not in PIPELINE_CLASSES:
-            raise CheckpointError(f"{index_path} describes a {index.get('_class_name')!r}, not one of "
-                                  f"{PIPELINE_CLASSES}")
-        path = lambda name: os.path.join(directory, name)  # noqa: E731
-        tokenizer = load_tokenizer(path("tokenizer"))
-        return cls(transformer=load_transformer(path("transformer"), dtype),
-                   text_encoder=load_text_encoder(path("text_encoder"), dtype), tokenizer=tokenizer,
-                   vae=load_vae(path("vae"), dtype),
-                   sampler=from_scheduler_config(path("scheduler"), sampler=sampler, **sampler_options))
+        check_pipeline_directory(directory)
+        transformer = load_transformer(os.path.join(directory, "transformer"), dtype)
+        return cls(transformer=transformer, **load_components(directory, dtype, sampler, **sampler_options))
 
     @property
     def vae_scale_factor(self):
@@ -98,7 +88,7 @@ class PixArtPipeline:
         if self._bar is not None:
             self._bar.update()
 
-    def _generate_fn(self, state, latents, cond, uncond, resolution, aspect_ratio, guidance_scale, key, *,
+    def _generate_fn(self, state, latents, cond, uncond, resolution, aspect_ratio, guidance_scale, key, shared, *,
                      graphdef, steps, sampler, guided, guidance_channels, denoised_only, out_size, decode, progress):
         transformer, vae = nnx.merge(graphdef, state)
         channels = sampler.model_output_shape(latents.shape)[1]
@@ -107,9 +97,9 @@ class PixArtPipeline:
             if progress:
                 jax.debug.callback(self._tick)
             if not guided:
-                return transformer(x, t, cond.embeds, cond.mask, resolution, aspect_ratio)[:, :channels]
+                return transformer(x, t, cond.embeds, cond.mask, resolution, aspect_ratio, **shared)[:, :channels]
             out_uncond, out_cond = guided_forward(transformer, x, t, cond, uncond, resolution=resolution,
-                                                  aspect_ratio=aspect_ratio)
+                                                  aspect_ratio=aspect_ratio, **shared)
             # the variance channels of a learned-sigma model come from the conditional half
             return guide(out_uncond, out_cond, guidance_scale, guidance_channels or latents.shape[1])[:, :channels]
 
@@ -157,9 +147,11 @@ class PixArtPipeline:
         guided = guidance_scale > 1.0
         cond, uncond = self._embeddings(guided, prompt, negative_prompt, clean_caption, null_caption, prompt_embeds,
                                         prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask)
-        n = cond.embeds.shape[0] * num_images_per_prompt
+        prompts = cond.embeds.shape[0]
+        n = prompts * num_images_per_prompt
         cond, uncond = (Caption(*(jnp.repeat(a, num_images_per_prompt, axis=0) for a in c)) for c in (cond, uncond))
-        key_latents, key_sampler = jax.random.split(jax.random.key(secrets.randbits(31) if seed is None else seed))
+        root = jax.random.key(secrets.randbits(31) if seed is None else seed)
+        key_latents, key_sampler = jax.random.split(root)
         shape = (n, cfg.in_channels, height // scale, width // scale)
         if latents is None:
             latents = jax.random.normal(key_latents, shape, jnp.float32)
@@ -169,11 +161,13 @@ class PixArtPipeline:
         if cfg.micro_conditions:
             resolution = jnp.tile(jnp.array([[height, width]], jnp.float32), (n, 1))
             aspect_ratio = jnp.full((n, 1), height / width, jnp.float32)
+        shared = self._shared_inputs(prompts, num_images_per_prompt, height, width, jax.random.fold_in(root, 1))
         mesh = self.mesh(n)
         graphdef, state = nnx.split((self.transformer, self.vae))
         rows = jax.device_put((jnp.asarray(latents, jnp.float32), cond, uncond, resolution, aspect_ratio),
                               sharding.batch_sharding(mesh))
-        args = (state, *rows, jnp.float32(guidance_scale), key_sampler)
+        shared = jax.device_put(shared, sharding.batch_sharding(mesh))
+        args = (state, *rows, jnp.float32(guidance_scale), key_sampler, shared)
         with jax.set_mesh(mesh):
             # compiled ahead (jit's caches make a second call with the same shapes reuse it) to check its memory
             compiled = self._generate.lower(
@@ -199,6 +193,11 @@ class PixArtPipeline:
         sharding.place(self.transformer, mesh, FSDP_RULES if self.fsdp > 1 else None)
         sharding.place(self.vae, mesh)
         return mesh
+
+    def _shared_inputs(self, prompts, per_prompt, height, width, key):
+        """Extra model inputs of one call, the same in both guidance halves ({name: (prompts · per_prompt, ...)} at
+        the binned height and width; `key` for any randomness): none for a plain PixArt."""
+        return {}
 
     def _embeddings(self, guided, prompt, negative_prompt, clean_caption, null_caption, embeds, mask, neg_embeds,
                     neg_mask):
@@ -248,6 +247,24 @@ class PixArtPipeline:
         channels = self.transformer.cfg.in_channels
         if guidance_channels is not None and not 1 <= guidance_channels <= channels:
             raise ValueError(f"guidance_channels must be None or in [1, {channels}], got {guidance_channels}")
+
+
+def check_pipeline_directory(directory):
+    """A CheckpointError unless `directory` holds a PixArt pipeline's model_index.json."""
+    index_path = os.path.join(directory, "model_index.json")
+    if not os.path.isfile(index_path):
+        raise CheckpointError(f"{directory} is not a PixArt pipeline directory: it has no model_index.json")
+    index = read_json(index_path)
+    if index.get("_class_name") not in PIPELINE_CLASSES:
+        raise CheckpointError(f"{index_path} describes a {index.get('_class_name')!r}, not one of {PIPELINE_CLASSES}")
+
+
+def load_components(directory, dtype=jnp.float32, sampler=None, **sampler_options):
+    """{text_encoder, tokenizer, vae, sampler} of a PixArt pipeline directory (all but the transformer)."""
+    path = lambda name: os.path.join(directory, name)  # noqa: E731
+    return dict(text_encoder=load_text_encoder(path("text_encoder"), dtype),
+                tokenizer=load_tokenizer(path("tokenizer")), vae=load_vae(path("vae"), dtype),
+                sampler=from_scheduler_config(path("scheduler"), sampler=sampler, **sampler_options))
 
 
 def _checked_caption(embeds, mask, expected, name, mask_name):

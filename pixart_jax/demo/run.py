@@ -7,7 +7,9 @@
 5. student: latent consistency distillation of the teacher (pixart_jax.training.distill: PixArt-δ's LCD, guidance
    4.5 baked in);
 6. scores: every method samples the 36 fixed evaluation prompts from the same initial noise, and the procedural
-   checker reads kind, colour, size and position back off each image -> DIR/scores.json and DIR/grid.png.
+   checker reads kind, colour, size and position back off each image -> DIR/scores.json and DIR/grid.png;
+7. ControlNet: a ControlNet-Transformer of the teacher trained on Canny edges, scored on how well its samples follow
+   control images that put the shape elsewhere than the caption does (pixart_jax/demo/control.py).
 """
 import dataclasses
 import json
@@ -23,7 +25,8 @@ from tqdm.auto import tqdm
 
 from pixart_jax.checkpoints import save_jax
 from pixart_jax.config import PRESETS
-from pixart_jax.demo import checker, shapes
+from pixart_jax.controlnet_pipeline import PixArtControlNetPipeline
+from pixart_jax.demo import checker, control, shapes
 from pixart_jax.demo.patch_pca import PatchPCA
 from pixart_jax.pipeline import PixArtPipeline
 from pixart_jax.prompts import load_tokenizer, tokenize, train_tokenizer
@@ -127,18 +130,28 @@ def distill_student(examples, teacher_dir, workdir, settings, latent_scale):
     return nnx.merge(result.graphdef, result.state["target"], result.state["buffers"])
 
 
+def evaluation_noise(prompts):
+    """(N, C, h, w): each evaluation prompt's initial noise, from its seed."""
+    return jnp.stack([jax.random.normal(jax.random.key(p.seed), (MODEL.in_channels, MODEL.sample_size,
+                                                                 MODEL.sample_size)) for p in prompts])
+
+
+def sample(pipe, prompts, steps, guidance, **control):
+    """(N, H, W, 3) images in [0, 1] of `pipe` for the evaluation prompts from their noise (`control`: a
+    ControlNet pipeline's control keywords)."""
+    return pipe(prompt=[p.caption for p in prompts], num_inference_steps=steps, guidance_scale=guidance,
+                height=shapes.IMAGE_SIZE, width=shapes.IMAGE_SIZE, latents=evaluation_noise(prompts), seed=0,
+                output_type="np", use_resolution_binning=False, clean_caption=False, null_caption="y_embedding",
+                progress=False, **control).images
+
+
 def sample_all(teacher, student, text_encoder, tokenizer, vae, prompts):
     """{method: (N, H, W, 3) images in [0, 1]} for METHODS, every method from the same per-prompt initial noise."""
-    noise = jnp.stack([jax.random.normal(jax.random.key(p.seed), (MODEL.in_channels, MODEL.sample_size,
-                                                                  MODEL.sample_size)) for p in prompts])
     images = {}
     for name, sampler, steps, guidance in tqdm(METHODS, desc="sampling", unit="method"):
         pipe = PixArtPipeline(transformer=student if name.startswith("lcm") else teacher, text_encoder=text_encoder,
                               tokenizer=tokenizer, vae=vae, sampler=sampler)
-        images[name] = pipe(prompt=[p.caption for p in prompts], num_inference_steps=steps, guidance_scale=guidance,
-                            height=shapes.IMAGE_SIZE, width=shapes.IMAGE_SIZE, latents=noise, seed=0,
-                            output_type="np", use_resolution_binning=False, clean_caption=False,
-                            null_caption="y_embedding", progress=False).images
+        images[name] = sample(pipe, prompts, steps, guidance)
     return images
 
 
@@ -191,12 +204,23 @@ def run(out, quick=False):
     samples = sample_all(teacher, student, text_encoder, tokenizer, vae, prompts)
     attributes = [p.attributes for p in prompts]
     details = {name: checker.attribute_percentages(batch, attributes) for name, batch in samples.items()}
-    write_grid(samples, os.path.join(out, "grid.png"))
     clock["evaluation_s"] = time.perf_counter() - start
 
+    start = time.perf_counter()  # the ControlNet stage (pixart_jax/demo/control.py), sampled as METHODS[0]
+    name, sampler, steps, guidance = METHODS[0]
+    control_rows, control_follow = control.stage(
+        (examples, images, captions), vae, os.path.join(out, "teacher", "model"), os.path.join(out, "controlnet"),
+        lambda workdir, count, lr: train_overrides(workdir, settings, count, lr, vae.scaling_factor),
+        lambda texts: caption_features(tokenizer, text_encoder, texts),
+        lambda model, **kw: sample(PixArtControlNetPipeline(model, text_encoder, tokenizer, vae, sampler), prompts,
+                                   steps, guidance, **kw), prompts, samples[name], quick)
+    write_grid({**samples, **control_rows}, os.path.join(out, "grid.png"))
+    clock["controlnet_s"] = time.perf_counter() - start
+
     scores = {name: d["aligned"] for name, d in details.items()}
-    report = {**scores, "attributes": details, "settings": dataclasses.asdict(settings),
-              "prompts": [p.caption for p in prompts], "seconds": {k: round(v, 1) for k, v in clock.items()}}
+    report = {**scores, "control_follow": control_follow, "attributes": details,
+              "settings": dataclasses.asdict(settings), "prompts": [p.caption for p in prompts],
+              "seconds": {k: round(v, 1) for k, v in clock.items()}}
     with open(os.path.join(out, "scores.json"), "w") as f:
         json.dump(report, f, indent=2)
     return report

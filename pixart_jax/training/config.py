@@ -155,6 +155,16 @@ def check(cfg):
     return cfg
 
 
+def check_program(cfg, problems, what):
+    """A ConfigError listing a training program's own `problems` (and a set sample.every: sample grids are drawn
+    by pre-training only), else `check(cfg)`; `what` names the program ("LCD", "ControlNet")."""
+    if cfg.sample.every:
+        problems = [*problems, f"sample.every must be 0: sample grids are not drawn during {what} training"]
+    if problems:
+        raise ConfigError(f"invalid {what} config: " + "; ".join(problems))
+    return check(cfg)
+
+
 def load_config(path=None, overrides=(), schema=None, validate=None):
     """The `schema` config (default TrainConfig) from a YAML file (optional) and dotted `key=value` overrides,
     validated by `validate` (default `check`)."""

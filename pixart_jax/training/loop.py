@@ -75,27 +75,35 @@ def initialize_distributed(dist):
         jax.distributed.initialize()
 
 
-def open_records(source):
-    """The feature records of a `data.source` directory (None for "synthetic"); ConfigError if it cannot be read."""
+def check_data_source(source):
+    """A ConfigError unless `data.source` is "synthetic" or a records directory that can be read."""
     if source == "synthetic":
-        return None
+        return
     try:
-        return read_examples(source)
+        read_examples(source)
     except (OSError, ValueError) as e:
         raise config_lib.ConfigError(f"data.source {source}: {e}") from None
 
 
-def synthetic_source(cfg, model_cfg):
-    """Generated examples (`data.source: synthetic`) sized for the model."""
+def data_source(cfg, model_cfg):
+    """A records directory, or generated examples (`data.source: synthetic`) sized for the model."""
+    if cfg.data.source != "synthetic":
+        return cfg.data.source
     return synthetic_examples(cfg.data.synthetic_examples, seed=cfg.seed, caption_channels=model_cfg.caption_channels,
                               max_tokens=model_cfg.max_tokens, buckets=tuple(cfg.data.synthetic_buckets))
 
 
 class Pretraining:
-    """What `train` trains by default: step.py's state (params, EMA) and TrainStep. Another objective (e.g.
-    distill.py) passes its own object with these three methods and reuses the whole loop."""
+    """What `train` trains by default: a PixArtTransformer, step.py's state (params, EMA) and TrainStep, on the
+    configured data. Another objective (e.g. distill.py, controlnet.py) subclasses it, replaces what differs and
+    reuses the whole loop."""
     abstract_state = staticmethod(abstract_state)
     init_state = staticmethod(init_state)
+    data_source = staticmethod(data_source)
+
+    @staticmethod
+    def build_model(cfg):
+        return build_model(cfg.model, cfg.seed)
 
     @staticmethod
     def make_step(cfg, graphdef, tx, schedule, shardings, mesh):
@@ -106,17 +114,18 @@ class Pretraining:
 
 def train(cfg: config_lib.TrainConfig, examples=None, program=Pretraining) -> RunResult:
     """Runs or resumes the run `cfg` (a TrainConfig) describes. `examples` replaces the configured data source
-    (a sequence of example dicts); `program` supplies the state and step (see `Pretraining`). The workdir and
-    data source are checked before anything is built, and the workdir is locked while the run uses it."""
+    (a sequence of example dicts); `program` supplies the model, data, state and step (see `Pretraining`). The
+    workdir and data source are checked before anything is built, and the workdir is locked while the run uses it."""
     initialize_distributed(cfg.distributed)
     workdir = check_workdir(cfg.workdir)
-    records = open_records(cfg.data.source) if examples is None else None
+    if examples is None:
+        check_data_source(cfg.data.source)
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
     if cfg.data.batch_size % mesh.size or cfg.data.batch_size % jax.process_count():
         raise config_lib.ConfigError(f"data.batch_size {cfg.data.batch_size} must be divisible by the {mesh.size} "
                                      f"devices and the {jax.process_count()} processes")
     with locked(workdir, enabled=jax.process_index() == 0):
-        return _run(cfg, workdir, examples if examples is not None else records, program, mesh)
+        return _run(cfg, workdir, examples, program, mesh)
 
 
 def _resume(cfg, workdir, ckpts, target, iterator):
@@ -141,17 +150,17 @@ def _resume(cfg, workdir, ckpts, target, iterator):
     return ckpts, *restored
 
 
-def _run(cfg, workdir, source, program, mesh):
+def _run(cfg, workdir, examples, program, mesh):
     proc0 = jax.process_index() == 0
     global_batch, accum = cfg.data.batch_size, cfg.optimizer.grad_accum_steps
 
-    model = build_model(cfg.model, cfg.seed)
+    model = program.build_model(cfg)
     model_cfg = model.cfg
     graphdef, _, _ = split_model(model)
     tx, schedule = make_optimizer(cfg.optimizer, global_batch)
     rules = dict(cfg.mesh.rules)
 
-    dataset = feature_dataset(synthetic_source(cfg, model_cfg) if source is None else source,
+    dataset = feature_dataset(program.data_source(cfg, model_cfg) if examples is None else examples,
                               batch_size=global_batch // jax.process_count(), seed=cfg.seed,
                               shard_index=jax.process_index(), shard_count=jax.process_count())
     iterator = iter(dataset)

@@ -77,15 +77,16 @@ def _initial_state(tx, seed):
     return init
 
 
-def init_state(model, tx, seed, mesh, rules, initial=_initial_state):
+def init_state(model, tx, seed, mesh, rules, initial=_initial_state, donate=False):
     """(state, shardings): the initial train state placed on `mesh` by the logical-axis `rules`; EMA starts equal
     to the (possibly loaded) weights. `initial(tx, seed)` gives the `(params, buffers) -> state` function (another
-    state layout, e.g. LCD's, reuses the placement)."""
+    state layout, e.g. LCD's, reuses the placement). `donate`: the model's arrays become the state's (the model is
+    unusable afterwards), so a large model is not held twice."""
     _, params, buffers = split_model(model)
     init = initial(tx, seed)
     shardings = sharding.tree_shardings(jax.eval_shape(init, params, buffers), mesh, rules,
                                         sharding.variable_axes(model))
-    return jax.jit(init, out_shardings=shardings)(params, buffers), shardings
+    return jax.jit(init, out_shardings=shardings, donate_argnums=(0, 1) if donate else ())(params, buffers), shardings
 
 
 def abstract_state(model, tx, seed, mesh, rules, initial=_initial_state):
@@ -99,14 +100,15 @@ def abstract_state(model, tx, seed, mesh, rules, initial=_initial_state):
 
 
 def optimizer_update(tx, schedule, accum_steps, loss_fn, params, opt, average, rate, step):
-    """One update of `params` by the gradient of `loss_fn`, then the moving average `average` (EMA / LCD target)
-    pulled towards the new params by (1 - rate) on micro-steps that complete an accumulated update.
+    """One update of `params` by the gradient of `loss_fn`, then the moving average `average` (EMA / LCD target;
+    None: none kept) pulled towards the new params by (1 - rate) on micro-steps that complete an accumulated update.
     Returns (params, opt, average, metrics)."""
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt = tx.update(grads, opt, params)
     params = optax.apply_updates(params, updates)
     applied = (step + 1) % accum_steps == 0
-    average = jax.tree.map(lambda a, p: jnp.where(applied, rate * a + (1 - rate) * p, a), average, params)
+    if average is not None:
+        average = jax.tree.map(lambda a, p: jnp.where(applied, rate * a + (1 - rate) * p, a), average, params)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(step // accum_steps)}
     return params, opt, average, metrics
 
