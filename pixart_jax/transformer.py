@@ -250,9 +250,10 @@ class PixArtTransformer(nnx.Module):
         return nnx.merge(block_def, jax.tree.map(lambda a: a[index], state))
 
     def run_blocks(self, x, inputs, start=0, stop=None):
-        """x through blocks[start:stop], one jax.lax.scan (remat as the model's policy), carried in activation_dtype. The whole
-        stack is scanned as it is stored; part of it (a ControlNet's frozen base) by index, which slices each block
-        in place instead of copying the part (gradients for a part are still right, accumulated per block)."""
+        """x through blocks[start:stop], one jax.lax.scan (remat as the model's policy), carried in activation_dtype.
+        The whole stack is scanned as it is stored; part of it (a ControlNet's frozen base) by index, which slices
+        each block in place instead of copying the part (gradients for a part are still right, accumulated per
+        block)."""
         stop, carry = self.cfg.depth if stop is None else stop, self.activation_dtype
         x = x.astype(carry)
         if (start, stop) == (0, self.cfg.depth):
