@@ -3,6 +3,10 @@
 The denoising loop (classifier-free guidance batched in one forward), the VAE decode and the resize-back of
 resolution binning run in one jitted function that compiles once per (shapes, steps, sampler, guidance on/off).
 Components are read at every call, so `pipe.transformer = other` (as diffusers users do) takes effect.
+
+The batch runs data-parallel over the local devices (as many as divide it evenly): the images are split, the
+weights replicated, or with `fsdp` > 1 the transformer's weights sharded over groups of `fsdp` devices (for models
+that do not fit one device). The images do not depend on the number of devices.
 """
 import dataclasses
 import math
@@ -16,10 +20,12 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from pixart_jax import sharding
 from pixart_jax.aspect_ratios import TEST_TABLES, bin_size
 from pixart_jax.checkpoints import load_transformer
 from pixart_jax.guidance import Caption, guide, guided_forward
 from pixart_jax.images import resize_and_crop, to_numpy, to_pil
+from pixart_jax.memory import check_fits, compiled_bytes
 from pixart_jax.prompts import encode_prompt, load_tokenizer
 from pixart_jax.samplers import from_scheduler_config
 from pixart_jax.t5 import load_text_encoder
@@ -31,17 +37,7 @@ PIPELINE_CLASSES = ("PixArtAlphaPipeline",)
 BIN_TABLES = {128: TEST_TABLES[1024], 64: TEST_TABLES[512], 32: TEST_TABLES[256]}  # by transformer sample_size
 OUTPUT_TYPES = ("pil", "np", "latent")
 NULL_CAPTIONS = ("negative_prompt", "y_embedding")
-
-
-def check_pipeline_directory(directory):
-    """A CheckpointError unless `directory` is a PixArt pipeline in the diffusers layout (its model_index.json)."""
-    index_path = os.path.join(directory, "model_index.json")
-    if not os.path.isfile(index_path):
-        raise CheckpointError(f"{directory} is not a PixArt pipeline directory: it has no model_index.json")
-    index = read_json(index_path)
-    if index.get("_class_name") not in PIPELINE_CLASSES:
-        raise CheckpointError(f"{index_path} describes a {index.get('_class_name')!r}, not one of "
-                              f"{PIPELINE_CLASSES}")
+FSDP_RULES = {"kernel_in": "fsdp"}  # the transformer's kernels split along their input dim, as in training
 
 
 @dataclasses.dataclass
@@ -57,13 +53,17 @@ class ImagePipelineOutput:
 @dataclasses.dataclass
 class PixArtPipeline:
     """transformer, text_encoder (callable (ids, mask) -> embeddings), tokenizer, vae (anything with `decode`,
-    `scaling_factor` and `spatial_factor`, e.g. an AutoencoderKL) and sampler, as components."""
+    `scaling_factor` and `spatial_factor`, e.g. an AutoencoderKL) and sampler, as components; `devices` to split
+    a batch over (default: every local device) and `fsdp`, the number of devices one copy of the transformer's
+    weights is sharded over (1: replicated)."""
 
     transformer: nnx.Module
     text_encoder: object
     tokenizer: object
     vae: nnx.Module
     sampler: object
+    devices: list | None = None
+    fsdp: int = 1
 
     def __post_init__(self):
         self._bar = None  # this pipeline's progress bar while a call runs
@@ -79,12 +79,8 @@ class PixArtPipeline:
         stores every T5 linear as int8 codes + scales (pixart_jax.int8; needed for an int8 text_encoder/ written
         by pixart_jax.int8_t5)."""
         check_pipeline_directory(directory)
-        path = lambda name: os.path.join(directory, name)  # noqa: E731
-        tokenizer = load_tokenizer(path("tokenizer"))
-        return cls(transformer=load_transformer(path("transformer"), dtype),
-                   text_encoder=load_text_encoder(path("text_encoder"), dtype, int8=int8), tokenizer=tokenizer,
-                   vae=load_vae(path("vae"), dtype),
-                   sampler=from_scheduler_config(path("scheduler"), sampler=sampler, **sampler_options))
+        components = load_components(directory, dtype, sampler, int8=int8, **sampler_options)  # tokenizer first
+        return cls(transformer=load_transformer(os.path.join(directory, "transformer"), dtype), **components)
 
     @property
     def vae_scale_factor(self):
@@ -94,7 +90,7 @@ class PixArtPipeline:
         if self._bar is not None:
             self._bar.update()
 
-    def _generate_fn(self, state, latents, cond, uncond, resolution, aspect_ratio, guidance_scale, key, *,
+    def _generate_fn(self, state, latents, cond, uncond, resolution, aspect_ratio, guidance_scale, key, shared, *,
                      graphdef, steps, sampler, guided, guidance_channels, denoised_only, out_size, decode, progress):
         transformer, vae = nnx.merge(graphdef, state)
         channels = sampler.model_output_shape(latents.shape)[1]
@@ -103,9 +99,9 @@ class PixArtPipeline:
             if progress:
                 jax.debug.callback(self._tick)
             if not guided:
-                return transformer(x, t, cond.embeds, cond.mask, resolution, aspect_ratio)[:, :channels]
+                return transformer(x, t, cond.embeds, cond.mask, resolution, aspect_ratio, **shared)[:, :channels]
             out_uncond, out_cond = guided_forward(transformer, x, t, cond, uncond, resolution=resolution,
-                                                  aspect_ratio=aspect_ratio)
+                                                  aspect_ratio=aspect_ratio, **shared)
             # the variance channels of a learned-sigma model come from the conditional half
             return guide(out_uncond, out_cond, guidance_scale, guidance_channels or latents.shape[1])[:, :channels]
 
@@ -137,12 +133,18 @@ class PixArtPipeline:
             guidance_scale=guidance_scale, height=height, width=width, output_type=output_type,
             null_caption=null_caption, num_images_per_prompt=num_images_per_prompt,
             guidance_channels=guidance_channels, use_resolution_binning=use_resolution_binning)
+        tokens = (height // scale // cfg.patch_size) * (width // scale // cfg.patch_size)
+        # tracing builds the (tokens, hidden) float64 position table on the host (about twice that at its peak)
+        check_fits(2 * 8 * tokens * cfg.hidden_size, f"the position embedding of {height}x{width} ({tokens:,} "
+                   "tokens)", jax.devices("cpu")[0])
         guided = guidance_scale > 1.0
-        cond, uncond = self._embeddings(prompt, negative_prompt, clean_caption, null_caption, prompt_embeds,
+        cond, uncond = self._embeddings(guided, prompt, negative_prompt, clean_caption, null_caption, prompt_embeds,
                                         prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask)
-        n = cond.embeds.shape[0] * num_images_per_prompt
+        prompts = cond.embeds.shape[0]
+        n = prompts * num_images_per_prompt
         cond, uncond = (Caption(*(jnp.repeat(a, num_images_per_prompt, axis=0) for a in c)) for c in (cond, uncond))
-        key_latents, key_sampler = jax.random.split(jax.random.key(secrets.randbits(31) if seed is None else seed))
+        root = jax.random.key(secrets.randbits(31) if seed is None else seed)
+        key_latents, key_sampler = jax.random.split(root)
         shape = (n, cfg.in_channels, height // scale, width // scale)
         if latents is None:
             latents = jax.random.normal(key_latents, shape, jnp.float32)
@@ -152,31 +154,57 @@ class PixArtPipeline:
         if cfg.micro_conditions:
             resolution = jnp.tile(jnp.array([[height, width]], jnp.float32), (n, 1))
             aspect_ratio = jnp.full((n, 1), height / width, jnp.float32)
+        shared = self._shared_inputs(prompts, num_images_per_prompt, height, width, jax.random.fold_in(root, 1))
+        mesh = self.mesh(n)
         graphdef, state = nnx.split((self.transformer, self.vae))
-        with tqdm(total=num_inference_steps, desc="denoising", disable=not progress) as self._bar:
+        rows = jax.device_put((jnp.asarray(latents, jnp.float32), cond, uncond, resolution, aspect_ratio),
+                              sharding.batch_sharding(mesh))
+        shared = jax.device_put(shared, sharding.batch_sharding(mesh))
+        args = (state, *rows, jnp.float32(guidance_scale), key_sampler, shared)
+        with jax.set_mesh(mesh):
+            # compiled ahead (jit's caches make a second call with the same shapes reuse it) to check its memory
+            compiled = self._generate.lower(
+                *args, graphdef=graphdef, steps=num_inference_steps, sampler=self.sampler, guided=guided,
+                guidance_channels=guidance_channels, denoised_only=num_inference_steps == 1, out_size=out_size,
+                decode=output_type != "latent", progress=progress).compile()
+        check_fits(compiled_bytes(compiled), f"generating {n} image(s) of {out_size[0]}x{out_size[1]}")
+        with tqdm(total=num_inference_steps, desc="denoising", disable=not progress) as self._bar, \
+                jax.set_mesh(mesh):
             try:
-                result = self._generate(
-                    state, jnp.asarray(latents, jnp.float32), cond, uncond, resolution, aspect_ratio,
-                    jnp.float32(guidance_scale), key_sampler, graphdef=graphdef, steps=num_inference_steps,
-                    sampler=self.sampler, guided=guided, guidance_channels=guidance_channels,
-                    denoised_only=num_inference_steps == 1, out_size=out_size, decode=output_type != "latent",
-                    progress=progress)
-                result = jax.block_until_ready(result)
+                result = jax.block_until_ready(compiled(*args))
             finally:
                 self._bar = None
         if output_type != "latent":
             result = to_numpy(result) if output_type == "np" else to_pil(result)
         return ImagePipelineOutput(result) if return_dict else (result,)
 
-    def _embeddings(self, prompt, negative_prompt, clean_caption, null_caption, embeds, mask, neg_embeds, neg_mask):
-        """(cond, uncond) Captions: encoded prompts, or the given embeddings checked against the transformer."""
+    def mesh(self, batch):
+        """The ("data", "fsdp") mesh a batch of `batch` images runs on, with the weights placed on it (once: placed
+        weights stay where they are)."""
+        devices = sharding.data_parallel_devices(batch, self.devices or jax.local_devices(), self.fsdp)
+        mesh = sharding.make_mesh(-1, self.fsdp, devices)
+        sharding.place(self.transformer, mesh, FSDP_RULES if self.fsdp > 1 else None)
+        sharding.place(self.vae, mesh)
+        return mesh
+
+    def _shared_inputs(self, prompts, per_prompt, height, width, key):
+        """Extra model inputs of one call, the same in both guidance halves ({name: (prompts · per_prompt, ...)} at
+        the binned height and width; `key` for any randomness): none for a plain PixArt."""
+        return {}
+
+    def _embeddings(self, guided, prompt, negative_prompt, clean_caption, null_caption, embeds, mask, neg_embeds,
+                    neg_mask):
+        """(cond, uncond) Captions: encoded prompts, or the given embeddings checked against the transformer.
+        Without guidance the negative prompt is not encoded (uncond is cond: the loop never reads it)."""
         cfg = self.transformer.cfg
         if embeds is None:
             null = self.transformer.y_embedding[...] if null_caption == "y_embedding" else None
             embeds, mask, neg_embeds, neg_mask = encode_prompt(
                 prompt, negative_prompt, tokenizer=self.tokenizer, text_encoder=self.text_encoder,
-                max_length=cfg.max_tokens, clean_caption=clean_caption, null_embedding=null)
-            return Caption(embeds, mask), Caption(neg_embeds, neg_mask)
+                max_length=cfg.max_tokens, clean_caption=clean_caption, null_embedding=null,
+                do_classifier_free_guidance=guided)
+            cond = Caption(embeds, mask)
+            return cond, (Caption(neg_embeds, neg_mask) if guided else cond)
         expected = (cfg.max_tokens, cfg.caption_channels)
         cond = _checked_caption(embeds, mask, expected, "prompt_embeds", "prompt_attention_mask")
         if neg_embeds is None:
@@ -240,6 +268,26 @@ def check_caption(embeds_shape, mask_shape, expected, name, mask_name):
         raise ValueError(f"{name} needs {mask_name} (batch, {expected[0]}) of 0/1: which tokens are real")
     if tuple(mask_shape) != tuple(embeds_shape[:2]):
         raise ValueError(f"{mask_name} must have shape {tuple(embeds_shape[:2])}, got {tuple(mask_shape)}")
+
+
+def check_pipeline_directory(directory):
+    """A CheckpointError unless `directory` holds a PixArt pipeline's model_index.json."""
+    index_path = os.path.join(directory, "model_index.json")
+    if not os.path.isfile(index_path):
+        raise CheckpointError(f"{directory} is not a PixArt pipeline directory: it has no model_index.json")
+    index = read_json(index_path)
+    if index.get("_class_name") not in PIPELINE_CLASSES:
+        raise CheckpointError(f"{index_path} describes a {index.get('_class_name')!r}, not one of {PIPELINE_CLASSES}")
+
+
+def load_components(directory, dtype=jnp.float32, sampler=None, int8=False, **sampler_options):
+    """{tokenizer, text_encoder, vae, sampler} of a PixArt pipeline directory (all but the transformer); the
+    tokenizer first, whose files are checked before any model is read."""
+    path = lambda name: os.path.join(directory, name)  # noqa: E731
+    return dict(tokenizer=load_tokenizer(path("tokenizer")),
+                text_encoder=load_text_encoder(path("text_encoder"), dtype, int8=int8),
+                vae=load_vae(path("vae"), dtype),
+                sampler=from_scheduler_config(path("scheduler"), sampler=sampler, **sampler_options))
 
 
 def _checked_caption(embeds, mask, expected, name, mask_name):

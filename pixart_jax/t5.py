@@ -1,4 +1,5 @@
-"""T5 v1.1 text encoder (spec §3.7) in Flax NNX, configured and loaded from a Hugging Face `text_encoder/` folder.
+"""T5 v1.1 text encoder (Raffel et al. 2020, arXiv 1910.10683; transformers `T5EncoderModel`) in Flax NNX,
+configured and loaded from a Hugging Face `text_encoder/` folder.
 
 Architecture: token embedding, `num_layers` pre-norm blocks (self-attention without 1/sqrt(d) scaling plus a
 relative position bias; gated-GELU or ReLU feed-forward), final RMS norm; no biases anywhere. The position bias
@@ -280,7 +281,7 @@ def _variable_dtypes(make_model):
     return {".".join(map(str, path)): var.get_value().dtype for path, var in nnx.to_flat_state(state)}
 
 
-def load_text_encoder(directory, dtype=jnp.float32, int8=False):
+def load_text_encoder(directory: str, dtype=jnp.float32, int8: bool = False) -> T5Encoder:
     """The T5 encoder of a Hugging Face folder (`config.json` + weights), as a callable NNX module.
 
     `model(input_ids, attention_mask) -> last_hidden_state`. Weights are stored in `dtype` (float32 or

@@ -1,4 +1,5 @@
-"""The Stable Diffusion AutoencoderKL (spec §3.8) in Flax NNX, configured and loaded from a diffusers `vae/` folder.
+"""The Stable Diffusion AutoencoderKL (Rombach et al. 2022, arXiv 2112.10752; diffusers `AutoencoderKL`) in Flax
+NNX, configured and loaded from a diffusers `vae/` folder.
 
 Encoder: conv_in, per level `layers_per_block` resnets and (except the last level) a stride-2 conv with PyTorch's
 asymmetric (0, 1, 0, 1) padding, a mid block (resnet, single-head self-attention, resnet), GroupNorm, SiLU and a
@@ -255,7 +256,7 @@ class AutoencoderKL(nnx.Module):
             return _nchw(self.decoder(z))
 
 
-def load_vae(directory, dtype=jnp.float32):
+def load_vae(directory: str, dtype=jnp.float32) -> "AutoencoderKL":
     """The AutoencoderKL of a diffusers `vae/` folder (`config.json` + `diffusion_pytorch_model.safetensors`)."""
     cfg = VAEConfig.from_directory(directory)
     source = read_weights(directory, "diffusion_pytorch_model.safetensors")

@@ -12,8 +12,10 @@ from tests.reference_pipeline import build_pipeline  # noqa: E402
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
+    """Sampled at 256-px buckets (a micro-conditioned model would bin every size to about 1024 px: 4 guided images
+    of that need about 12 GiB)."""
     path = tmp_path_factory.mktemp("pixart") / "tiny"
-    build_pipeline(path, micro=True, scheduler=diffusers.DPMSolverMultistepScheduler())
+    build_pipeline(path, micro=False, scheduler=diffusers.DPMSolverMultistepScheduler())
     return str(path)
 
 
@@ -88,4 +90,17 @@ def test_backend_options_are_checked(model_dir, tmp_path, capsys):
                           (("--backend", "torch", "--scheduler", "ddpm"), "has no diffusers scheduler class")):
         assert main(["generate", "--model", model_dir, "--prompt", "x", *args, "--out", str(tmp_path / "x.png")]) == 1
         assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_zero_sizes_and_nan_guidance_are_one_line_errors(model_dir, tmp_path, capsys):
+    """0 is not "default" and NaN guidance is not "unguided": each is refused before any compute."""
+    from pixart_jax.cli import main
+
+    for args, message in ((["--height", "0"], "height must be a positive multiple of 8, got 0 "),
+                          (["--width", "0"], "width must be a positive multiple of 8, got 0 "),
+                          (["--guidance", "nan"], "guidance_scale must be a finite number >= 0, got nan")):
+        assert main(["generate", "--model", model_dir, "--prompt", "x", "--out", str(tmp_path / "x.png"), *args]) == 1
+        out, err = capsys.readouterr()
+        assert err.startswith(f"error: {message}") and "\n" not in err.strip() and "denoising" not in err, err
     assert not (tmp_path / "x.png").exists()

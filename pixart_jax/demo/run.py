@@ -7,7 +7,9 @@
 5. student: latent consistency distillation of the teacher (pixart_jax.training.distill: PixArt-δ's LCD, guidance
    4.5 baked in);
 6. scores: every method samples the 36 fixed evaluation prompts from the same initial noise, and the procedural
-   checker reads kind, colour, size and position back off each image -> DIR/scores.json and DIR/grid.png.
+   checker reads kind, colour, size and position back off each image -> DIR/scores.json and DIR/grid.png;
+7. ControlNet: a ControlNet-Transformer of the teacher trained on Canny edges, scored on how well its samples follow
+   control images that put the shape elsewhere than the caption does (pixart_jax/demo/control.py).
 """
 import dataclasses
 import json
@@ -23,7 +25,8 @@ from tqdm.auto import tqdm
 
 from pixart_jax.checkpoints import save_jax
 from pixart_jax.config import PRESETS
-from pixart_jax.demo import checker, shapes
+from pixart_jax.controlnet_pipeline import PixArtControlNetPipeline
+from pixart_jax.demo import checker, control, shapes
 from pixart_jax.demo.patch_pca import PatchPCA
 from pixart_jax.pipeline import PixArtPipeline
 from pixart_jax.prompts import load_tokenizer, tokenize, train_tokenizer
@@ -127,32 +130,49 @@ def distill_student(examples, teacher_dir, workdir, settings, latent_scale):
     return nnx.merge(result.graphdef, result.state["target"], result.state["buffers"])
 
 
+def evaluation_noise(prompts):
+    """(N, C, h, w): each evaluation prompt's initial noise, from its seed."""
+    return jnp.stack([jax.random.normal(jax.random.key(p.seed), (MODEL.in_channels, MODEL.sample_size,
+                                                                 MODEL.sample_size)) for p in prompts])
+
+
+def sample(pipe, prompts, steps, guidance, **control):
+    """(N, H, W, 3) images in [0, 1] of `pipe` for the evaluation prompts from their noise (`control`: a
+    ControlNet pipeline's control keywords)."""
+    return pipe(prompt=[p.caption for p in prompts], num_inference_steps=steps, guidance_scale=guidance,
+                height=shapes.IMAGE_SIZE, width=shapes.IMAGE_SIZE, latents=evaluation_noise(prompts), seed=0,
+                output_type="np", use_resolution_binning=False, clean_caption=False, null_caption="y_embedding",
+                progress=False, **control).images
+
+
 def sample_all(teacher, student, text_encoder, tokenizer, vae, prompts):
     """{method: (N, H, W, 3) images in [0, 1]} for METHODS, every method from the same per-prompt initial noise."""
-    noise = jnp.stack([jax.random.normal(jax.random.key(p.seed), (MODEL.in_channels, MODEL.sample_size,
-                                                                  MODEL.sample_size)) for p in prompts])
     images = {}
     for name, sampler, steps, guidance in tqdm(METHODS, desc="sampling", unit="method"):
         pipe = PixArtPipeline(transformer=student if name.startswith("lcm") else teacher, text_encoder=text_encoder,
                               tokenizer=tokenizer, vae=vae, sampler=sampler)
-        images[name] = pipe(prompt=[p.caption for p in prompts], num_inference_steps=steps, guidance_scale=guidance,
-                            height=shapes.IMAGE_SIZE, width=shapes.IMAGE_SIZE, latents=noise, seed=0,
-                            output_type="np", use_resolution_binning=False, clean_caption=False,
-                            null_caption="y_embedding", progress=False).images
+        images[name] = sample(pipe, prompts, steps, guidance)
     return images
 
 
-def write_grid(images, path, zoom=2, label_width=150):
-    """Rows = methods (labelled), columns = the evaluation prompts; nearest-neighbour zoom."""
-    names = list(images)
-    n, size = len(images[names[0]]), shapes.IMAGE_SIZE * zoom
-    sheet = Image.new("RGB", (label_width + n * size, len(names) * size), "white")
+def write_grid(images, path, columns=6, blocks_per_row=5, gap=2, margin=12, title=16):
+    """One labelled block per method, its images `columns` wide in prompt order (the same prompt sits at the same
+    place in every block), `blocks_per_row` blocks side by side: 8-15 methods fit a 1920x1080 screen at 1:1."""
+    names, size = list(images), shapes.IMAGE_SIZE
+    rows = -(-len(images[names[0]]) // columns)
+    block_w, block_h = columns * size + (columns - 1) * gap, title + rows * size + (rows - 1) * gap
+    across = min(blocks_per_row, len(names))
+    down = -(-len(names) // across)
+    sheet = Image.new("RGB", (across * block_w + (across + 1) * margin, down * block_h + (down + 1) * margin), "white")
     draw = ImageDraw.Draw(sheet)
-    for row, name in enumerate(names):
-        draw.text((4, row * size + size // 2 - 6), name, fill="black")
-        for column, image in enumerate(images[name]):
-            tile = Image.fromarray((image * 255).round().astype(np.uint8)).resize((size, size), Image.NEAREST)
-            sheet.paste(tile, (label_width + column * size, row * size))
+    for b, name in enumerate(names):
+        left = margin + (b % across) * (block_w + margin)
+        top = margin + (b // across) * (block_h + margin)
+        draw.text((left, top + 2), name, fill="black")
+        for i, image in enumerate(images[name]):
+            r, c = divmod(i, columns)
+            tile = Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8))
+            sheet.paste(tile, (left + c * (size + gap), top + title + r * (size + gap)))
     sheet.save(path)
 
 
@@ -184,12 +204,23 @@ def run(out, quick=False):
     samples = sample_all(teacher, student, text_encoder, tokenizer, vae, prompts)
     attributes = [p.attributes for p in prompts]
     details = {name: checker.attribute_percentages(batch, attributes) for name, batch in samples.items()}
-    write_grid(samples, os.path.join(out, "grid.png"))
     clock["evaluation_s"] = time.perf_counter() - start
 
+    start = time.perf_counter()  # the ControlNet stage (pixart_jax/demo/control.py), sampled as METHODS[0]
+    name, sampler, steps, guidance = METHODS[0]
+    control_rows, control_follow = control.stage(
+        (examples, images, captions), vae, os.path.join(out, "teacher", "model"), os.path.join(out, "controlnet"),
+        lambda workdir, count, lr: train_overrides(workdir, settings, count, lr, vae.scaling_factor),
+        lambda texts: caption_features(tokenizer, text_encoder, texts),
+        lambda model, **kw: sample(PixArtControlNetPipeline(model, text_encoder, tokenizer, vae, sampler), prompts,
+                                   steps, guidance, **kw), prompts, samples[name], quick)
+    write_grid({**samples, **control_rows}, os.path.join(out, "grid.png"))
+    clock["controlnet_s"] = time.perf_counter() - start
+
     scores = {name: d["aligned"] for name, d in details.items()}
-    report = {**scores, "attributes": details, "settings": dataclasses.asdict(settings),
-              "prompts": [p.caption for p in prompts], "seconds": {k: round(v, 1) for k, v in clock.items()}}
+    report = {**scores, "control_follow": control_follow, "attributes": details,
+              "settings": dataclasses.asdict(settings), "prompts": [p.caption for p in prompts],
+              "seconds": {k: round(v, 1) for k, v in clock.items()}}
     with open(os.path.join(out, "scores.json"), "w") as f:
         json.dump(report, f, indent=2)
     return report

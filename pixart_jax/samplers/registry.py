@@ -10,6 +10,7 @@ from pixart_jax.samplers.ddim import DDIM
 from pixart_jax.samplers.ddpm import LearnedVarianceDDPM
 from pixart_jax.samplers.dpm_solver import DPMSolverMultistep
 from pixart_jax.samplers.lcm import LCM
+from pixart_jax.samplers.loop import Sampler
 from pixart_jax.samplers.schedule import PIXART_SCHEDULE, DDPMSchedule
 
 
@@ -52,7 +53,7 @@ _REQUIRED = {
 }
 
 
-def make_sampler(name, **options):
+def make_sampler(name: str, **options) -> Sampler:
     """The sampler registered as `name` (a SamplerName: "dpm", "ddim", "lcm", "ddpm") with dataclass `options`."""
     return SAMPLERS[choose(SamplerName, name, "sampler")](**options)
 
@@ -76,7 +77,7 @@ def load_scheduler_config(path_or_dict):
     raise ValueError(f"no scheduler config at {path} (looked for the file, {CONFIG_NAME} and scheduler/{CONFIG_NAME})")
 
 
-def from_scheduler_config(path_or_dict, sampler=None, **options):
+def from_scheduler_config(path_or_dict: str | dict, sampler: str | None = None, **options) -> Sampler:
     """The sampler a diffusers scheduler config describes, its config fields honoured.
 
     `_class_name` picks it (DPMSolverMultistepScheduler → "dpm", DDIMScheduler → "ddim", LCMScheduler → "lcm")
@@ -101,7 +102,7 @@ def from_scheduler_config(path_or_dict, sampler=None, **options):
     return SAMPLERS[kind](schedule=schedule, **{**values, **options})
 
 
-def to_scheduler_config(sampler):
+def to_scheduler_config(sampler: Sampler) -> dict:
     """The diffusers scheduler config (a dict to write as scheduler_config.json) that `from_scheduler_config`
     turns back into `sampler` (with a float32 schedule, as diffusers holds it). ValueError for a sampler or a
     setting diffusers' schedulers cannot express (the IDDPM sampler, the repo conventions, DDIM's η, which
@@ -120,7 +121,7 @@ def to_scheduler_config(sampler):
     return {**config, **_REQUIRED[kind]}
 
 
-def save_scheduler_config(sampler, directory):
+def save_scheduler_config(sampler: Sampler, directory: str) -> str:
     """Writes `to_scheduler_config(sampler)` as DIRECTORY/scheduler_config.json (what diffusers and
     `from_scheduler_config` read); returns the file's path."""
     path = pathlib.Path(directory) / CONFIG_NAME

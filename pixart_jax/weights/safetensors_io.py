@@ -4,6 +4,7 @@ Layout: 8-byte little-endian header size, a JSON header {name: {dtype, shape, da
 """
 import collections.abc
 import json
+import math
 import os
 import struct
 
@@ -38,20 +39,36 @@ def read_header(path):
     return header, metadata, 8 + size
 
 
-def _spec(path, name, info):
-    """(dtype, shape, (begin, end)) of one header entry; a CheckpointError for a dtype we cannot read."""
+def _entry(path, name, info, size):
+    """(dtype, shape, begin, end) of header entry `name`, checked against the `size` bytes of the data section."""
+    def bad(problem):
+        return CheckpointError(f"{path}: tensor {name!r} {problem} (the file is damaged or not safetensors)")
+
+    if not isinstance(info, dict):
+        raise bad(f"has a header entry that is not a mapping: {info!r}")
     if info.get("dtype") not in DTYPES:
-        raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
-    return DTYPES[info["dtype"]], tuple(info["shape"]), tuple(info["data_offsets"])
+        raise bad(f"has unsupported dtype {info.get('dtype')!r}")
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise bad(f"has an invalid shape {shape!r}")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(n, int) for n in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= size):
+        raise bad(f"has data offsets {offsets!r} outside the {size} bytes of tensor data")
+    dtype = DTYPES[info["dtype"]]
+    if offsets[1] - offsets[0] != math.prod(shape) * dtype.itemsize:
+        raise bad(f"of shape {tuple(shape)} and dtype {info['dtype']} needs {math.prod(shape) * dtype.itemsize} "
+                  f"bytes, its offsets {offsets} span {offsets[1] - offsets[0]}")
+    return dtype, shape, *offsets
 
 
-def load_safetensors(path):
+def load_safetensors(path: str) -> dict[str, np.ndarray]:
     """All tensors of one file as read-only NumPy arrays backed by a memory map."""
     header, _, start = read_header(path)
     data = np.memmap(path, dtype=np.uint8, mode="r")
+    size = len(data) - start
     tensors = {}
     for name, info in header.items():
-        dtype, shape, (begin, end) = _spec(path, name, info)
+        dtype, shape, begin, end = _entry(path, name, info, size)
         tensors[name] = data[start + begin:start + end].view(dtype).reshape(shape)
     return tensors
 
@@ -65,8 +82,10 @@ class LazyTensors(collections.abc.Mapping):
         self._where = {}
         for path in paths:
             header, _, start = read_header(path)
+            size = os.path.getsize(path) - start
             for name, info in header.items():
-                self._where[name] = (path, start, _spec(path, name, info))
+                dtype, shape, begin, end = _entry(path, name, info, size)
+                self._where[name] = (path, start, (dtype, tuple(shape), (begin, end)))
 
     def subset(self, names):
         """The same files restricted to `names` (nothing is read)."""
@@ -140,7 +159,7 @@ def write_safetensors(path, specs, produce, metadata=None):
             os.remove(tmp)
 
 
-def save_safetensors(tensors, path, metadata=None):
+def save_safetensors(tensors: dict[str, np.ndarray], path: str, metadata: dict | None = None) -> None:
     """Writes {name: array} atomically (see write_safetensors)."""
     arrays = {name: np.asarray(value) for name, value in tensors.items()}
     write_safetensors(path, {name: (a.dtype, a.shape) for name, a in arrays.items()}, arrays.__getitem__, metadata)
