@@ -3,18 +3,24 @@ and random weights, built in diffusers and loaded by ours, and the seconds per i
 in the same process (T5, transformer, VAE; compilation excluded).
 
 The default model has the real widths (XL/2: hidden 1152, 16 heads; T5-XXL width 4096; the SD VAE) with few
-transformer and T5 layers so that it runs in minutes on a CPU; --full uses all 28 transformer layers.
+transformer and T5 layers so that it runs in minutes on a CPU; --full uses all 28 transformer layers. With
+stages, a second table times each stage alone: tokenize + T5, the denoising loop, VAE decode, resize + transfer to
+the host.
 """
 import argparse
 import pathlib
 import tempfile
 
 import diffusers
+import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
+from flax import nnx
 
 from bench.common import print_table, timed_pair
 from pixart_jax.config import PixArtConfig
+from pixart_jax.images import resize_and_crop, to_numpy
 from pixart_jax.pipeline import PixArtPipeline
 from tests.reference_pipeline import TINY_T5, build_pipeline
 
@@ -35,15 +41,16 @@ def arguments(description):
     return parser.parse_args()
 
 
-def time_samplers(args, samplers):
+def time_samplers(args, samplers, stages=False):
     """[[name, ours s/image, diffusers s/image]] for `samplers`: (name, steps, guidance, a function of the
-    reference's DPMSolverMultistepScheduler config -> (diffusers scheduler, our sampler)), one pipeline each side."""
+    reference's DPMSolverMultistepScheduler config -> (diffusers scheduler, our sampler)), one pipeline each side;
+    with `stages`, each stage timed alone too (a second table)."""
     layers = 28 if args.full else args.layers
     transformer = PixArtConfig(depth=layers).to_diffusers()
     for key in ("_class_name", "sample_size", "interpolation_scale", "use_additional_conditions"):
         transformer.pop(key)
     latents = np.random.default_rng(0).standard_normal((1, 4, args.size // 8, args.size // 8)).astype(np.float32)
-    rows = []
+    rows, stage_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         path = pathlib.Path(tmp) / "pipe"
         ref = build_pipeline(path, micro=True, scheduler=diffusers.DPMSolverMultistepScheduler(),
@@ -58,9 +65,54 @@ def time_samplers(args, samplers):
                 (_, ours_s), (_, ref_s) = timed_pair(
                     lambda: ours(PROMPT, latents=latents, progress=False, **kwargs).images,
                     lambda: ref(PROMPT, latents=torch.from_numpy(latents), **kwargs).images, args.runs)
+                print(f"{name}: ours {ours_s:.2f} s, diffusers {ref_s:.2f} s per image end to end", flush=True)
+                timings = stage_seconds(ours, ref, PROMPT, latents, kwargs, args.runs) if stages else {}
+            stage_rows += [[name if i == 0 else "", stage, f"{o:.2f}", f"{r:.2f}", f"{r / o:.2f}x"]
+                           for i, (stage, (o, r)) in enumerate(timings.items())]
             rows.append([name, ours_s, ref_s])
     print(f"{args.size}x{args.size}, transformer {layers} layers at XL/2 width, T5 {args.t5_layers} layers at XXL "
           f"width, SD VAE, fp32, batch 1, median of {args.runs} (compilation excluded)")
     print_table(["sampler", "ours s/image", "diffusers s/image", "diffusers / ours"],
                 [[name, f"{o:.2f}", f"{r:.2f}", f"{r / o:.2f}x"] for name, o, r in rows])
+    if stages:
+        print("\nstage by stage (each timed alone, same inputs):")
+        print_table(["sampler", "stage", "ours s", "diffusers s", "diffusers / ours"], stage_rows)
     return rows
+
+
+def stage_seconds(ours, ref, prompt, latents, kwargs, runs):
+    """{stage: (ours s, diffusers s)}: tokenize + T5, the denoising loop, VAE decode, resize + host transfer, each
+    timed alone (median of `runs` after a warm-up) on the same inputs as the end-to-end call."""
+    guided = kwargs["guidance_scale"] > 1
+    loop_kwargs = dict(kwargs, output_type="latent")
+    cond, uncond = ours._embeddings(guided, prompt, "", True, "negative_prompt", None, None, None, None)
+    embeds = dict(prompt_embeds=cond.embeds, prompt_attention_mask=cond.mask, negative_prompt_embeds=uncond.embeds,
+                  negative_prompt_attention_mask=uncond.mask)
+    ref_embeds = [torch.from_numpy(np.array(a)) for a in (cond.embeds, cond.mask, uncond.embeds, uncond.mask)]
+    z = ours(prompt, latents=latents, progress=False, **loop_kwargs).images
+    decode = nnx.jit(lambda vae, z: vae.decode(z / vae.scaling_factor))
+    images = decode(ours.vae, z)
+    finish = jax.jit(lambda x: resize_and_crop(x, kwargs["height"], kwargs["width"]))
+    ref_z = torch.from_numpy(np.asarray(z))
+    ref_images = ref.vae.decode(ref_z / ref.vae.config.scaling_factor).sample
+    stages = {
+        "tokenize + T5": (
+            lambda: jnp.asarray(ours._embeddings(guided, prompt, "", True, "negative_prompt", None, None, None,
+                                                 None)[0].embeds),
+            lambda: ref.encode_prompt(prompt, do_classifier_free_guidance=guided, device="cpu")),
+        "denoising loop": (
+            lambda: ours(latents=latents, progress=False, **embeds, **loop_kwargs).images,
+            lambda: ref(negative_prompt=None, prompt_embeds=ref_embeds[0], prompt_attention_mask=ref_embeds[1],
+                        negative_prompt_embeds=ref_embeds[2], negative_prompt_attention_mask=ref_embeds[3],
+                        latents=torch.from_numpy(latents), **loop_kwargs).images),
+        "VAE decode": (lambda: decode(ours.vae, z),
+                       lambda: ref.vae.decode(ref_z / ref.vae.config.scaling_factor).sample),
+        "resize + to host": (lambda: to_numpy(finish(images)),
+                             lambda: ref.image_processor.postprocess(ref_images, output_type="np")),
+    }
+    out = {}
+    for name, (mine, theirs) in stages.items():
+        (_, ours_s), (_, ref_s) = timed_pair(mine, theirs, runs)
+        out[name] = (ours_s, ref_s)
+    return out
+

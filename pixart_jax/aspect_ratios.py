@@ -1,4 +1,5 @@
-"""Multi-scale aspect-ratio buckets (spec §3.6): key = nominal height/width, value = (height, width) in pixels.
+"""Multi-scale aspect-ratio buckets (PixArt-alpha `diffusion/data/datasets/utils.py`, diffusers
+`pipeline_pixart_alpha.py`): key = nominal height/width, value = (height, width) in pixels.
 
 The 40-entry training tables; the 33-entry test tables (= diffusers' resolution-binning tables) drop 7 extreme
 keys. The 512 and 256 tables are the 1024 table divided by 2 and 4 exactly.

@@ -1,8 +1,10 @@
-"""Named choices as `str` enums (a config schema rejects any other value with the allowed list), and the
-`DType` table every loader, config and command line uses."""
+"""Named choices as `str` enums (a config schema rejects any other value with the allowed list), and the dtype
+tables: `DType` (the JAX models) and `TorchDType` (the PyTorch path and stored floats, float16 included)."""
 import enum
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def choose(kind, value, what):
@@ -21,3 +23,45 @@ class DType(enum.StrEnum):
     @property
     def jax(self):
         return jnp.dtype(self.value)
+
+
+class TorchDType(enum.StrEnum):
+    """Compute dtypes of the PyTorch path (`pixart_jax.torch`), which float16 GPUs need, and storage dtypes of
+    exported float tensors: DType's names plus float16."""
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+    @property
+    def numpy(self):
+        return np.dtype(jnp.dtype(self.value))
+
+    @property
+    def torch(self):
+        import torch  # only the PyTorch path asks, and it has torch
+
+        return getattr(torch, self.value)
+
+
+class Int8Backend(enum.StrEnum):
+    """How the PyTorch path stores T5 in int8."""
+    weight_only = "weight-only"    # every linear as pixart_jax.int8's codes and scales: the JAX path's numbers
+    bitsandbytes = "bitsandbytes"  # transformers' LLM.int8 (the reference recipe; `wo` stays float)
+class RematPolicy(enum.StrEnum):
+    """What the backward pass of a transformer block keeps from the forward (the rest is recomputed)."""
+    none = "none"      # keep every activation: fastest, most memory
+    block = "block"    # keep only each block's input (one checkpoint per block, as the reference trains)
+    dots = "dots"      # keep the outputs of the weight matmuls, recompute the rest (attention scores included)
+
+    @property
+    def jax(self):
+        """The jax.checkpoint policy (None: save nothing but the inputs)."""
+        return jax.checkpoint_policies.dots_with_no_batch_dims_saveable if self is RematPolicy.dots else None
+
+
+class AttentionKernel(enum.StrEnum):
+    """Attention implementations (pixart_jax/attention.py); auto chooses by platform."""
+    auto = "auto"
+    xla = "xla"          # jax.nn.dot_product_attention's XLA path: every platform
+    cudnn = "cudnn"      # cuDNN fused flash attention: NVIDIA GPUs, bf16/fp16
+    splash = "splash"    # Pallas splash attention: TPU (interpret mode elsewhere), no mask

@@ -1,5 +1,6 @@
 """The `pixart-jax` command line: `demo` (train, distil and score a small PixArt offline), `generate` from a PixArt
-pipeline directory, `convert` / `inspect` checkpoints, `sample-random` as an install check."""
+pipeline directory (JAX, or `--backend torch`), `convert` / `inspect` checkpoints, `quantize-t5` (the int8 T5
+folder), `plan` a training config on a TPU slice, `sample-random` as an install check."""
 import argparse
 import os
 import sys
@@ -9,15 +10,21 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pixart_jax.choices import DType
+from pixart_jax.choices import DType, Int8Backend, TorchDType, choose
 from pixart_jax.config import PRESETS
+from pixart_jax.control import ControlKind, read_image
+from pixart_jax.controlnet_checkpoints import detect_format as controlnet_format
+from pixart_jax.controlnet_pipeline import PixArtControlNetPipeline
 from pixart_jax.conversion import LAYOUTS, describe
 from pixart_jax.conversion import convert as convert_checkpoint
-from pixart_jax.images import grid
+from pixart_jax.images import grid, write_png
+from pixart_jax.int8_t5 import export_int8_t5
 from pixart_jax.pipeline import PixArtPipeline
 from pixart_jax.samplers import DDIM, SamplerName
+from pixart_jax.training.errors import RunError
 from pixart_jax.transformer import PixArtTransformer
 from pixart_jax.vae import AutoencoderKL, VAEConfig
+from pixart_jax.weights.files import check_writable
 
 TINY_VAE = VAEConfig(block_out_channels=(32, 32, 32, 32), layers_per_block=1)
 
@@ -37,47 +44,115 @@ jax.monitoring.register_event_duration_secs_listener(CompileClock.listen)
 
 
 def timed_call(pipe, **kwargs):
-    """(images, compile seconds, run seconds) of one pipeline call."""
+    """(images, compile seconds, run seconds, output) of one pipeline call."""
     CompileClock.seconds = 0.0
     start = time.perf_counter()
-    images = pipe(**kwargs).images
+    output = pipe(**kwargs)
     total = time.perf_counter() - start
-    return images, CompileClock.seconds, total - CompileClock.seconds
+    return output.images, CompileClock.seconds, total - CompileClock.seconds, output
+
+
+def output_paths(out, count):
+    """Where `count` images go: `out` alone, or `stem-0.png`, `stem-1.png`, ... and their grid as `out`."""
+    stem = os.path.splitext(out)[0]
+    return [out] if count == 1 else [f"{stem}-{i}.png" for i in range(count)] + [out]
+
+
+def check_output(out, count):
+    """Refuses, before any work, an --out that is not a .png name or cannot be written (so no image is lost)."""
+    if not out.lower().endswith(".png"):
+        raise ValueError(f"--out must name a .png file, got {out!r}")
+    check_writable(out)
+    for path in output_paths(out, count):
+        if os.path.isdir(path):
+            raise ValueError(f"--out {out!r}: {path} is a folder; name a .png file")
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            raise ValueError(f"--out {out!r}: {path} exists and is not writable")
 
 
 def save_images(images, out):
-    """One image: `out`. Several: `stem-0.png`, `stem-1.png`, ... and their grid as `out`."""
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    if len(images) == 1:
-        images[0].save(out)
-        return [out]
-    stem = os.path.splitext(out)[0]
-    paths = [f"{stem}-{i}.png" for i in range(len(images))]
-    for image, path in zip(images, paths):
-        image.save(path)
-    grid(images).save(out)
-    return paths + [out]
+    """One image: `out`. Several: `stem-0.png`, `stem-1.png`, ... and their grid as `out`. Each file is complete
+    or absent."""
+    paths = output_paths(out, len(images))
+    for image, path in zip(images if len(images) == 1 else [*images, grid(images)], paths):
+        write_png(image, path)
+    return paths
+
+
+def _control_arguments(args):
+    """The control keywords of a --controlnet call ({} without one), checked before anything loads."""
+    if args.controlnet is None:
+        if args.control_image is not None:
+            raise ValueError("--control-image needs --controlnet (a PixArt ControlNet checkpoint)")
+        return {}
+    if args.control_image is None:
+        raise ValueError("--controlnet needs --control-image (the image whose edges the output follows)")
+    if args.control == ControlKind.hed and args.hed is None:
+        raise ValueError("--control hed needs --hed (the HED network's ControlNetHED.pth)")
+    read_image(args.control_image)  # a missing or unreadable image fails here
+    controlnet_format(args.controlnet)  # a path that is no ControlNet directory fails here
+    return {"control_image": args.control_image, "control": args.control}
+
+
+def _torch_pipeline(args, control):
+    if control:
+        raise ValueError("--controlnet is for the JAX backend (the PyTorch path generates without a control)")
+    from pixart_jax.torch import PixArtTorchPipeline  # imported on use: only this backend needs torch
+
+    device = args.device or "cpu"
+    pipe = PixArtTorchPipeline.from_pretrained(args.model, device=device, dtype=args.dtype, int8=args.int8,
+                                               low_memory=args.low_memory, sampler=args.scheduler,
+                                               int8_backend=args.int8_backend)
+    return pipe, type(pipe.scheduler).__name__, device
+
+
+def _jax_pipeline(args, control):
+    for flag, value in (("--device", args.device), ("--low-memory", args.low_memory),
+                        ("--memory-report", args.memory_report)):
+        if value:
+            raise ValueError(f"{flag} is for --backend torch")
+    dtype = choose(DType, str(args.dtype), "--dtype of the JAX backend")
+    if control:
+        pipe = PixArtControlNetPipeline.from_pretrained(args.model, args.controlnet, hed=args.hed, dtype=dtype.jax,
+                                                        sampler=args.scheduler, int8=args.int8)
+    else:
+        pipe = PixArtPipeline.from_pretrained(args.model, dtype=dtype.jax, sampler=args.scheduler, int8=args.int8)
+    return pipe, type(pipe.sampler).__name__, jax.devices()[0].platform
 
 
 def generate(args):
-    """Text-to-image with a PixArt pipeline directory in the diffusers layout."""
-    if not args.out.lower().endswith(".png"):
-        raise ValueError(f"--out must name a .png file, got {args.out!r}")
+    """Text-to-image with a PixArt pipeline directory in the diffusers layout (with --controlnet: guided by the
+    edges of a control image)."""
+    check_output(args.out, len(args.prompt) * args.num_images)
+    control = _control_arguments(args)
     start = time.perf_counter()
-    pipe = PixArtPipeline.from_pretrained(args.model, dtype=args.dtype.jax, sampler=args.scheduler)
-    print(f"loaded {args.model} in {time.perf_counter() - start:.1f} s ({type(pipe.sampler).__name__})")
-    images, compile_s, run_s = timed_call(
+    pipe, sampler, device = (_torch_pipeline if args.backend == "torch" else _jax_pipeline)(args, control)
+    print(f"loaded {args.model} in {time.perf_counter() - start:.1f} s ({sampler})")
+    extra = {"memory_report": True} if args.memory_report else {}
+    images, compile_s, run_s, output = timed_call(
         pipe, prompt=args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
         guidance_scale=args.guidance, height=args.height, width=args.width, seed=args.seed,
-        num_images_per_prompt=args.num_images, eta=args.eta)
+        num_images_per_prompt=args.num_images, eta=args.eta, **extra, **control)
     for path in save_images(images, args.out):
         print(f"wrote {path}")
     print(f"{len(images)} image(s) {images[0].size[0]}x{images[0].size[1]}, {args.steps} steps: compile "
-          f"{compile_s:.1f} s, run {run_s:.1f} s on {jax.devices()[0].platform}")
+          f"{compile_s:.1f} s, run {run_s:.1f} s on {device} ({args.backend})")
+    if args.memory_report:
+        from pixart_jax.torch import format_report
+
+        print(format_report(output.memory))
+
+
+def quantize_t5(args):
+    """Writes the int8 T5 (every linear as int8 codes + scales) of a Hugging Face T5 folder, once."""
+    print(f"wrote {export_int8_t5(args.src, args.dst, args.dtype)}")
 
 
 def sample_random(args):
     """DDIM with a tiny randomly initialised PixArt and VAE: checks the install end to end in seconds."""
+    if args.size < 16 or args.size % 16:
+        raise ValueError(f"--size must be a positive multiple of 16, got {args.size}")
+    check_output(args.out, 1)
     key_model, key_vae, key_text = jax.random.split(jax.random.key(args.seed), 3)
     cfg = PRESETS["tiny"]
     model = PixArtTransformer(cfg, rngs=nnx.Rngs(key_model))
@@ -87,7 +162,7 @@ def sample_random(args):
                           vae=AutoencoderKL(TINY_VAE, rngs=nnx.Rngs(key_vae)), sampler=DDIM())
     caption = jax.random.normal(key_text, (1, cfg.max_tokens, cfg.caption_channels))
     mask = jnp.ones(caption.shape[:2])
-    images, compile_s, run_s = timed_call(pipe, prompt_embeds=caption, prompt_attention_mask=mask,
+    images, compile_s, run_s, _ = timed_call(pipe, prompt_embeds=caption, prompt_attention_mask=mask,
                                           num_inference_steps=args.steps, guidance_scale=1.0, height=args.size,
                                           width=args.size, seed=args.seed, use_resolution_binning=False)
     save_images(images, args.out)
@@ -109,13 +184,23 @@ def demo(args):
     print(f"fidelity of the captions' renderings through the autoencoder: {report['fidelity_autoencoder']:.1f} %")
     print("step change (mean |Δ| between the 1/2/4/8-step images of one noise): "
           + ", ".join(f"{family} {value:.4f}" for family, value in report["step_change"].items()))
+    follow = report["control_follow"]
+    print(f"control followed (IoU >= {follow['iou_threshold']}): ControlNet {follow['controlnet']:.1f} %, "
+          f"without control {follow['no_control']:.1f} %")
     print(f"wrote {os.path.join(args.out, 'grid.png')} and {os.path.join(args.out, 'scores.json')} "
           f"({sum(report['seconds'].values()):.0f} s)")
 
 
+def plan(args):
+    """Compiles a training config's step ahead of time for a TPU slice and prints per-chip HBM (needs libtpu)."""
+    from pixart_jax.training.plan import main as plan_main
+
+    return plan_main(args.extra + args.args)
+
+
 def convert(args):
     """Converts a PixArt transformer checkpoint between the diffusers, original (.pth) and pixart-jax layouts."""
-    print(f"wrote {convert_checkpoint(args.src, args.dst, args.to, args.config)}")
+    print(f"wrote {convert_checkpoint(args.src, args.dst, args.to, args.config, args.overwrite)}")
 
 
 def inspect(args):
@@ -144,9 +229,33 @@ def main(argv=None):
     p.add_argument("--width", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-images", type=int, default=1, help="images per prompt")
-    p.add_argument("--dtype", choices=list(DType), type=DType, default=DType.float32, help="compute dtype")
+    p.add_argument("--dtype", choices=list(TorchDType), type=TorchDType, default=TorchDType.float32,
+                   help="compute dtype (float16: --backend torch only)")
+    p.add_argument("--backend", choices=("jax", "torch"), default="jax",
+                   help="torch: the PyTorch path (pip install pixart-jax[torch])")
+    p.add_argument("--device", help="torch device, e.g. cuda or cpu (--backend torch; default cpu)")
+    p.add_argument("--int8", action="store_true", help="T5 with int8 weights (every linear)")
+    p.add_argument("--int8-backend", choices=list(Int8Backend), type=Int8Backend, default=Int8Backend.weight_only,
+                   help="--backend torch: bitsandbytes is transformers' LLM.int8 (experimental below compute "
+                        "capability 7.5)")
+    p.add_argument("--low-memory", action="store_true",
+                   help="--backend torch: load T5, the transformer and the VAE one at a time, freeing each")
+    p.add_argument("--memory-report", action="store_true", help="--backend torch: print each stage's peak memory")
     p.add_argument("--out", default="out/image.png")
+    p.add_argument("--controlnet", help="a PixArt ControlNet checkpoint (original .pth, official or pixart-jax "
+                                        "folder): replaces the pipeline's transformer")
+    p.add_argument("--control-image", help="with --controlnet: the image whose edges the output follows (and whose "
+                                           "size it has unless --height/--width are given)")
+    p.add_argument("--control", choices=list(ControlKind), type=ControlKind, default=ControlKind.canny,
+                   help="edge map of the control image: canny, hed (needs --hed), none (it already is one)")
+    p.add_argument("--hed", help="ControlNetHED.pth, the HED network's weights (for --control hed)")
     p.set_defaults(run=generate)
+    p = commands.add_parser("quantize-t5", help=quantize_t5.__doc__)
+    p.add_argument("--src", required=True, help="a Hugging Face T5 folder (a pipeline's text_encoder/)")
+    p.add_argument("--dst", required=True, help="output folder: use it as a pipeline's text_encoder/ with --int8")
+    p.add_argument("--dtype", choices=list(TorchDType), type=TorchDType,
+                   help="dtype of the tensors that stay float (embedding, norms); default: the source's")
+    p.set_defaults(run=quantize_t5)
     p = commands.add_parser("convert", help=convert.__doc__)
     p.add_argument("--src", required=True, help="a diffusers transformer/ or pipeline folder, an original .pth / "
                                                  ".safetensors, or a pixart-jax folder")
@@ -154,23 +263,31 @@ def main(argv=None):
     p.add_argument("--to", choices=LAYOUTS, default="jax")
     p.add_argument("--config", help=f"variant of an original .pth whose file name does not say it, one of "
                                     f"{sorted(PRESETS)}")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing destination that pixart-jax did not write (never the source)")
     p.set_defaults(run=convert)
     p = commands.add_parser("inspect", help=inspect.__doc__)
     p.add_argument("path")
     p.set_defaults(run=inspect)
+    p = commands.add_parser("plan", help=plan.__doc__, add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER,
+                   help="CONFIG topology=v5e:2x4 [program=pretrain|lcm] [key=value ...]")
+    p.set_defaults(run=plan)
     p = commands.add_parser("sample-random", help=sample_random.__doc__)
     p.add_argument("--size", type=int, default=256, help="image side in pixels, a multiple of 16")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/random.png")
     p.set_defaults(run=sample_random)
-    args = parser.parse_args(argv)
+    args, args.extra = parser.parse_known_args(argv)
+    if args.extra and args.command != "plan":  # only plan passes options through (to the training config)
+        parser.error(f"unrecognized arguments: {' '.join(args.extra)}")
     try:
-        args.run(args)
-    except ValueError as e:  # bad input (CheckpointError included): one clear line, no traceback
+        return args.run(args) or 0
+    # bad input (CheckpointError included), unwritable paths, a demo run that cannot resume: one clear line
+    except (ValueError, OSError, RunError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

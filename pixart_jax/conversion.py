@@ -10,31 +10,39 @@ import numpy as np
 
 from pixart_jax import checkpoints
 from pixart_jax.config import PRESETS
-from pixart_jax.weights.files import read_state_dict, read_weights
+from pixart_jax.weights import CheckpointError
+from pixart_jax.weights.files import check_destination, read_state_dict, read_weights
 from pixart_jax.weights.nnx_state import flat_arrays
 
 LAYOUTS = ("diffusers", "original", "jax")
+ORIGINAL_SUFFIXES = (".pth", ".safetensors")
 WRITERS = {"diffusers": checkpoints.save_diffusers, "jax": checkpoints.save_jax}
 
 
 def original_path(model, dst):
     """`dst` itself when it names a .pth/.safetensors file, else dst/<variant>.pth."""
-    if dst.endswith((".pth", ".safetensors")):
+    if dst.endswith(ORIGINAL_SUFFIXES):
         return dst
     name = next((n for n, c in PRESETS.items() if c == model.cfg and n != "tiny"), "PixArt")
     os.makedirs(dst, exist_ok=True)
     return os.path.join(dst, f"{name}.pth")
 
 
-def convert(src, dst, to, config=None):
+def convert(src, dst, to, config=None, overwrite=False):
     """Loads `src` (any layout load_transformer reads) and writes it to `dst` in layout `to`; returns the path
-    written."""
+    written. The destination is checked before anything is loaded: an existing one is replaced only if pixart-jax
+    wrote it (or it is empty), or with `overwrite`, and never when it is, holds or lies inside `src`."""
+    into_folder = to == "original" and not dst.endswith(ORIGINAL_SUFFIXES)  # dst/<variant>.pth, beside what is there
+    if into_folder and os.path.exists(dst) and not (os.path.isdir(dst) and os.access(dst, os.W_OK | os.X_OK)):
+        raise CheckpointError(f"cannot write into {dst}: it is {'not writable' if os.path.isdir(dst) else 'a file'}")
+    if not into_folder:
+        check_destination(dst, directory=to != "original", overwrite=overwrite, keep=(src,))
     model = checkpoints.load_transformer(src, config=config)
     if to == "original":
         dst = original_path(model, dst)
-        checkpoints.save_original(model, dst)
+        checkpoints.save_original(model, dst, overwrite=overwrite, keep=(src,))
     else:
-        WRITERS[to](model, dst)
+        WRITERS[to](model, dst, overwrite=overwrite, keep=(src,))
     return dst
 
 

@@ -1,4 +1,5 @@
-"""Fixed embeddings and token layout of the PixArt DiT (spec §1.3-1.6, §1.13)."""
+"""Fixed embeddings and token layout of the PixArt DiT (PixArt-alpha `diffusion/model/nets/PixArt_blocks.py`,
+`PixArt.py` `get_2d_sincos_pos_embed`; diffusers `models/embeddings.py`)."""
 import jax.numpy as jnp
 import numpy as np
 

@@ -32,7 +32,7 @@ def guided_forward(model_fn, x, t, cond: Caption, uncond: Caption, **shared):
 def guide(out_uncond, out_cond, scale, channels=None):
     """out_u + scale (out_c - out_u) on the first `channels` channels (axis 1; None: all of them); the remaining
     channels (a learned variance) are the conditional half's. channels=3 is the original repo's IDDPM wrapper,
-    which guides only ε channels 0-2 (inherited from DiT's `forward_with_cfg`, spec §1.16)."""
+    which guides only ε channels 0-2 (inherited from DiT's `models.py` `forward_with_cfg`)."""
     guided = out_uncond + scale * (out_cond - out_uncond)
     if channels is None:
         return guided

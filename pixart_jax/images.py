@@ -1,4 +1,8 @@
-"""Image post-processing of the pipeline: the resize-back of resolution binning and output conversion."""
+"""Image processing of the pipelines: bilinear resizing (PyTorch's `interpolate(mode="bilinear",
+align_corners=False)` and OpenCV's INTER_LINEAR when enlarging), the resize-back of resolution binning and output
+conversion."""
+import os
+
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
@@ -17,17 +21,28 @@ def _bilinear_matrix(n_in, n_out):
     return m
 
 
+def cover_and_crop(h, w, height, width):
+    """((rh, rw), (top, left)): the size an h x w image is resized to so that it covers height x width keeping its
+    aspect (diffusers' rounding), and the corner of the centred crop."""
+    ratio = max(height / h, width / w)
+    rh, rw = int(h * ratio), int(w * ratio)
+    return (rh, rw), ((rh - height) // 2, (rw - width) // 2)
+
+
+def resize_bilinear(images, height, width):
+    """(B, C, H, W) -> (B, C, height, width), half-pixel bilinear without antialiasing (module docstring)."""
+    mh = jnp.asarray(_bilinear_matrix(images.shape[2], height), jnp.float32)
+    mw = jnp.asarray(_bilinear_matrix(images.shape[3], width), jnp.float32)
+    return jnp.einsum("yh,bchw,xw->bcyx", mh, images, mw, precision="highest")
+
+
 def resize_and_crop(images, height, width):
     """(B, C, H, W) -> (B, C, height, width): scale to cover the target, keeping the aspect, then centre-crop."""
     h, w = images.shape[2:]
     if (h, w) == (height, width):
         return images
-    ratio = max(height / h, width / w)
-    rh, rw = int(h * ratio), int(w * ratio)
-    mh = jnp.asarray(_bilinear_matrix(h, rh), jnp.float32)
-    mw = jnp.asarray(_bilinear_matrix(w, rw), jnp.float32)
-    resized = jnp.einsum("yh,bchw,xw->bcyx", mh, images, mw, precision="highest")
-    top, left = (rh - height) // 2, (rw - width) // 2
+    (rh, rw), (top, left) = cover_and_crop(h, w, height, width)
+    resized = resize_bilinear(images, rh, rw)
     return resized[:, :, top:top + height, left:left + width]
 
 
@@ -38,7 +53,12 @@ def to_numpy(images):
 
 def to_pil(images):
     """(B, C, H, W) in [-1, 1] -> list of PIL images (diffusers' output_type="pil")."""
-    return [Image.fromarray(a) for a in (to_numpy(images) * 255).round().astype(np.uint8)]
+    return pil_images(to_numpy(images))
+
+
+def pil_images(images):
+    """(B, H, W, 3) in [0, 1] (output_type="np") -> list of PIL images, rounded as diffusers does."""
+    return [Image.fromarray(a) for a in (np.asarray(images) * 255).round().astype(np.uint8)]
 
 
 def grid(images, columns=None):
@@ -50,3 +70,16 @@ def grid(images, columns=None):
     for i, image in enumerate(images):
         sheet.paste(image, ((i % columns) * w, (i // columns) * h))
     return sheet
+
+
+def write_png(image, path):
+    """Saves a PIL image as PNG at `path` (creating its folder) through a temporary file, so `path` is never a
+    partial image."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,4 +1,5 @@
-"""Prompts -> T5 embeddings as the PixArt pipelines produce them (spec §3.7, §2.8).
+"""Prompts -> T5 embeddings as the PixArt pipelines produce them (diffusers
+`PixArtAlphaPipeline.encode_prompt` and `_clean_caption`, from DeepFloyd IF).
 
 Caption cleaning (the DeepFloyd-IF / PixArt `clean_caption` procedure, applied twice), T5 tokenisation padded and
 truncated to 120 tokens with an attention mask, and the conditional / unconditional embeddings for guidance.
@@ -17,7 +18,10 @@ import numpy as np
 from bs4 import BeautifulSoup
 from flax import nnx
 
+from pixart_jax.weights import CheckpointError
+
 MAX_LENGTH = 120
+TOKENIZER_FILES = ("spiece.model", "tokenizer.json")
 logger = logging.getLogger(__name__)
 
 _URL = r"\b(?:{scheme}:(?:/{{1,3}}|[a-zA-Z0-9%])|[a-zA-Z0-9.\-]+\.(?:com|co|ru|net|org|edu|gov|it)[\w/-]*\b/?(?!@))"
@@ -101,11 +105,24 @@ def preprocess(prompts, clean_caption=True):
     return [p.lower().strip() for p in prompts]
 
 
-def load_tokenizer(directory):
-    """The T5 SentencePiece tokenizer of a `tokenizer/` folder (`spiece.model` and/or `tokenizer.json`)."""
+def load_tokenizer(directory: str):
+    """The T5 SentencePiece tokenizer of a local `tokenizer/` folder (`spiece.model` and/or `tokenizer.json`).
+
+    Only local files are read, never the network: a folder without either file is a CheckpointError naming it
+    (transformers would otherwise take the path for a hub model id, or build a tokenizer with no vocabulary)."""
+    if not any(os.path.isfile(os.path.join(directory, name)) for name in TOKENIZER_FILES):
+        if not os.path.isdir(directory):
+            raise CheckpointError(f"tokenizer folder {directory} does not exist (tokenizers are read from local "
+                                  "files only)")
+        empty = " (it is empty)" if not os.listdir(directory) else ""
+        raise CheckpointError(f"tokenizer folder {directory} has no {' or '.join(TOKENIZER_FILES)}{empty}")
+    # read when transformers is first imported: never the network, and no "PyTorch was not found" advice (only the
+    # tokenizer is used)
+    for switch in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TRANSFORMERS_NO_ADVISORY_WARNINGS"):
+        os.environ.setdefault(switch, "1")
     from transformers import T5Tokenizer  # imported on use: transformers takes seconds to import
 
-    return T5Tokenizer.from_pretrained(directory)
+    return T5Tokenizer.from_pretrained(directory, local_files_only=True)
 
 
 def train_tokenizer(texts, directory, vocab_size=90, model_type="unigram"):
@@ -160,29 +177,55 @@ def _encode(text_encoder, input_ids, attention_mask):
     return jnp.asarray(text_encoder(input_ids, attention_mask))
 
 
+class PromptTokens(NamedTuple):
+    """Token ids and masks (B, L) int32 of the prompts and, unless the null caption replaces them, of the negative
+    prompts (None then)."""
+
+    ids: np.ndarray
+    mask: np.ndarray
+    negative_ids: np.ndarray | None
+    negative_mask: np.ndarray | None
+
+
+def prompt_tokens(prompts, negative_prompt="", *, tokenizer, max_length=MAX_LENGTH, clean_caption=True,
+                  negatives=True):
+    """The tokens `encode_prompt` encodes (any runtime's encoder): prompts (a string or B strings) and, when
+    `negatives`, negative_prompt (a string used for every prompt, or B strings)."""
+    texts = preprocess(prompts, clean_caption)
+    ids, mask = tokenize(tokenizer, texts, max_length)
+    if not negatives:
+        return PromptTokens(ids, mask, None, None)
+    batch = len(texts)
+    negative_texts = [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
+    if len(negative_texts) != batch:
+        raise ValueError(f"{len(negative_texts)} negative prompts for {batch} prompts")
+    return PromptTokens(ids, mask, *tokenize(tokenizer, preprocess(negative_texts, clean_caption), max_length))
+
+
 def encode_prompt(prompts, negative_prompt="", *, tokenizer, text_encoder, max_length=MAX_LENGTH,
-                  clean_caption=True, null_embedding=None):
+                  clean_caption=True, null_embedding=None, do_classifier_free_guidance=True):
     """T5 embeddings and masks of `prompts` and of the unconditional branch of classifier-free guidance.
 
     prompts: a string or a list of B strings; negative_prompt: a string (used for every prompt) or B strings.
     Unconditional branch (spec §2.8): with `null_embedding` (the checkpoint's `y_embedding`, (max_length, D)),
     that embedding for every prompt with the prompt's own mask, as the original repo does; otherwise the T5
-    encoding of `negative_prompt` with its own mask, as the diffusers pipeline does.
+    encoding of `negative_prompt` with its own mask, as the diffusers pipeline does. Without guidance only the
+    prompts are encoded (half the T5 work) and the unconditional fields are None.
     """
-    texts = preprocess(prompts, clean_caption)
-    ids, mask = tokenize(tokenizer, texts, max_length)
-    batch = len(texts)
+    if null_embedding is not None and null_embedding.shape[0] != max_length:
+        raise ValueError(f"null_embedding has {null_embedding.shape[0]} tokens, prompts have {max_length}")
+    tokens = prompt_tokens(prompts, negative_prompt, tokenizer=tokenizer, max_length=max_length,
+                           clean_caption=clean_caption,
+                           negatives=null_embedding is None and do_classifier_free_guidance)
+    batch = tokens.ids.shape[0]
     if null_embedding is not None:
         null_embedding = jnp.asarray(null_embedding)
-        if null_embedding.shape[0] != max_length:
-            raise ValueError(f"null_embedding has {null_embedding.shape[0]} tokens, prompts have {max_length}")
-        embeds = _encode(text_encoder, ids, mask)
+        embeds = _encode(text_encoder, tokens.ids, tokens.mask)
         negative = jnp.broadcast_to(null_embedding.astype(embeds.dtype), (batch, *null_embedding.shape))
-        return PromptEmbeddings(embeds, jnp.asarray(mask), negative, jnp.asarray(mask))
-    negatives = [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
-    if len(negatives) != batch:
-        raise ValueError(f"{len(negatives)} negative prompts for {batch} prompts")
-    negative_ids, negative_mask = tokenize(tokenizer, preprocess(negatives, clean_caption), max_length)
+        return PromptEmbeddings(embeds, jnp.asarray(tokens.mask), negative, jnp.asarray(tokens.mask))
+    if not do_classifier_free_guidance:
+        return PromptEmbeddings(_encode(text_encoder, tokens.ids, tokens.mask), jnp.asarray(tokens.mask), None, None)
     # One encoder call for both branches: rows do not interact, and it is one compilation per batch size.
-    both = _encode(text_encoder, np.concatenate([ids, negative_ids]), np.concatenate([mask, negative_mask]))
-    return PromptEmbeddings(both[:batch], jnp.asarray(mask), both[batch:], jnp.asarray(negative_mask))
+    both = _encode(text_encoder, np.concatenate([tokens.ids, tokens.negative_ids]),
+                   np.concatenate([tokens.mask, tokens.negative_mask]))
+    return PromptEmbeddings(both[:batch], jnp.asarray(tokens.mask), both[batch:], jnp.asarray(tokens.negative_mask))

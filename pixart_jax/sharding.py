@@ -103,3 +103,27 @@ def device_batch(batch, mesh):
     sharding = batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
             if np.asarray(v).dtype.kind in "biuf"}
+
+
+def place(module, mesh, rules=None):
+    """Puts `module`'s variables on `mesh`, in place: parameters by their logical axes and `rules` ({logical:
+    mesh axis}; None replicates everything), other variables replicated. Arrays already placed so are not copied;
+    an abstract module (nnx.eval_shape) gets ShapeDtypeStructs carrying the shardings."""
+    state = nnx.state(module)
+    pure = nnx.to_pure_dict(state)
+    axes = variable_axes(module) if rules else {}
+    shardings = tree_shardings({"module": pure}, mesh, rules or {}, axes)["module"]
+    nnx.replace_by_pure_dict(state, jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s) if isinstance(a, jax.ShapeDtypeStruct)
+        else jax.device_put(a, s), pure, shardings))
+    nnx.update(module, state)
+
+
+def data_parallel_devices(batch, devices, fsdp=1):
+    """The first k of `devices`, k the largest count that divides `batch` and is a multiple of `fsdp` (a batch
+    is split evenly, never padded: padding would change the shape, and so the values, of drawn noise)."""
+    counts = [k for k in range(fsdp, len(devices) + 1, fsdp) if batch % k == 0]
+    if not counts:
+        raise ValueError(f"a batch of {batch} cannot be split over {fsdp}-way sharded weights on {len(devices)} "
+                         f"devices: use a multiple of {fsdp} images")
+    return list(devices)[:max(counts)]

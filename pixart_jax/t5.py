@@ -1,4 +1,5 @@
-"""T5 v1.1 text encoder (spec §3.7) in Flax NNX, configured and loaded from a Hugging Face `text_encoder/` folder.
+"""T5 v1.1 text encoder (Raffel et al. 2020, arXiv 1910.10683; transformers `T5EncoderModel`) in Flax NNX,
+configured and loaded from a Hugging Face `text_encoder/` folder.
 
 Architecture: token embedding, `num_layers` pre-norm blocks (self-attention without 1/sqrt(d) scaling plus a
 relative position bias; gated-GELU or ReLU feed-forward), final RMS norm; no biases anywhere. The position bias
@@ -7,6 +8,8 @@ Compute runs in fp32 or bf16 (fp16 overflows in T5's feed-forward, so it is refu
 """
 import dataclasses
 import math
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -15,11 +18,21 @@ from flax import nnx
 
 from pixart_jax.attention import attention
 from pixart_jax.int8 import Int8Linear, quantize_linears
-from pixart_jax.keymaps.t5 import DECODER_PREFIXES, ENCODER_EMBED, GLOBAL, block_rules, t5_rules
+from pixart_jax.keymaps.t5 import (
+    DECODER_PREFIXES,
+    ENCODER_EMBED,
+    GLOBAL,
+    INT8_CONFIG_KEY,
+    INT8_FORMAT,
+    INT8_SCALE,
+    SHARED_EMBED,
+    block_rules,
+)
 from pixart_jax.weights.errors import CheckpointError
 from pixart_jax.weights.files import read_model_config, read_weights
-from pixart_jax.weights.mapping import import_weights
+from pixart_jax.weights.mapping import Rule, import_weights, leaf_rules
 from pixart_jax.weights.nnx_state import abstract_shapes, build_model
+from pixart_jax.weights.safetensors_io import select, tensor_spec
 
 ACTIVATIONS = {
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
@@ -194,31 +207,73 @@ class T5Encoder(nnx.Module):
             return self.final_norm(x)
 
 
-def _encoder_view(source):
-    """Source with the tied embedding under `shared.weight`, and the keys an encoder ignores."""
-    if "shared.weight" not in source and ENCODER_EMBED in source:
-        source = {("shared.weight" if k == ENCODER_EMBED else k): v for k, v in source.items()}
-    ignore = [k for k in source if k == ENCODER_EMBED or k.startswith(DECODER_PREFIXES)]
-    return source, ignore
+def is_int8_checkpoint(directory):
+    """Whether `directory` holds an int8 T5 written by `pixart_jax.int8_t5.export_int8_t5`."""
+    _, raw = read_model_config(directory, "T5 text encoder", "text_encoder")
+    return raw.get(INT8_CONFIG_KEY) == INT8_FORMAT
 
 
-def _import_blockwise(num_layers, source, expected, convert, where, ignore):
-    """import_weights one encoder block at a time, each block's arrays `convert`ed before the next is read.
+def _global_rules(source):
+    """GLOBAL, with the embedding read from the encoder's copy when the checkpoint lacks `shared.weight`."""
+    if SHARED_EMBED in source or ENCODER_EMBED not in source:
+        return GLOBAL
+    return [Rule(r.ours, ENCODER_EMBED, r.kind) if r.source == SHARED_EMBED else r for r in GLOBAL]
 
-    The host then holds one block in the checkpoint's dtype at a time, not all 4.7B parameters of T5-XXL. The
-    last part takes the global tensors and every key no block claimed, so unknown keys are still reported.
+
+class EncoderCheckpoint(NamedTuple):
+    """A T5 encoder checkpoint read in our layout (pixart_jax.keymaps.t5): its config, `specs` {our path: (dtype,
+    shape)} of every array the parts hold, in the parts' order, and `parts`, an iterator of {our path: array} read
+    when iterated."""
+    cfg: T5Config
+    specs: dict
+    parts: Iterator[dict]
+
+
+def encoder_parts(directory, int8=False):
+    """The encoder's arrays one block per part, then the global tensors, in the checkpoint's dtypes (see
+    EncoderCheckpoint). With `int8` every linear comes as an int8 `kernel` plus its float32 `scale`: quantised
+    here (pixart_jax.int8.quantize_kernel) from a float checkpoint, or read as stored from an int8 one. The host
+    holds one block at a time, not the 19 GB of an fp32 T5-XXL; unknown keys are reported with the last part.
     """
-    global_keys = {key for rule in GLOBAL for key in rule.sources}
-    arrays, claimed = {}, set()
-    for i in range(num_layers):
-        part = {k: v for k, v in source.items() if k.startswith(f"encoder.block.{i}.") and k not in global_keys}
-        claimed.update(part)
-        shapes = {k: v for k, v in expected.items() if k.startswith(f"blocks.{i}.")}
-        arrays.update(convert(import_weights(block_rules(i), part, shapes, where=where, ignore=ignore)))
-    rest = {k: v for k, v in source.items() if k not in claimed}
-    shapes = {k: v for k, v in expected.items() if not k.startswith("blocks.")}
-    arrays.update(convert(import_weights(GLOBAL, rest, shapes, where=where, ignore=ignore)))
-    return arrays
+    cfg = T5Config.from_directory(directory)
+    quantized = is_int8_checkpoint(directory)
+    if quantized and not int8:
+        raise CheckpointError(f"{directory} holds an int8 T5 (every linear as int8 codes and scales): load it "
+                              "with int8=True")
+    source = read_weights(directory, "model.safetensors", "pytorch_model.bin", lazy=True)
+    global_rules = _global_rules(source)
+    expected = abstract_shapes(lambda: T5Encoder(cfg, rngs=nnx.Rngs(0)))
+    ignore = [k for k in source if k == ENCODER_EMBED or k.startswith(DECODER_PREFIXES)]
+    global_keys = {key for rule in global_rules for key in rule.sources}
+    specs = {}
+    for ours, (key, *_), tag in leaf_rules([r for i in range(cfg.num_layers) for r in block_rules(i)] + global_rules):
+        if ours in expected and key in source:
+            shape = expected[ours]
+            specs[ours] = (np.dtype(np.int8) if int8 and tag == "matrix" else tensor_spec(source, key)[0], shape)
+            if int8 and tag == "matrix":
+                specs[ours.removesuffix("kernel") + "scale"] = (np.dtype(np.float32), shape[-1:])
+
+    def part(rules, keys, prefix):
+        linears = [r for r in rules if r.kind == "linear_nobias" and f"{r.ours}.kernel" in expected]
+        scales = {}
+        if quantized:
+            scales = {f"{r.ours}.scale": f"{r.source}.{INT8_SCALE}" for r in linears}
+            keys = [k for k in keys if k not in scales.values()]
+        shapes = {k: v for k, v in expected.items() if k.startswith(prefix)}
+        arrays = import_weights(rules, select(source, keys), shapes, where=directory, ignore=ignore)
+        if int8 and not quantized:
+            return quantize_linears(arrays, [r.ours for r in linears])
+        return {**arrays, **{ours: source[key] for ours, key in scales.items()}}
+
+    def parts():
+        claimed = set()
+        for i in range(cfg.num_layers):
+            keys = [k for k in source if k.startswith(f"encoder.block.{i}.") and k not in global_keys]
+            claimed.update(keys)
+            yield part(block_rules(i), keys, f"blocks.{i}.")
+        yield part(global_rules, [k for k in source if k not in claimed], "")
+
+    return EncoderCheckpoint(cfg, specs, parts())
 
 
 def _variable_dtypes(make_model):
@@ -226,24 +281,18 @@ def _variable_dtypes(make_model):
     return {".".join(map(str, path)): var.get_value().dtype for path, var in nnx.to_flat_state(state)}
 
 
-def load_text_encoder(directory, dtype=jnp.float32, int8=False):
+def load_text_encoder(directory: str, dtype=jnp.float32, int8: bool = False) -> T5Encoder:
     """The T5 encoder of a Hugging Face folder (`config.json` + weights), as a callable NNX module.
 
     `model(input_ids, attention_mask) -> last_hidden_state`. Weights are stored in `dtype` (float32 or
-    bfloat16), or as int8 with per-channel scales for the linears when `int8` is set. Torch is not needed.
+    bfloat16), or as int8 with per-channel scales for the linears when `int8` is set (quantised while loading, or
+    read from an int8 T5 written by `pixart_jax.int8_t5.export_int8_t5`). Torch is not needed.
     """
-    cfg = T5Config.from_directory(directory)
     dtype = _check_dtype(dtype)
-    source, ignore = _encoder_view(read_weights(directory, "model.safetensors", "pytorch_model.bin"))
+    cfg, _, parts = encoder_parts(directory, int8)
     make = lambda: T5Encoder(cfg, dtype, dtype, int8=int8, rngs=nnx.Rngs(0))  # noqa: E731
-    float_shapes = abstract_shapes(lambda: T5Encoder(cfg, dtype, dtype, rngs=nnx.Rngs(0)))
     dtypes = _variable_dtypes(make)
-    linears = [rule.ours for rule in t5_rules(cfg.num_layers) if rule.kind == "linear_nobias"]
-
-    def convert(part):
-        if int8:  # quantised from the checkpoint's own values, before any cast
-            part = quantize_linears(part, linears)
-        return {key: np.asarray(value, dtypes[key]) for key, value in part.items()}
-
-    arrays = _import_blockwise(cfg.num_layers, source, float_shapes, convert, directory, ignore)
+    arrays = {}
+    for part in parts:  # each block cast to its stored dtype before the next is read
+        arrays.update({key: np.asarray(value, dtypes[key]) for key, value in part.items()})
     return build_model(make, arrays, where=directory)

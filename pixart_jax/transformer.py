@@ -1,17 +1,25 @@
-"""The PixArt-α DiT in Flax NNX (spec §1): patch tokens, adaLN-single, self- and cross-attention blocks.
+"""The PixArt-α DiT in Flax NNX (Chen et al. 2023, arXiv 2310.00426, §2.3; PixArt-alpha
+`diffusion/model/nets/PixArtMS.py`, diffusers `PixArtTransformer2DModel`): patch tokens, adaLN-single, self- and
+cross-attention blocks.
 
 Parameters are fp32; `dtype` is the compute dtype of the matmuls. LayerNorm, softmax and the timestep features
 run in fp32, and in fp32 compute every matmul runs at "highest" precision so fp32 means fp32 on GPU/TPU too.
 The blocks are stored stacked (leading `depth` axis) and run with `jax.lax.scan`: one block is compiled once.
-With `remat=True` each block's activations are recomputed in the backward pass (one checkpoint per block, as the
-reference trains), trading compute for memory.
+`remat` (a RematPolicy) chooses what the backward pass recomputes: nothing, each whole block from its input (one
+checkpoint per block, as the reference trains) or all but the weight matmuls. `activation_dtype` is the dtype of
+the residual stream carried between blocks (what per-block remat keeps for the backward pass). `attention_kernel`
+picks the self-attention kernel (pixart_jax/attention.py; `auto`: by platform); the masked cross-attention over the
+caption tokens is left to `auto`.
 """
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from pixart_jax.attention import attention
+from pixart_jax.choices import AttentionKernel, RematPolicy, choose
 from pixart_jax.config import PixArtConfig
 from pixart_jax.embeddings import patchify, sincos_pos_embed, timestep_features, unpatchify
 from pixart_jax.sharding import stack_axes
@@ -22,6 +30,33 @@ zeros = nnx.initializers.zeros
 # Logical axes of an adaLN scale-shift table (rows, width); linear kernels are (kernel_in, kernel_out), and the
 # stacked blocks add a leading "layers" axis. The training config's mesh rules map these names to mesh axes.
 TABLE_AXES = (None, "table")
+
+
+class BlockInputs(NamedTuple):
+    """What every block of a forward sees besides its tokens: adaLN t0 (B, 6D), projected captions (B, L, D), the
+    caption mask (B, 1, 1, L) or None, and the self-attention kernel."""
+    t0: jax.Array
+    context: jax.Array
+    mask: jax.Array | None
+    kernel: AttentionKernel = AttentionKernel.auto
+
+
+def stacked(make, count, key):
+    """`count` modules `make(rngs)` stored stacked along a new leading "layers" axis, each initialised from its own
+    split of `key` (one jax.lax.scan runs them, so one of them is compiled)."""
+    module_def = nnx.graphdef(nnx.eval_shape(lambda: make(nnx.Rngs(0))))
+    modules = nnx.merge(module_def, jax.vmap(lambda k: nnx.split(make(nnx.Rngs(k)))[1])(jax.random.split(key, count)))
+    stack_axes(modules)
+    return modules
+
+
+def scan_layers(body, carry, layers, remat=RematPolicy.none):
+    """(carry, stacked ys): jax.lax.scan of `body(carry, layer) -> (carry, y)` over stacked `layers`; `remat` (a
+    RematPolicy) says what of each layer's activations the backward pass recomputes."""
+    remat = RematPolicy(remat)
+    if remat is not RematPolicy.none:
+        body = jax.checkpoint(body, prevent_cse=False, policy=remat.jax)
+    return jax.lax.scan(body, carry, layers)
 
 
 class Buffer(nnx.Variable):
@@ -68,10 +103,10 @@ class SelfAttention(nnx.Module):
         self.qkv = Dense(d, 3 * d, dtype, rngs=rngs)
         self.proj = Dense(d, d, dtype, rngs=rngs)
 
-    def __call__(self, x):
+    def __call__(self, x, kernel=AttentionKernel.auto):
         b, n, d = x.shape
         q, k, v = jnp.split(self.qkv(x).reshape(b, n, 3 * self.heads, d // self.heads), 3, axis=2)
-        return self.proj(attention(q, k, v).reshape(b, n, d))
+        return self.proj(attention(q, k, v, kernel=kernel).reshape(b, n, d))
 
 
 class CrossAttention(nnx.Module):
@@ -102,10 +137,10 @@ class PixArtBlock(nnx.Module):
         self.cross_attn = CrossAttention(cfg, dtype, rngs=rngs)
         self.mlp = Mlp(d, cfg.mlp_hidden, d, gelu_tanh, dtype, rngs=rngs)
 
-    def __call__(self, x, t0, context, mask):
+    def __call__(self, x, t0, context, mask, kernel=AttentionKernel.auto):
         mod = self.scale_shift_table[None] + t0.reshape(t0.shape[0], 6, -1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=1)
-        x = x + gate_msa * self.attn(layer_norm(x, self.eps) * (1 + scale_msa) + shift_msa)
+        x = x + gate_msa * self.attn(layer_norm(x, self.eps) * (1 + scale_msa) + shift_msa, kernel)
         x = x + self.cross_attn(x, context, mask)
         return x + gate_mlp * self.mlp(layer_norm(x, self.eps) * (1 + scale_mlp) + shift_mlp)
 
@@ -151,9 +186,13 @@ class PixArtTransformer(nnx.Module):
     encoder_hidden_states (B, L, caption_channels), encoder_attention_mask (B, L) 0/1, and for micro-conditioned
     (MS) models resolution (B, 2) = [height, width] in pixels and aspect_ratio (B, 1). Returns (B, 8, H, W)."""
 
-    def __init__(self, cfg: PixArtConfig, dtype=jnp.float32, *, remat=False, rngs: nnx.Rngs):
+    def __init__(self, cfg: PixArtConfig, dtype=jnp.float32, *, remat: RematPolicy = RematPolicy.none,
+                 activation_dtype=jnp.float32, attention_kernel: AttentionKernel = AttentionKernel.auto,
+                 rngs: nnx.Rngs):
         d = cfg.hidden_size
-        self.cfg, self.dtype, self.remat = cfg, dtype, remat
+        self.cfg, self.dtype, self.activation_dtype = cfg, dtype, activation_dtype
+        self.remat = choose(RematPolicy, remat, "remat")
+        self.attention_kernel = choose(AttentionKernel, attention_kernel, "attention_kernel")
         self.x_embedder = PatchEmbed(cfg, dtype, rngs=rngs)
         self.t_embedder = Mlp(256, d, d, jax.nn.silu, dtype, normal_002, rngs=rngs)
         if cfg.micro_conditions:
@@ -162,11 +201,7 @@ class PixArtTransformer(nnx.Module):
         self.t_block = Dense(d, 6 * d, dtype, normal_002, rngs=rngs)
         self.y_proj = Mlp(cfg.caption_channels, d, d, gelu_tanh, dtype, normal_002, rngs=rngs)
         self.y_embedding = Buffer(null_caption_init(rngs.params(), cfg))
-        keys = jax.random.split(rngs.params(), cfg.depth)
-        block_def = nnx.graphdef(nnx.eval_shape(lambda: PixArtBlock(cfg, dtype, rngs=nnx.Rngs(0))))
-        self.blocks = nnx.merge(block_def, jax.vmap(
-            lambda k: nnx.split(PixArtBlock(cfg, dtype, rngs=nnx.Rngs(k)))[1])(keys))
-        stack_axes(self.blocks)
+        self.blocks = stacked(lambda r: PixArtBlock(cfg, dtype, rngs=r), cfg.depth, rngs.params())
         self.final_layer = FinalLayer(cfg, dtype, rngs=rngs)
 
     def condition(self, timestep, resolution=None, aspect_ratio=None):
@@ -182,6 +217,64 @@ class PixArtTransformer(nnx.Module):
             t = t + jnp.concatenate([hw.reshape(b, -1), ar.reshape(b, -1)], axis=1)
         return t
 
+    def precision(self):
+        """The matmul precision context of this model's compute dtype ("highest" in fp32)."""
+        return jax.default_matmul_precision("highest" if jnp.dtype(self.dtype) == jnp.float32 else "default")
+
+    def tokens(self, latents, pos_table=None):
+        """(x (B, N, D), grid (h, w)): patch tokens plus the sin-cos embedding of their grid, or `pos_table`
+        (N, D) when given (a stored table)."""
+        p = self.cfg.patch_size
+        hh, ww = latents.shape[2:]
+        if hh % p or ww % p:
+            raise ValueError(f"latent size {hh}x{ww} is not divisible by the patch size {p}")
+        h, w = hh // p, ww // p
+        if pos_table is None:
+            pos_table = sincos_pos_embed(self.cfg.hidden_size, h, w, self.cfg.base_size, self.cfg.interpolation_scale)
+        return self.x_embedder(latents) + jnp.asarray(pos_table, jnp.float32)[None], (h, w)
+
+    def conditioning(self, batch, timestep, encoder_hidden_states, encoder_attention_mask=None, resolution=None,
+                     aspect_ratio=None):
+        """(t (B, D), BlockInputs): the summed conditioning vector of the final layer and what every block sees."""
+        timestep = jnp.broadcast_to(jnp.asarray(timestep, jnp.float32).reshape(-1), (batch,))
+        t = self.condition(timestep, resolution, aspect_ratio)
+        mask = None
+        if encoder_attention_mask is not None:
+            mask = (jnp.asarray(encoder_attention_mask) > 0)[:, None, None, :]
+        return t, BlockInputs(self.t_block(jax.nn.silu(t)), self.y_proj(encoder_hidden_states), mask,
+                              AttentionKernel(self.attention_kernel))
+
+    def block(self, index):
+        """Block `index` (an int or a traced scalar) of the stack, read in place (no copy of the stack)."""
+        block_def, state = nnx.split(self.blocks)
+        return nnx.merge(block_def, jax.tree.map(lambda a: a[index], state))
+
+    def run_blocks(self, x, inputs, start=0, stop=None, collect=False):
+        """x through blocks[start:stop], one jax.lax.scan (remat as the model's policy), carried in activation_dtype.
+        The whole stack is scanned as it is stored; part of it (a ControlNet's frozen base) by index, which slices
+        each block in place instead of copying the part (gradients for a part are still right, accumulated per
+        block). With `collect`: (x, every block's output (blocks, B, N, D)), the features a PCM discriminator
+        reads."""
+        stop, carry = self.cfg.depth if stop is None else stop, self.activation_dtype
+        x = x.astype(carry)
+
+        def kept(y):
+            return y, (y if collect else None)
+
+        if (start, stop) == (0, self.cfg.depth):
+            block_def, state = nnx.split(self.blocks)
+            x, ys = scan_layers(lambda x, block: kept(nnx.merge(block_def, block)(x, *inputs).astype(carry)), x,
+                                state, self.remat)
+        else:
+            x, ys = scan_layers(lambda x, i: kept(self.block(i)(x, *inputs).astype(carry)), x,
+                                jnp.arange(start, stop), self.remat)
+        return (x, ys) if collect else x
+
+    def output(self, x, t, grid):
+        """The final layer and unpatchify: tokens (B, N, D) -> (B, out_channels, H, W) float32."""
+        out = self.final_layer(x, t)
+        return unpatchify(out.astype(jnp.float32), *grid, self.cfg.patch_size, self.cfg.out_channels)
+
     def __call__(self, latents, timestep, encoder_hidden_states, encoder_attention_mask=None,
                  resolution=None, aspect_ratio=None):
         return self.forward(latents, timestep, encoder_hidden_states, encoder_attention_mask, resolution,
@@ -189,34 +282,13 @@ class PixArtTransformer(nnx.Module):
 
     def forward(self, latents, timestep, encoder_hidden_states, encoder_attention_mask=None, resolution=None,
                 aspect_ratio=None, block_outputs=False):
-        """(output (B, 8, H, W), every block's output tokens (depth, B, h·w, hidden) with `block_outputs`, else
-        None): the features a PCM discriminator reads off the frozen teacher."""
-        cfg = self.cfg
-        b, _, hh, ww = latents.shape
-        p = cfg.patch_size
-        if hh % p or ww % p:
-            raise ValueError(f"latent size {hh}x{ww} is not divisible by the patch size {p}")
-        h, w = hh // p, ww // p
-        precision = "highest" if jnp.dtype(self.dtype) == jnp.float32 else "default"
-        with jax.default_matmul_precision(precision):
-            pos = sincos_pos_embed(cfg.hidden_size, h, w, cfg.base_size, cfg.interpolation_scale)
-            x = self.x_embedder(latents) + jnp.asarray(pos, jnp.float32)[None]
-            timestep = jnp.broadcast_to(jnp.asarray(timestep, jnp.float32).reshape(-1), (b,))
-            t = self.condition(timestep, resolution, aspect_ratio)
-            t0 = self.t_block(jax.nn.silu(t))
-            context = self.y_proj(encoder_hidden_states)
-            mask = None
-            if encoder_attention_mask is not None:
-                mask = (jnp.asarray(encoder_attention_mask) > 0)[:, None, None, :]
-
-            block_def, block_state = nnx.split(self.blocks)
-
-            def run_block(x, state):
-                x = nnx.merge(block_def, state)(x, t0, context, mask)
-                return x, x if block_outputs else None
-
-            if self.remat:
-                run_block = jax.checkpoint(run_block, prevent_cse=False)
-            x, features = jax.lax.scan(run_block, x, block_state)
-            out = self.final_layer(x, t)
-        return unpatchify(out.astype(jnp.float32), h, w, p, cfg.out_channels), features
+        """(output (B, 8, H, W), every block's output tokens (depth, B, N, D) with `block_outputs`, else None)."""
+        with self.precision():
+            x, grid = self.tokens(latents)                                        # (B, N, D)
+            t, inputs = self.conditioning(latents.shape[0], timestep, encoder_hidden_states,
+                                          encoder_attention_mask, resolution, aspect_ratio)  # (B, D)
+            if block_outputs:
+                x, features = self.run_blocks(x, inputs, collect=True)            # (B, N, D), (depth, B, N, D)
+            else:
+                x, features = self.run_blocks(x, inputs), None                    # (B, N, D)
+            return self.output(x, t, grid), features                              # (B, 8, H, W)

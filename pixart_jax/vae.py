@@ -1,4 +1,5 @@
-"""The Stable Diffusion AutoencoderKL (spec §3.8) in Flax NNX, configured and loaded from a diffusers `vae/` folder.
+"""The Stable Diffusion AutoencoderKL (Rombach et al. 2022, arXiv 2112.10752; diffusers `AutoencoderKL`) in Flax
+NNX, configured and loaded from a diffusers `vae/` folder.
 
 Encoder: conv_in, per level `layers_per_block` resnets and (except the last level) a stride-2 conv with PyTorch's
 asymmetric (0, 1, 0, 1) padding, a mid block (resnet, single-head self-attention, resnet), GroupNorm, SiLU and a
@@ -57,6 +58,11 @@ class VAEConfig:
         values = {k: v for k, v in raw.items() if k in fields}
         values["block_out_channels"] = tuple(values.get("block_out_channels", cls.block_out_channels))
         return cls(**values)
+
+    @property
+    def spatial_factor(self):
+        """Image pixels per latent pixel, per side."""
+        return 2 ** (len(self.block_out_channels) - 1)
 
 
 # The Stable Diffusion VAE (`sd-vae-ft-ema`) that PixArt uses.
@@ -217,7 +223,7 @@ class AutoencoderKL(nnx.Module):
         self.cfg = cfg
         self.dtype = jnp.dtype(dtype)
         self.scaling_factor = cfg.scaling_factor
-        self.spatial_factor = 2 ** (len(cfg.block_out_channels) - 1)  # image pixels per latent pixel, per side
+        self.spatial_factor = cfg.spatial_factor
         self.encoder = Encoder(cfg, dtype, rngs=rngs)
         self.decoder = Decoder(cfg, dtype, rngs=rngs)
         moments, latents = 2 * cfg.latent_channels, cfg.latent_channels
@@ -250,7 +256,7 @@ class AutoencoderKL(nnx.Module):
             return _nchw(self.decoder(z))
 
 
-def load_vae(directory, dtype=jnp.float32):
+def load_vae(directory: str, dtype=jnp.float32) -> "AutoencoderKL":
     """The AutoencoderKL of a diffusers `vae/` folder (`config.json` + `diffusion_pytorch_model.safetensors`)."""
     cfg = VAEConfig.from_directory(directory)
     source = read_weights(directory, "diffusion_pytorch_model.safetensors")

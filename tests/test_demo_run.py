@@ -29,10 +29,17 @@ def test_quick_demo_writes_grid_and_finite_scores(tmp_path):
     assert set(scores["step_change"]) == {"lcm", "pcm"} and all(0 <= v <= 1 for v in scores["step_change"].values())
     assert 50 < scores["fidelity_autoencoder"] <= 100
     assert scores["prompts"] == [p.caption for p in evaluation_set()]
+    follow = scores["control_follow"]
+    assert all(0 <= follow[k] <= 100 for k in ("controlnet", "no_control")) and "control followed" in run.stdout
     grid = Image.open(tmp_path / "grid.png")
-    assert grid.size == (150 + 36 * 2 * IMAGE_SIZE, len(methods) * 2 * IMAGE_SIZE)
+    blocks = len(methods) + 2  # + the control images and the ControlNet's samples
+    across, down = min(5, blocks), -(-blocks // 5)  # labelled 6x6 blocks, five a row
+    block = 6 * IMAGE_SIZE + 5 * 2
+    assert grid.size == (across * block + (across + 1) * 12, down * (16 + block) + (down + 1) * 12)
+    assert grid.size[0] <= 1920 and grid.size[1] <= 1080
     assert (tmp_path / "teacher" / "model" / "config.json").is_file()
     assert (tmp_path / "lcm" / "export" / "transformer" / "config.json").is_file()
+    assert (tmp_path / "controlnet" / "export" / "controlnet" / "config.json").is_file()
     sampler = from_scheduler_config(tmp_path / "lcm" / "export")  # the student is a v-prediction LCM
     assert isinstance(sampler, LCM) and sampler.prediction_type == "v_prediction"
     sampler = from_scheduler_config(tmp_path / "pcm" / "pcm_2" / "export")  # a v-prediction PCM on 40 points

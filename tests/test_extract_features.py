@@ -179,3 +179,39 @@ def test_index_input_takes_sizes_from_the_index(models, tmp_path):
     with pytest.raises(ValueError, match="record 0 lacks \\['prompt'\\]"):
         index.write_text(json.dumps({"path": "a.png"}))
         extract(models, index, tmp_path / "out2")
+
+
+@pytest.mark.parametrize("kind", ["canny", "hed"])
+def test_control_latents_of_the_edge_maps(models, tmp_path, kind):
+    """--control canny|hed: each record also holds the VAE posterior of the resized image's edge map."""
+    from pixart_jax.control import canny, control_pixels
+    from pixart_jax.hed import HED, STAGES
+    from pixart_jax.keymaps.hed import hed_rules
+    from pixart_jax.weights import export_weights, save_pth
+    from pixart_jax.weights.nnx_state import flat_arrays
+
+    images = tmp_path / "images"
+    for seed, name in enumerate(("square.png", "wide.png")):
+        write_image(images, name, *IMAGES[name], seed=seed)
+    extra = ["--control", kind]
+    if kind == "hed":
+        hed = HED(rngs=nnx.Rngs(0))
+        save_pth(export_weights(hed_rules([n for n, _ in STAGES]), flat_arrays(hed)), str(tmp_path / "hed.pth"))
+        extra += ["--hed", str(tmp_path / "hed.pth")]
+        with pytest.raises(ValueError, match="--control hed needs --hed"):
+            extract(models, images, tmp_path / "nohed", "--control", "hed")
+    extract(models, images, tmp_path / "out", *extra)
+    source, vae = read_examples(tmp_path / "out"), load_vae(models["vae"])
+    for i, key in enumerate(source.keys):
+        example = source[i]
+        bucket_h, bucket_w = ASPECT_RATIO_256[example["bucket"]]
+        image = np.asarray(Image.open(images / key).convert("RGB").resize((bucket_w, bucket_h), Image.BICUBIC))
+        if kind == "canny":
+            edges = canny(image)[None, None]
+        else:
+            edges = np.asarray(hed(image.transpose(2, 0, 1)[None].astype(np.float32) / 255))
+        mean, std = encode(vae, control_pixels(edges))
+        assert example["control_mean"].shape == example["mean"].shape
+        assert rel_error(example["control_mean"], mean[0]) <= 1e-5 and rel_error(example["control_std"], std[0]) <= 1e-5
+    with pytest.raises(ValueError, match="written with control="):
+        extract(models, images, tmp_path / "out")

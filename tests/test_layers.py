@@ -1,6 +1,7 @@
 """The library never imports its programs (train/, convert/), bench/ or tests/, and importing it never imports
 torch: checked on every import statement in pixart_jax/ (function-local ones included) and in a fresh process."""
 import ast
+import os
 import pathlib
 import subprocess
 import sys
@@ -35,3 +36,15 @@ def test_importing_every_library_module_loads_no_program_and_no_torch():
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
+
+
+def test_the_installed_package_is_pixart_jax_alone(tmp_path):
+    """Outside the checkout, the environment's install provides `pixart_jax` and no top-level train/convert/tests."""
+    code = ("import importlib.util, json\n"
+            "print(json.dumps({m: importlib.util.find_spec(m) is not None for m in "
+            "['pixart_jax', 'train', 'convert', 'bench', 'tests']}))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == ('{"pixart_jax": true, "train": false, "convert": false, "bench": false, '
+                                  '"tests": false}')

@@ -20,6 +20,7 @@ from pixart_jax.training.distill import Distillation, empty_prompt, load_config
 from pixart_jax.training.lcd_step import LCDStep, init_lcd_state
 from pixart_jax.training.step import build_model, make_optimizer, split_model
 from pixart_jax.training.synthetic import synthetic_examples
+from tests.commands import run_module
 from tests.fixtures import save_t5, save_tokenizer
 from train.lcm import main
 
@@ -100,7 +101,8 @@ def test_target_is_an_ema_of_the_student_and_the_teacher_is_frozen():
 def test_lcm_command_trains_resumes_and_exports(tmp_path, capsys):
     workdir = tmp_path / "lcm"
     args = [LCM_TINY, f"workdir={workdir}", "logging.progress=false"]
-    assert main(args + ["steps=2"]) == 0
+    run = run_module("train.lcm", *args, "steps=2")  # as the README runs it
+    assert run.returncode == 0, run.stderr[-2000:]
     assert main(args + ["steps=3"]) == 0
     assert "resumed from checkpoint 2" in capsys.readouterr().out
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

@@ -7,6 +7,7 @@ from flax import nnx
 
 from pixart_jax.config import PRESETS
 from pixart_jax.guidance import guide
+from pixart_jax.memory import OutOfMemoryError
 from pixart_jax.pipeline import PixArtPipeline
 from pixart_jax.prompts import load_tokenizer
 from pixart_jax.samplers import DPMSolverMultistep, LearnedVarianceDDPM
@@ -120,6 +121,20 @@ def test_from_pretrained_rejects_other_directories(tmp_path):
     (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
     with pytest.raises(CheckpointError, match="'StableDiffusionPipeline', not one of"):
         PixArtPipeline.from_pretrained(str(tmp_path))
+    (tmp_path / "model_index.json").write_text('{"_class_name": "PixArtAlphaPipeline"}')
+    (tmp_path / "tokenizer").mkdir()  # empty: checked before any component is loaded
+    with pytest.raises(CheckpointError, match=f"tokenizer folder {tmp_path / 'tokenizer'} has no spiece.model"):
+        PixArtPipeline.from_pretrained(str(tmp_path))
+
+
+def test_sizes_too_large_for_memory_are_refused_before_running(pipe):
+    before = CountingPipeline.traces
+    with pytest.raises(OutOfMemoryError, match=r"^generating 2 image\(s\) of 4096x4096 needs an estimated"):
+        call(pipe, height=4096, width=4096, num_images_per_prompt=2)
+    with pytest.raises(OutOfMemoryError, match=r"^the position embedding of 524288x524288 \(1,073,741,824 "
+                                               r"tokens\) needs"):
+        call(pipe, height=2**19, width=2**19)
+    assert CountingPipeline.traces == before + 1  # the first compiled, but never ran; the second was not traced
 
 
 def test_null_caption_modes(pipe):
@@ -152,3 +167,24 @@ def test_learned_variance_sampler_with_both_guidance_modes(pipe):
     ddpm = dataclasses.replace(pipe, sampler=LearnedVarianceDDPM())
     ours, repo = (call(ddpm, guidance_scale=4.5, guidance_channels=c) for c in (None, 3))
     assert np.isfinite(ours).all() and np.isfinite(repo).all() and not np.allclose(ours, repo, atol=1e-3)
+
+
+@pytest.mark.parametrize("sampler, guidance", [("dpm", 4.5), ("lcm", 0.0)])
+def test_eight_devices_give_the_images_of_one(pipe, sampler, guidance):
+    """8 images over the 8 fake devices (weights replicated, or sharded over pairs) = the same 8 on one device;
+    LCM injects fresh noise between steps, which must not depend on the split either."""
+    import jax
+
+    from pixart_jax.samplers import LCM
+
+    other = dict(dpm=pipe.sampler, lcm=LCM())[sampler]
+    images = {}
+    for name, devices, fsdp in (("one", jax.devices()[:1], 1), ("eight", None, 1), ("fsdp", None, 2)):
+        split = dataclasses.replace(pipe, sampler=other, devices=devices, fsdp=fsdp)
+        images[name] = call(split, num_images_per_prompt=8, guidance_scale=guidance, output_type="latent")
+        assert len(images[name].sharding.device_set) == (1 if devices else 8)
+    for name in ("eight", "fsdp"):
+        ref = np.asarray(images["one"])
+        err = np.abs(np.asarray(images[name]) - ref).max() / np.abs(ref).max()
+        print(f"{sampler}: {name} vs one device, max |Δ| / max |ref| of the latents {err:.1e}")
+        assert err < 1e-5  # float reassociation only: each device multiplies fewer rows

@@ -1,11 +1,15 @@
 """Prompt encoding: caption cleaning, 120-token tokenisation and both null-caption modes, against the diffusers
 PixArtAlphaPipeline (`_text_preprocessing`, `encode_prompt`) with a SentencePiece tokenizer built locally."""
 import logging
+import os
+import re
+import socket
 
 import numpy as np
 import pytest
 
 from pixart_jax.prompts import MAX_LENGTH, encode_prompt, load_tokenizer, preprocess, tokenize, train_tokenizer
+from pixart_jax.weights import CheckpointError
 from tests.parity import redraw, rel_error
 
 pytest.importorskip("sentencepiece")
@@ -148,3 +152,26 @@ def test_encode_prompt_matches_diffusers_pipeline(tokenizer, tmp_path):
         errors = rel_error(got.embeds, expected[0]), rel_error(got.negative_embeds, expected[2])
         print(f"encode_prompt (clean_caption={clean}) rel_error cond {errors[0]:.2e} uncond {errors[1]:.2e}")
         assert max(errors) <= 1e-5
+
+
+def test_tokenizers_load_from_local_files_only(tmp_path, monkeypatch):
+    """A missing or empty tokenizer folder is an error naming it, never a hub download or an empty vocabulary."""
+    def no_network(*_):
+        raise AssertionError("reached for the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.chdir(tmp_path)
+    for switch in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(switch, raising=False)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text("{}")
+    for folder, message in (("empty", "tokenizer folder empty has no spiece.model or tokenizer.json (it is empty)"),
+                            ("tokenizer", "tokenizer folder tokenizer does not exist (tokenizers are read from local "
+                                          "files only)"),
+                            ("other", "tokenizer folder other has no spiece.model or tokenizer.json")):
+        with pytest.raises(CheckpointError, match=rf"^{re.escape(message)}$"):
+            load_tokenizer(folder)
+    tokenizer = load_tokenizer(train_tokenizer(TRAINING_TEXT, tmp_path / "local"))
+    assert tokenizer("a photo of a cat").input_ids[:-1] != [tokenizer.unk_token_id] * 4
+    assert os.environ["HF_HUB_OFFLINE"] == os.environ["TRANSFORMERS_OFFLINE"] == "1"

@@ -89,7 +89,7 @@ def test_finetune_starts_from_a_converted_checkpoint(tmp_path):
     model = PixArtTransformer(PRESETS["tiny"], rngs=nnx.Rngs(7))
     save_jax(model, str(tmp_path / "export"))
     cfg = tiny_config(tmp_path / "run", "steps=1", "checkpoint_every=1", f"model.init_from={tmp_path / 'export'}",
-                      "model.remat=true")
+                      "model.remat=block")
     result = train(cfg)
     assert np.isfinite(result.losses[1])
     np.testing.assert_array_equal(result.state["buffers"]["y_embedding"], model.y_embedding.get_value())

@@ -3,7 +3,7 @@ import pathlib
 
 import pytest
 
-from pixart_jax.training import distill, pcm
+from pixart_jax.training import controlnet, distill, pcm
 from pixart_jax.training.config import ConfigError, load_config, to_dict
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
@@ -11,8 +11,9 @@ CONFIGS = sorted((pathlib.Path(__file__).resolve().parent.parent / "configs").gl
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_validate(path):
-    # distillation configs add `lcd:` / `pcm:`
-    load = {"lcm": distill.load_config, "pcm": pcm.load_config}.get(path.name.split("_")[0], load_config)
+    programs = {"lcm_": distill.load_config, "pcm_": pcm.load_config,
+                "controlnet_": controlnet.load_config}  # they add `lcd:`, `pcm:`, `controlnet:`
+    load = next((f for prefix, f in programs.items() if path.name.startswith(prefix)), load_config)
     cfg = load(path, ["workdir=/tmp/x"])
     assert cfg.steps >= 1 and cfg.checkpoint_every >= 1 and isinstance(cfg.seed, int)
 
@@ -24,8 +25,8 @@ def test_shipped_configs_cover_the_released_stages():
 
 def test_overrides_are_typed():
     cfg = load_config(CONFIGS[0].parent / "tiny.yaml",
-                      ["workdir=runs/t", "steps=8", "optimizer.lr=0.5", "mesh.fsdp=2", "model.remat=true"])
-    assert (cfg.workdir, cfg.steps, cfg.optimizer.lr, cfg.mesh.fsdp, cfg.model.remat) == ("runs/t", 8, 0.5, 2, True)
+                      ["workdir=runs/t", "steps=8", "optimizer.lr=0.5", "mesh.fsdp=2", "model.remat=block"])
+    assert (cfg.workdir, cfg.steps, cfg.optimizer.lr, cfg.mesh.fsdp, cfg.model.remat) == ("runs/t", 8, 0.5, 2, "block")
     assert to_dict(cfg)["steps"] == 8
 
 

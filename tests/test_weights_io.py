@@ -73,3 +73,29 @@ def test_agrees_with_torch_and_safetensors_library(tmp_path):
     safetensors.torch.save_file({"b": torch.ones(2, 3, dtype=torch.bfloat16)}, tmp_path / "lib.safetensors")
     np.testing.assert_array_equal(load_safetensors(str(tmp_path / "lib.safetensors"))["b"],
                                   np.ones((2, 3), ml_dtypes.bfloat16))
+
+
+def test_lazy_reads_and_streaming_writes(tmp_path):
+    from pixart_jax.weights.safetensors_io import LazyTensors, tensor_spec, write_safetensors
+
+    tensors = sample_tensors()
+    asked = []
+
+    def produce(name):
+        asked.append(name)
+        return tensors[name]
+
+    order = ["i", "w", "b", "t", "s"]
+    write_safetensors(str(tmp_path / "x.safetensors"), {k: (tensors[k].dtype, tensors[k].shape) for k in order},
+                      produce)
+    assert asked == order  # one at a time, in file order
+    lazy = read_weights(str(tmp_path), "x.safetensors", lazy=True)
+    assert isinstance(lazy, LazyTensors) and list(lazy) == order
+    assert tensor_spec(lazy, "b") == (np.dtype(ml_dtypes.bfloat16), (4,))
+    for k, v in tensors.items():
+        got = lazy[k]
+        assert got.dtype == v.dtype and got.flags.writeable and not isinstance(got, np.memmap)
+        np.testing.assert_array_equal(got, v)
+    with pytest.raises(CheckpointError, match="tensor 'w' is float32 \\(3, 5\\), its header entry says"):
+        write_safetensors(str(tmp_path / "y.safetensors"), {"w": (np.float32, (5, 3))}, tensors.__getitem__)
+    assert not list(tmp_path.glob("y.safetensors*"))

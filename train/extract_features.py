@@ -3,11 +3,13 @@ pixart_jax/training/features.py for what is computed and stored).
 
     python -m train.extract_features --images DIR_OR_INDEX --text-encoder DIR --tokenizer DIR --vae DIR \\
         --out DIR --resolution 256|512|1024 [--batch-size 32] [--shard-size 512] [--t5-dtype bfloat16]
+        [--control canny|hed [--hed ControlNetHED.pth]]
 """
 import argparse
 
 from pixart_jax.aspect_ratios import TRAIN_TABLES
 from pixart_jax.choices import DType
+from pixart_jax.control import ControlKind
 from pixart_jax.training.features import ExtractionSettings, extract
 
 
@@ -29,6 +31,9 @@ def parse_args(argv=None):
     parser.add_argument("--no-clean-caption", dest="clean_caption", action="store_false",
                         help="only lower-case and strip captions")
     parser.add_argument("--workers", type=int, default=4, help="threads decoding and resizing images")
+    parser.add_argument("--control", choices=[ControlKind.canny, ControlKind.hed], type=ControlKind,
+                        help="also store ControlNet control latents of each image's edge map")
+    parser.add_argument("--hed", help="ControlNetHED.pth, the HED network's weights (for --control hed)")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.shard_size < 1 or args.workers < 1:
         parser.error("--batch-size, --shard-size and --workers must be positive")

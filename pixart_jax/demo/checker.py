@@ -96,8 +96,8 @@ def _kind(weights):
     return "square" if 2 * axes / (axes + 6 * moment(2, 2)) < SQUARE_AXIS_RATIO else "circle"
 
 
-def detect(image):
-    """The Attributes of the one shape in `image` (H, W, 3) in [0, 1], or None when no plausible shape is there."""
+def _measure(image):
+    """(colour index, kind, half-maximum mask) of the one shape in `image`, or None when there is none."""
     image = np.asarray(image, np.float32)
     if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < 3 or not np.isfinite(image).all():
         return None
@@ -117,8 +117,23 @@ def detect(image):
     shape = _largest_component((along > 0.5) & (labels == colour))
     if kind is None or shape.sum() < MIN_PIXELS:
         return None
+    return colour, kind, shape
+
+
+def shape_mask(image):
+    """The (H, W) boolean mask of the one shape `detect` reads off `image` (its half-maximum pixels), or None."""
+    measured = _measure(image)
+    return None if measured is None else measured[2]
+
+
+def detect(image):
+    """The Attributes of the one shape in `image` (H, W, 3) in [0, 1], or None when no plausible shape is there."""
+    measured = _measure(image)
+    if measured is None:
+        return None
+    colour, kind, shape = measured
     rows, columns = np.nonzero(shape)
-    scale_y, scale_x = IMAGE_SIZE / image.shape[0], IMAGE_SIZE / image.shape[1]
+    scale_y, scale_x = IMAGE_SIZE / shape.shape[0], IMAGE_SIZE / shape.shape[1]
     height, width = (rows.max() - rows.min() + 1) * scale_y, (columns.max() - columns.min() + 1) * scale_x
     if max(height, width) > MAX_EXTENT:
         return None

@@ -9,7 +9,9 @@
 6. scores: every method samples the 36 fixed evaluation prompts from the same initial noise; the procedural checker
    reads kind, colour, size and position back off each image (alignment), each image is compared with its caption's
    rendering (fidelity), and the 1/2/4/8-step images of LCM and of PCM are compared with each other (step change;
-   pixart_jax/demo/fidelity.py) -> DIR/scores.json and DIR/grid.png.
+   pixart_jax/demo/fidelity.py) -> DIR/scores.json and DIR/grid.png;
+7. ControlNet: a ControlNet-Transformer of the teacher trained on Canny edges, scored on how well its samples follow
+   control images that put the shape elsewhere than the caption does (pixart_jax/demo/control.py).
 """
 import dataclasses
 import json
@@ -25,7 +27,8 @@ from tqdm.auto import tqdm
 
 from pixart_jax.checkpoints import save_jax
 from pixart_jax.config import PRESETS
-from pixart_jax.demo import checker, fidelity, pcm_stage, shapes
+from pixart_jax.controlnet_pipeline import PixArtControlNetPipeline
+from pixart_jax.demo import checker, control, fidelity, pcm_stage, shapes
 from pixart_jax.demo.patch_pca import PatchPCA
 from pixart_jax.pipeline import PixArtPipeline
 from pixart_jax.prompts import load_tokenizer, tokenize, train_tokenizer
@@ -128,33 +131,50 @@ def distill_student(examples, teacher_dir, workdir, settings, latent_scale):
     return nnx.merge(result.graphdef, result.state["target"], result.state["buffers"])
 
 
+def evaluation_noise(prompts):
+    """(N, C, h, w): each evaluation prompt's initial noise, from its seed."""
+    return jnp.stack([jax.random.normal(jax.random.key(p.seed), (MODEL.in_channels, MODEL.sample_size,
+                                                                 MODEL.sample_size)) for p in prompts])
+
+
+def sample(pipe, prompts, steps, guidance, **control):
+    """(N, H, W, 3) images in [0, 1] of `pipe` for the evaluation prompts from their noise (`control`: a
+    ControlNet pipeline's control keywords)."""
+    return pipe(prompt=[p.caption for p in prompts], num_inference_steps=steps, guidance_scale=guidance,
+                height=shapes.IMAGE_SIZE, width=shapes.IMAGE_SIZE, latents=evaluation_noise(prompts), seed=0,
+                output_type="np", use_resolution_binning=False, clean_caption=False, null_caption="y_embedding",
+                progress=False, **control).images
+
+
 def sample_all(models, text_encoder, tokenizer, vae, prompts):
     """{method: (N, H, W, 3) images in [0, 1]} for METHODS ({model name: transformer} in `models`), every method
     from the same per-prompt initial noise."""
-    noise = jnp.stack([jax.random.normal(jax.random.key(p.seed), (MODEL.in_channels, MODEL.sample_size,
-                                                                  MODEL.sample_size)) for p in prompts])
     images = {}
     for name, model, sampler, steps, guidance in tqdm(METHODS, desc="sampling", unit="method"):
         pipe = PixArtPipeline(transformer=models[model], text_encoder=text_encoder, tokenizer=tokenizer, vae=vae,
                               sampler=sampler)
-        images[name] = pipe(prompt=[p.caption for p in prompts], num_inference_steps=steps, guidance_scale=guidance,
-                            height=shapes.IMAGE_SIZE, width=shapes.IMAGE_SIZE, latents=noise, seed=0,
-                            output_type="np", use_resolution_binning=False, clean_caption=False,
-                            null_caption="y_embedding", progress=False).images
+        images[name] = sample(pipe, prompts, steps, guidance)
     return images
 
 
-def write_grid(images, path, zoom=2, label_width=150):
-    """Rows = methods (labelled), columns = the evaluation prompts; nearest-neighbour zoom."""
-    names = list(images)
-    n, size = len(images[names[0]]), shapes.IMAGE_SIZE * zoom
-    sheet = Image.new("RGB", (label_width + n * size, len(names) * size), "white")
+def write_grid(images, path, columns=6, blocks_per_row=5, gap=2, margin=12, title=16):
+    """One labelled block per method, its images `columns` wide in prompt order (the same prompt sits at the same
+    place in every block), `blocks_per_row` blocks side by side: 8-15 methods fit a 1920x1080 screen at 1:1."""
+    names, size = list(images), shapes.IMAGE_SIZE
+    rows = -(-len(images[names[0]]) // columns)
+    block_w, block_h = columns * size + (columns - 1) * gap, title + rows * size + (rows - 1) * gap
+    across = min(blocks_per_row, len(names))
+    down = -(-len(names) // across)
+    sheet = Image.new("RGB", (across * block_w + (across + 1) * margin, down * block_h + (down + 1) * margin), "white")
     draw = ImageDraw.Draw(sheet)
-    for row, name in enumerate(names):
-        draw.text((4, row * size + size // 2 - 6), name, fill="black")
-        for column, image in enumerate(images[name]):
-            tile = Image.fromarray((image * 255).round().astype(np.uint8)).resize((size, size), Image.NEAREST)
-            sheet.paste(tile, (label_width + column * size, row * size))
+    for b, name in enumerate(names):
+        left = margin + (b % across) * (block_w + margin)
+        top = margin + (b // across) * (block_h + margin)
+        draw.text((left, top + 2), name, fill="black")
+        for i, image in enumerate(images[name]):
+            r, c = divmod(i, columns)
+            tile = Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8))
+            sheet.paste(tile, (left + c * (size + gap), top + title + r * (size + gap)))
     sheet.save(path)
 
 
@@ -199,12 +219,22 @@ def run(out, quick=False):
     ceiling = fidelity.fidelity_percent(shapes.from_model_output(vae.decode(vae.encode(renderings))), attributes)
     step_change = {family: fidelity.step_change([samples[name] for name in names])
                    for family, names in pcm_stage.STEP_SERIES.items()}
-    write_grid(samples, os.path.join(out, "grid.png"))
     clock["evaluation_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()  # the ControlNet stage (pixart_jax/demo/control.py), sampled as METHODS[0]
+    name, _, sampler, steps, guidance = METHODS[0]
+    control_rows, control_follow = control.stage(
+        (examples, images, captions), vae, teacher_dir, os.path.join(out, "controlnet"),
+        lambda workdir, count, lr: train_overrides(workdir, settings, count, lr, vae.scaling_factor),
+        lambda texts: caption_features(tokenizer, text_encoder, texts),
+        lambda model, **kw: sample(PixArtControlNetPipeline(model, text_encoder, tokenizer, vae, sampler), prompts,
+                                   steps, guidance, **kw), prompts, samples[name], quick)
+    write_grid({**samples, **control_rows}, os.path.join(out, "grid.png"))
+    clock["controlnet_s"] = time.perf_counter() - start
 
     scores = {name: d["aligned"] for name, d in details.items()}
     report = {**scores, "fidelity": fidelities, "step_change": step_change, "fidelity_autoencoder": ceiling,
-              "attributes": details, "settings": dataclasses.asdict(settings),
+              "control_follow": control_follow, "attributes": details, "settings": dataclasses.asdict(settings),
               "prompts": [p.caption for p in prompts], "seconds": {k: round(v, 1) for k, v in clock.items()}}
     with open(os.path.join(out, "scores.json"), "w") as f:
         json.dump(report, f, indent=2)

@@ -1,4 +1,5 @@
-"""PixArt transformer key maps: the original repo's `.pth` layout (spec §4.2) and diffusers' (spec §4.3-4.4)."""
+"""PixArt transformer key maps: the original repo's `.pth` layout and diffusers' (as diffusers'
+`scripts/convert_pixart_alpha_to_diffusers.py` maps them)."""
 from pixart_jax.weights.mapping import Rule
 
 ORIGINAL = [

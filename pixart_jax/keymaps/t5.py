@@ -16,8 +16,9 @@ BLOCK = [
     ("ff.wo", "layer.1.DenseReluDense.wo", "linear_nobias"),
 ]
 
+SHARED_EMBED = "shared.weight"  # the tied input embedding
 GLOBAL = [
-    Rule("embed.embedding", "shared.weight", "param"),
+    Rule("embed.embedding", SHARED_EMBED, "param"),
     # Only the first block owns the relative-position table; every block reuses the bias it yields.
     Rule("relative_attention_bias.embedding", "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
          "param"),
@@ -28,6 +29,11 @@ GLOBAL = [
 ENCODER_EMBED = "encoder.embed_tokens.weight"
 # Keys of full encoder-decoder checkpoints that an encoder does not use.
 DECODER_PREFIXES = ("decoder.", "lm_head.")
+# An int8 T5 (pixart_jax.int8_t5): each linear's `weight` holds int8 codes (out, in) and `weight_scale` its float32
+# per-output-channel scales (out,); config.json marks the folder with INT8_CONFIG_KEY: INT8_FORMAT.
+INT8_SCALE = "weight_scale"
+INT8_CONFIG_KEY = "pixart_jax_quantization"
+INT8_FORMAT = "int8 weight-only, per output channel, scale = max|w| / 127"
 
 
 def block_rules(i):

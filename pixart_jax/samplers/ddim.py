@@ -2,6 +2,7 @@
 import dataclasses
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -95,7 +96,7 @@ class DDIM(Sampler):
     def with_eta(self, eta):
         return dataclasses.replace(self, eta=eta)
 
-    def step(self, row, x, model_output, state=(), noise=None):
+    def step(self, row, x: jax.Array, model_output: jax.Array, state=(), noise: jax.Array | None = None):
         """x_t -> (x_prev, x̂_0, state): x̂_0 re-noised to the previous level along ε̂, plus σ·noise when η > 0."""
         x32 = f32(x)
         x0, eps = denoise(self.prediction_type, x32, f32(model_output), row.sqrt_alpha, row.sqrt_one_minus_alpha)

@@ -1,4 +1,5 @@
-"""Ancestral DDPM sampling with PixArt's learned variance (IDDPM, spec §2.2-2.4) as pure functions.
+"""Ancestral DDPM sampling with PixArt's learned variance (IDDPM: Nichol & Dhariwal 2021, arXiv
+2102.09672; PixArt-alpha `diffusion/model/gaussian_diffusion.py` `p_sample`) as pure functions.
 
 The model returns 2C channels: ε̂ and v ∈ [-1, 1], which interpolates the log-variance between the clipped
 posterior variance β̃ and β: log σ² = frac·log β + (1-frac)·log β̃_clipped, frac = (v + 1)/2. With K steps the
@@ -8,6 +9,7 @@ original timestep; x_prev = posterior mean (with x̂_0, unclipped) + σ·z, with
 import dataclasses
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -77,7 +79,7 @@ class LearnedVarianceDDPM(Sampler):
         shape[self.channel_axis] *= 2
         return tuple(shape)
 
-    def step(self, row, x, model_output, state=(), noise=None):
+    def step(self, row, x: jax.Array, model_output: jax.Array, state=(), noise: jax.Array | None = None):
         """x_t -> (x_prev, x̂_0, state) from the 2C-channel model output; `noise` is z (None: the mean only)."""
         x32 = f32(x)
         eps, v = jnp.split(f32(model_output), 2, axis=self.channel_axis)

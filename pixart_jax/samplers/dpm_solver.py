@@ -11,6 +11,7 @@ first-order; everything is folded into per-step coefficients computed in float64
 import dataclasses
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -155,7 +156,7 @@ class DPMSolverMultistep(Sampler):
         """The previous step's x̂_0 (unused by the first step, which is first-order)."""
         return jnp.zeros(x.shape, jnp.float32)
 
-    def step(self, row, x, model_output, prev_x0, noise=None):
+    def step(self, row, x: jax.Array, model_output: jax.Array, prev_x0: jax.Array, noise: jax.Array | None = None):
         """x_s -> (x_t, x̂_0, new state = x̂_0) from the model's prediction and the previous step's x̂_0."""
         x32 = f32(x)
         x0, _ = denoise(self.prediction_type, x32, f32(model_output), row.alpha, row.sigma)

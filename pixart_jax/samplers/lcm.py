@@ -1,4 +1,5 @@
-"""Latent Consistency Model multistep sampling (spec §6.4, consistency.md §1.10) as pure functions.
+"""Latent Consistency Model multistep sampling (Luo et al. 2023, arXiv 2310.04378, §4.3;
+diffusers `LCMScheduler`, PixArt-alpha `diffusion/lcm_scheduler.py`) as pure functions.
 
 Each step maps x at timestep t to the consistency function's output
     denoised = c_out(t)·x̂_0 + c_skip(t)·x,  c_skip = σ_d² / ((s·t)² + σ_d²),  c_out = s·t / √((s·t)² + σ_d²)
@@ -8,6 +9,7 @@ the next timestep with fresh Gaussian noise: x ← √ᾱ_t'·denoised + √(1-�
 import dataclasses
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -87,7 +89,7 @@ class LCM(Sampler):
     def needs_noise(self, steps):
         return steps > 1
 
-    def step(self, row, x, model_output, state=(), noise=None):
+    def step(self, row, x: jax.Array, model_output: jax.Array, state=(), noise: jax.Array | None = None):
         """x_t -> (x_next, denoised, state); `noise` is the fresh z for the re-noising (None: none added)."""
         x32 = f32(x)
         x0, _ = denoise(self.prediction_type, x32, f32(model_output), row.sqrt_alpha, row.sqrt_one_minus_alpha)

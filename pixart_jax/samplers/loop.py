@@ -5,6 +5,7 @@ time, so they are constants of the compiled program) and provides `step(row, x, 
 loop calls the model once per row; inside `jax.jit` it compiles once per (input shape, steps).
 """
 import numbers
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -54,7 +55,9 @@ class Sampler:
         """The shape `model_fn(x, t)` must return for a sample of shape `x_shape`."""
         return tuple(x_shape)
 
-    def sample(self, model_fn, x_T, steps, *, key=None, noise=None, return_denoised=False):
+    def sample(self, model_fn: Callable[[jax.Array, jax.Array], jax.Array], x_T: jax.Array, steps: int, *,
+               key: jax.Array | None = None, noise: jax.Array | None = None,
+               return_denoised: bool = False) -> jax.Array:
         """Runs the whole denoising loop from `x_T`; jit-compatible (call it inside `jax.jit`).
 
         model_fn(x, t) -> model output, with `t` the (B,) float32 timesteps the model is conditioned on (already

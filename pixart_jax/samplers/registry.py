@@ -10,6 +10,7 @@ from pixart_jax.samplers.ddim import DDIM
 from pixart_jax.samplers.ddpm import LearnedVarianceDDPM
 from pixart_jax.samplers.dpm_solver import DPMSolverMultistep
 from pixart_jax.samplers.lcm import LCM
+from pixart_jax.samplers.loop import Sampler
 from pixart_jax.samplers.pcm import PCM
 from pixart_jax.samplers.sa_solver import SASolver
 from pixart_jax.samplers.schedule import PIXART_SCHEDULE, DDPMSchedule
@@ -72,7 +73,7 @@ _REQUIRED = {
 }
 
 
-def make_sampler(name, **options):
+def make_sampler(name: str, **options) -> Sampler:
     """The sampler registered as `name` (a SamplerName: "dpm", "ddim", "lcm", "ddpm", "tcd", "pcm", "sa") with
     dataclass `options`."""
     return SAMPLERS[choose(SamplerName, name, "sampler")](**options)
@@ -97,7 +98,7 @@ def load_scheduler_config(path_or_dict):
     raise ValueError(f"no scheduler config at {path} (looked for the file, {CONFIG_NAME} and scheduler/{CONFIG_NAME})")
 
 
-def from_scheduler_config(path_or_dict, sampler=None, **options):
+def from_scheduler_config(path_or_dict: str | dict, sampler: str | None = None, **options) -> Sampler:
     """The sampler a diffusers scheduler config describes, its config fields honoured.
 
     `sampler` names it, or else the config's `_pixart_jax_sampler` (what `to_scheduler_config` writes for a sampler
@@ -125,7 +126,7 @@ def from_scheduler_config(path_or_dict, sampler=None, **options):
     return SAMPLERS[kind](schedule=schedule, **{**values, **options})
 
 
-def to_scheduler_config(sampler):
+def to_scheduler_config(sampler: Sampler) -> dict:
     """The diffusers scheduler config (a dict to write as scheduler_config.json) that `from_scheduler_config`
     turns back into `sampler` (with a float32 schedule, as diffusers holds it). ValueError for a sampler or a
     setting diffusers' schedulers cannot express (the IDDPM sampler, the repo conventions, DDIM's η, which
@@ -145,7 +146,7 @@ def to_scheduler_config(sampler):
     return {**config, **_REQUIRED[kind]}
 
 
-def save_scheduler_config(sampler, directory):
+def save_scheduler_config(sampler: Sampler, directory: str) -> str:
     """Writes `to_scheduler_config(sampler)` as DIRECTORY/scheduler_config.json (what diffusers and
     `from_scheduler_config` read); returns the file's path."""
     path = pathlib.Path(directory) / CONFIG_NAME

@@ -1,4 +1,5 @@
-"""The discrete DDPM noise schedule every sampler is built on (spec §2.1): ᾱ_t for t = 0 … T-1."""
+"""The discrete DDPM noise schedule every sampler is built on, ᾱ_t for t = 0 … T-1 (Ho et al. 2020, arXiv
+2006.11239)."""
 import dataclasses
 
 import numpy as np

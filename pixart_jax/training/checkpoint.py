@@ -11,8 +11,11 @@ import sys
 
 import grain
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+
+from pixart_jax.training.errors import RunError
 
 
 class _IteratorSnapshot:
@@ -27,8 +30,77 @@ class _IteratorSnapshot:
         return self._state
 
 
-class TopologyError(RuntimeError):
+class TopologyError(RunError):
     """A checkpoint saved by a run with another number of processes: its data-iterator states do not apply."""
+
+
+class ResumeMismatchError(RunError):
+    """The checkpoints in a workdir were saved by a run with other settings or another state structure."""
+
+
+class DamagedCheckpointsError(RunError):
+    """Checkpoints exist but none of them can be read."""
+
+
+class NonFiniteStateError(RunError):
+    """A state to save holds NaN or Inf values."""
+
+
+def _name(path):
+    """"opt/1/0/mu/blocks/..." for a tree path (dict keys, sequence indices and named-tuple fields alike: Orbax's
+    metadata tree stores named tuples as dicts)."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+@jax.jit
+def _finite(state):
+    return jax.tree.map(lambda x: jnp.isfinite(x).all() if jnp.issubdtype(x.dtype, jnp.inexact) else True, state)
+
+
+def nonfinite_arrays(state) -> list[str]:
+    """The paths of the arrays of `state` that hold NaN or Inf."""
+    flags = jax.tree_util.tree_flatten_with_path(jax.device_get(_finite(state)))[0]
+    return [_name(path) for path, ok in flags if not ok]
+
+
+def _structure_differences(saved, target):
+    """What differs between the array metadata of a saved state and the ShapeDtypeStructs of `target`."""
+    def shapes(tree):
+        return {_name(p): (tuple(x.shape), jnp.dtype(x.dtype))
+                for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+    before, now = shapes(saved), shapes(target)
+    missing, unexpected = sorted(now.keys() - before.keys()), sorted(before.keys() - now.keys())
+    changed = [f"{k} {before[k][0]} {before[k][1]} saved, {now[k][0]} {now[k][1]} now" for k in sorted(now)
+               if k in before and before[k] != now[k]]
+    problems = []
+    for what, keys in (("arrays this run needs are not in it", missing), ("arrays in it this run has no place for",
+                                                                         unexpected), ("arrays differ", changed)):
+        if keys:
+            problems.append(f"{len(keys)} {what} ({'; '.join(keys[:3])}{'; ...' if len(keys) > 3 else ''})")
+    return problems
+
+
+_closed_loop_reports_hidden = False
+
+
+def _hide_closed_loop_reports():
+    """After a failed restore, reads Orbax left running complete into its closed event loop, and each is reported
+    as an unraisable "Event loop is closed" RuntimeError (hundreds of tracebacks): drop those reports only."""
+    global _closed_loop_reports_hidden
+    if _closed_loop_reports_hidden:
+        return
+    previous = sys.unraisablehook
+
+    def hook(report):
+        if not (isinstance(report.exc_value, RuntimeError) and str(report.exc_value) == "Event loop is closed"):
+            previous(report)
+
+    sys.unraisablehook, _closed_loop_reports_hidden = hook, True
+
+
+def _reason(error):
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
 
 
 class Checkpoints:
@@ -48,28 +120,63 @@ class Checkpoints:
 
     def save(self, step, state, data_iterator, config):
         """Starts saving checkpoint `step` (returns once the arrays are copied off the device; the write goes on
-        in the background). `config` is a JSON-able dict. The caller checks the state is finite first."""
+        in the background). `config` is a JSON-able dict. A state holding NaN or Inf is never saved:
+        NonFiniteStateError names its arrays."""
+        bad = nonfinite_arrays(state)
+        if bad:
+            raise NonFiniteStateError(
+                f"the state after step {step} has NaN/Inf values in {len(bad)} of {len(jax.tree.leaves(state))} "
+                f"arrays ({', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}): stopping without saving. The "
+                f"newest good checkpoint is step {max(self.steps(), default='none')} in {self.directory}")
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=grain.checkpoint.CheckpointSave(_IteratorSnapshot(data_iterator)),
             config=ocp.args.JsonSave(config)))
 
-    def restore(self, target, data_iterator):
-        """(step, state) from the newest readable checkpoint, with `data_iterator` moved to its saved position;
-        None when there is none. `target`: ShapeDtypeStructs with the shardings to restore onto. A checkpoint
-        that cannot be read is reported, moved aside to `corrupt-STEP`, and the previous one is tried."""
+    def restore(self, target, data_iterator, differences=lambda saved_config: []):
+        """(step, state) from the newest checkpoint that restores, with `data_iterator` moved to its saved
+        position; None when there are no checkpoints. `target`: ShapeDtypeStructs with the shardings to restore
+        onto.
+
+        A checkpoint is read only once it is known to fit: `differences(its config)` (a list of problems) must be
+        empty and its arrays' names, shapes and dtypes must be those of `target`, else ResumeMismatchError, with
+        nothing touched. A checkpoint that cannot be read is skipped; once an older one restores, the skipped ones
+        are moved aside to `corrupt-STEP` (kept). When none restores, DamagedCheckpointsError lists them and
+        nothing is touched."""
+        damaged = []
+        if self.steps():
+            _hide_closed_loop_reports()
         for step in reversed(self.steps()):
             self._check_process_count(step)
+            try:
+                saved = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+                problems = list(differences(saved))
+                problems += _structure_differences(self._manager.item_metadata(step)["state"], target)
+            except Exception as e:  # an unreadable config or array index: the checkpoint is damaged
+                damaged.append((step, e))
+                continue
+            if problems:
+                raise ResumeMismatchError(
+                    f"checkpoint {step} in {self.directory} does not fit this run: {'; '.join(problems)}. Nothing "
+                    "was changed: resume with the checkpoint's settings, use another workdir, or pass "
+                    "on_mismatch=start_over to move the previous run aside and start at step 0")
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(data_iterator)))
             except Exception as e:  # any unreadable part makes the whole checkpoint unusable
-                print(f"WARNING: checkpoint {step} in {self.directory} is unreadable ({type(e).__name__}: "
-                      f"{str(e)[:300]}); moving it aside and using the previous checkpoint", file=sys.stderr,
-                      flush=True)
-                self._move_aside(step)
+                damaged.append((step, e))
                 continue
+            for bad, error in damaged:
+                print(f"WARNING: checkpoint {bad} in {self.directory} is unreadable ({_reason(error)}); moved it "
+                      f"aside, resuming from checkpoint {step}", file=sys.stderr, flush=True)
+                self._move_aside(bad)
             return step, restored["state"]
+        if damaged:
+            listing = "; ".join(f"checkpoint {step}: {_reason(e)}" for step, e in damaged)
+            raise DamagedCheckpointsError(
+                f"none of the {len(damaged)} checkpoints in {self.directory} can be read ({listing}). Nothing was "
+                "changed: move them away (or use another workdir) to start over, or pass on_mismatch=start_over "
+                "to have them moved aside")
         return None
 
     def _check_process_count(self, step):

@@ -5,12 +5,15 @@ overrides onto the schema below. Unknown keys, wrong types and missing required 
 `checkpoint_every`, `seed`) raise `ConfigError` before anything is built or compiled.
 """
 import dataclasses
+import enum
+import json
 from typing import Dict, List, Optional
 
+import yaml
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pixart_jax.choices import DType
+from pixart_jax.choices import AttentionKernel, DType, RematPolicy
 from pixart_jax.config import PRESETS
 from pixart_jax.samplers import SamplerName
 from pixart_jax.samplers.prediction import PredictionType
@@ -21,12 +24,27 @@ class ConfigError(ValueError):
     """A training config that cannot be used, with the reason."""
 
 
+class OnMismatch(enum.StrEnum):
+    """What a run does with checkpoints in its workdir that it cannot resume: saved with other settings or another
+    state structure, or none of them readable."""
+    stop = "stop"                # an error naming why; nothing in the workdir is touched
+    start_over = "start_over"    # move the previous run to WORKDIR/replaced-N and start at step 0
+
+
+# Settings that may change when a run resumes: how long it runs, where and on which devices, what it logs and keeps.
+# Every other setting changes what a checkpoint holds or how training continues from it.
+RESUMABLE = ("workdir", "steps", "checkpoint_every", "on_mismatch", "mesh", "distributed", "logging", "sample",
+             "checkpoint", "model.init_from", "model.remat")
+
+
 @dataclasses.dataclass
 class ModelConfig:
     preset: str = "tiny"                    # a pixart_jax.config.PRESETS name
     init_from: Optional[str] = None         # a converted checkpoint to fine-tune from (any load_transformer layout)
     compute_dtype: DType = DType.float32    # matmul dtype; parameters stay fp32
-    remat: bool = False                     # recompute each block's activations in the backward pass
+    remat: RematPolicy = RematPolicy.none   # what the backward pass recomputes: none | block | dots
+    activation_dtype: DType = DType.float32  # the residual stream between blocks (what remat=block keeps)
+    attention: AttentionKernel = AttentionKernel.auto   # self-attention: auto = XLA on CPU, cuDNN on GPU, splash on TPU
     caption_dropout: float = 0.1            # probability of replacing a caption by y_embedding (mask kept)
     prediction_type: PredictionType = PredictionType.epsilon   # what the model regresses (PixArt: epsilon)
 
@@ -102,6 +120,7 @@ class TrainConfig:
     steps: int = MISSING                    # total optimizer steps
     checkpoint_every: int = MISSING         # optimizer steps between checkpoints (the last step always saves)
     seed: int = MISSING
+    on_mismatch: OnMismatch = OnMismatch.stop   # checkpoints in workdir this run cannot resume: stop or start_over
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
@@ -136,6 +155,16 @@ def check(cfg):
     return cfg
 
 
+def check_program(cfg, problems, what):
+    """A ConfigError listing a training program's own `problems` (and a set sample.every: sample grids are drawn
+    by pre-training only), else `check(cfg)`; `what` names the program ("LCD", "ControlNet")."""
+    if cfg.sample.every:
+        problems = [*problems, f"sample.every must be 0: sample grids are not drawn during {what} training"]
+    if problems:
+        raise ConfigError(f"invalid {what} config: " + "; ".join(problems))
+    return check(cfg)
+
+
 def load_config(path=None, overrides=(), schema=None, validate=None):
     """The `schema` config (default TrainConfig) from a YAML file (optional) and dotted `key=value` overrides,
     validated by `validate` (default `check`)."""
@@ -152,6 +181,8 @@ def load_config(path=None, overrides=(), schema=None, validate=None):
         raise ConfigError(f"invalid training config{f' {path}' if path else ''}: {e}") from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(e).split())}") from None
     return (validate or check)(cfg)
 
 
@@ -163,3 +194,19 @@ def to_yaml(cfg):
 def to_dict(cfg):
     """The resolved config as plain JSON-able containers."""
     return OmegaConf.to_container(OmegaConf.structured(cfg))
+
+
+def _flat(tree, prefix=""):
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+
+
+def resume_differences(saved: dict, current: dict) -> list[str]:
+    """'KEY: SAVED in the checkpoint, NOW now' for each setting of `current` (a `to_dict` config) that differs from
+    the `saved` config of a checkpoint and is not RESUMABLE. Settings the saved config lacks (added since) are not
+    compared."""
+    before, now = _flat(saved), _flat(json.loads(json.dumps(current)))
+    resumable = lambda key: any(key == r or key.startswith(r + ".") for r in RESUMABLE)  # noqa: E731
+    return [f"{key}: {before[key]!r} in the checkpoint, {value!r} now" for key, value in now.items()
+            if key in before and before[key] != value and not resumable(key)]

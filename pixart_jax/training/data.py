@@ -8,9 +8,12 @@ the index into place after closing the record file, so an interrupted shard is i
 Example dicts (what `read_examples(...)[i]` returns and what in-memory sources hold):
   caption (L, C) float32 — T5 last hidden states; mask (L,) int32 0/1; mean, std (4, h, w) float32 — the VAE
   posterior, unscaled (the trainer multiplies its sample by 0.18215); img_hw (2,) float32 — the original image's
-  [height, width]; aspect_ratio (1,) float32 — float(bucket); bucket str — the aspect-ratio bucket key.
+  [height, width]; aspect_ratio (1,) float32 — float(bucket); bucket str — the aspect-ratio bucket key; for
+  ControlNet training also control_mean, control_std (4, h, w) float32 — the VAE posterior of the image's edge map
+  (`train.extract_features --control canny|hed`), unscaled like mean/std.
 A record stores only the caption's valid tokens, in bfloat16; reading pads it back to L tokens by repeating the
-last valid token with mask 0, as PixArt's InternalData loader pads short features (spec §3.4). The padded
+last valid token with mask 0, as PixArt's InternalData loader pads short features
+(`diffusion/data/datasets/InternalData.py`). The padded
 positions are masked out of cross-attention, so their values never reach the model.
 """
 import collections
@@ -30,8 +33,9 @@ MANIFEST = "manifest.json"
 # Batches are large (a 1024 px batch is tens of MB): a few in flight keep the device fed without hoarding memory.
 READ_THREADS = 4
 PREFETCH_BATCHES = 8
-FLOAT_FIELDS = ("caption", "mean", "std", "img_hw", "aspect_ratio")
-REQUIRED_FIELDS = (*FLOAT_FIELDS, "mask")
+REQUIRED_FIELDS = ("caption", "mask", "mean", "std", "img_hw", "aspect_ratio")
+CONTROL_FIELDS = ("control_mean", "control_std")  # ControlNet training only
+FLOAT_FIELDS = tuple(name for name in REQUIRED_FIELDS if name != "mask") + CONTROL_FIELDS
 
 
 def shard_paths(directory, number):
@@ -55,14 +59,17 @@ def _dtype(name):
     return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
 
 
-def encode_example(*, key, caption, mean, std, img_hw, bucket, max_length):
-    """One record: `caption` holds only the valid tokens (n, C) (stored bfloat16), mean/std (4, h, w) as given.
+def encode_example(*, key, caption, mean, std, img_hw, bucket, max_length, control_mean=None, control_std=None):
+    """One record: `caption` holds only the valid tokens (n, C) (stored bfloat16), mean/std (4, h, w) as given,
+    and the control image's control_mean/control_std (4, h, w) when given.
 
     Layout: MAGIC, little-endian uint32 header length, JSON header (scalars, and name/dtype/shape of each array),
     then the arrays' raw bytes in header order.
     """
     arrays = {"caption": np.asarray(caption).astype(ml_dtypes.bfloat16), "mean": np.asarray(mean),
               "std": np.asarray(std)}
+    if control_mean is not None:
+        arrays.update(control_mean=np.asarray(control_mean), control_std=np.asarray(control_std))
     header = json.dumps({"key": key, "bucket": bucket, "img_hw": [int(v) for v in img_hw], "max_length": max_length,
                          "arrays": [[name, str(a.dtype), list(a.shape)] for name, a in arrays.items()]}).encode()
     body = b"".join(np.ascontiguousarray(a).tobytes() for a in arrays.values())
@@ -85,9 +92,11 @@ def decode_example(record):
     length = header["max_length"]
     caption = np.concatenate([valid, np.repeat(valid[-1:], length - len(valid), axis=0)])
     mask = (np.arange(length) < len(valid)).astype(np.int32)
-    return {"caption": caption, "mask": mask, "mean": arrays["mean"].astype(np.float32),
-            "std": arrays["std"].astype(np.float32), "img_hw": np.asarray(header["img_hw"], np.float32),
-            "aspect_ratio": np.asarray([float(header["bucket"])], np.float32), "bucket": header["bucket"]}
+    example = {"caption": caption, "mask": mask, "mean": arrays["mean"].astype(np.float32),
+               "std": arrays["std"].astype(np.float32), "img_hw": np.asarray(header["img_hw"], np.float32),
+               "aspect_ratio": np.asarray([float(header["bucket"])], np.float32), "bucket": header["bucket"]}
+    example.update({name: arrays[name].astype(np.float32) for name in CONTROL_FIELDS if name in arrays})
+    return example
 
 
 class FeatureSource:

@@ -66,17 +66,7 @@ def _check(cfg):
         problems.append("lcd.num_ddim_timesteps must divide 1000")
     if cfg.lcd.null_caption == "t5" and not cfg.lcd.text_encoder:
         problems.append("lcd.null_caption 't5' needs lcd.text_encoder (a T5 folder)")
-    return check_distillation(cfg, problems, "LCD")
-
-
-def check_distillation(cfg, problems, what):
-    """`cfg` after the checks every distillation shares and the training config's; ConfigError listing `problems`
-    (the program's own) and these."""
-    if cfg.sample.every:
-        problems.append("sample.every must be 0: sample grids are not drawn during distillation")
-    if problems:
-        raise config_lib.ConfigError(f"invalid {what} config: " + "; ".join(problems))
-    return config_lib.check(cfg)
+    return config_lib.check_program(cfg, problems, "LCD")
 
 
 load_config = functools.partial(config_lib.load_config, schema=LCMTrainConfig, validate=_check)
@@ -89,8 +79,8 @@ def empty_prompt(text_encoder, tokenizer):
     return np.asarray(load_text_encoder(text_encoder)(ids, mask)[0], np.float32)
 
 
-class Distillation:
-    """The LCD state and step for loop.train's loop (the interface of loop.Pretraining)."""
+class Distillation(loop.Pretraining):
+    """The LCD state and step for loop.train's loop."""
     abstract_state = staticmethod(abstract_lcd_state)
     init_state = staticmethod(init_lcd_state)
 

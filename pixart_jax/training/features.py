@@ -1,4 +1,5 @@
-"""Feature extraction for training (spec §3.4-3.6): images + captions -> T5 and VAE features in ArrayRecord shards.
+"""Feature extraction for training (PixArt-alpha `tools/extract_features.py`): images + captions -> T5 and VAE
+features in ArrayRecord shards.
 
     extract(ExtractionSettings(images=..., text_encoder=..., tokenizer=..., vae=..., out=..., resolution=256))
     (command line: `python -m train.extract_features`)
@@ -12,7 +13,8 @@ image) in the 40-entry training table of `--resolution` (spec §3.6); the image 
 [height, width] with bicubic filtering, distorting its aspect ratio, as the reference multi-scale extractor does
 (spec §3.5, quirk 15) and unlike aspect-preserving resize + crop; RGB scaled to [-1, 1]; the VAE posterior
 mean/std (stored fp32); the T5 last hidden states of the twice-cleaned caption, 120 tokens, of which the valid
-ones are stored in bf16 (record format in pixart_jax/training/data.py).
+ones are stored in bf16 (record format in pixart_jax/training/data.py). With `control` (canny or hed), also the
+VAE posterior of the resized image's edge map ([-1, 1], 3 channels: pixart_jax/control.py) for ControlNet training.
 
 The encoders run data parallel: batches of one bucket, split along the batch axis over the local devices, the
 weights replicated. Output: `shard-NNNNN.array_record` + `shard-NNNNN.json` (finished when its index exists) and
@@ -37,6 +39,8 @@ from tqdm import tqdm
 
 from pixart_jax.aspect_ratios import TRAIN_TABLES, closest_bucket
 from pixart_jax.choices import DType
+from pixart_jax.control import ControlKind, control_pixels, edge_maps
+from pixart_jax.hed import load_hed
 from pixart_jax.prompts import MAX_LENGTH, load_tokenizer, preprocess, tokenize
 from pixart_jax.t5 import load_text_encoder
 from pixart_jax.training.data import MANIFEST, encode_example, finished_shards, shard_paths
@@ -44,7 +48,7 @@ from pixart_jax.vae import load_vae
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # Settings that change the stored features: a resumed run must use the same ones.
-FEATURE_SETTINGS = ("resolution", "max_length", "clean_caption", "t5_dtype", "vae_dtype")
+FEATURE_SETTINGS = ("resolution", "max_length", "clean_caption", "t5_dtype", "vae_dtype", "control")
 
 
 class Item(NamedTuple):
@@ -107,7 +111,7 @@ def list_items(images, image_root=None):
 
 
 def load_image(item, table):
-    """(pixels (3, H, W) float32 in [-1, 1] at the bucket size, bucket key, original (height, width)).
+    """(image (H, W, 3) uint8 at the bucket size, bucket key, original (height, width)).
 
     The image is resized straight to the bucket's size (aspect ratio not kept), as the reference multi-scale
     extractor does. Raises on an unreadable image (the caller records it as failed).
@@ -119,14 +123,18 @@ def load_image(item, table):
     height, width = (int(item.height), int(item.width)) if item.height and item.width else image.size[::-1]
     bucket = closest_bucket(height, width, table)
     bucket_h, bucket_w = table[bucket]
-    resized = np.asarray(image.resize((bucket_w, bucket_h), Image.BICUBIC), np.float32)
-    return np.transpose(resized / 127.5 - 1.0, (2, 0, 1)), bucket, (height, width)
+    return np.asarray(image.resize((bucket_w, bucket_h), Image.BICUBIC)), bucket, (height, width)
+
+
+def vae_pixels(images):
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 in [-1, 1], the VAE's input."""
+    return np.transpose(images.astype(np.float32) / 127.5 - 1.0, (0, 3, 1, 2))
 
 
 class FeatureEncoder:
-    """T5 and VAE replicated on every local device; each batch is split along its leading axis over them."""
+    """T5, VAE (and HED) replicated on every local device; each batch is split along its leading axis over them."""
 
-    def __init__(self, text_encoder, vae, batch_size):
+    def __init__(self, text_encoder, vae, batch_size, hed=None):
         devices = jax.local_devices()
         if batch_size % len(devices):
             raise ValueError(f"--batch-size {batch_size} is not a multiple of the {len(devices)} local devices")
@@ -141,6 +149,14 @@ class FeatureEncoder:
                            out_shardings=self._rows)
         self._vae = jax.jit(lambda state, images: nnx.merge(vae_graph, state).encode(images),
                             out_shardings=self._rows)
+        if hed is not None:
+            hed_graph, hed_state = nnx.split(hed)
+            self._hed_state = jax.device_put(hed_state, replicated)
+            self._hed = jax.jit(lambda state, images: nnx.merge(hed_graph, state)(images), out_shardings=self._rows)
+
+    def hed(self, images):
+        """(B, 1, H, W) HED edge maps of (B, 3, H, W) images in [0, 1]."""
+        return self._hed(self._hed_state, jax.device_put(images, self._rows))
 
     def captions(self, ids, mask):
         """(B, L, C) float32 last hidden states."""
@@ -227,14 +243,21 @@ class ExtractionSettings:
     vae_dtype: DType = DType.float32
     clean_caption: bool = True  # False: only lower-case and strip captions
     workers: int = 4            # threads decoding and resizing images
+    control: Optional[ControlKind] = None   # ControlNet control latents of each image's edge map: canny or hed
+    hed: Optional[str] = None   # ControlNetHED.pth, for control hed
 
 
 def extract(args: ExtractionSettings):
     """Runs the extraction `args` describes; returns the final manifest dict."""
     table = TRAIN_TABLES[args.resolution]
+    if args.control == ControlKind.hed and not args.hed:
+        raise ValueError("--control hed needs --hed (a ControlNetHED.pth)")
+    if args.control not in (None, ControlKind.canny, ControlKind.hed):
+        raise ValueError(f"--control must be canny or hed, got {args.control!r}")
     settings = {"resolution": args.resolution, "max_length": MAX_LENGTH, "clean_caption": args.clean_caption,
                 "t5_dtype": args.t5_dtype, "vae_dtype": args.vae_dtype, "text_encoder": args.text_encoder,
-                "tokenizer": args.tokenizer, "vae": args.vae, "images": args.images}
+                "tokenizer": args.tokenizer, "vae": args.vae, "images": args.images, "control": args.control,
+                "hed": args.hed}
     os.makedirs(args.out, exist_ok=True)
     _check_settings(args.out, settings)
     items = list_items(args.images, args.image_root)
@@ -242,8 +265,9 @@ def extract(args: ExtractionSettings):
     done = {key for shard in shards.values() for key, _ in shard["records"]}
     pending = [item for item in items if item.key not in done]
     tokenizer = load_tokenizer(args.tokenizer)
+    hed = load_hed(args.hed, DType(args.vae_dtype).jax) if args.control == ControlKind.hed else None
     encoder = FeatureEncoder(load_text_encoder(args.text_encoder, DType(args.t5_dtype).jax),
-                             load_vae(args.vae, DType(args.vae_dtype).jax), args.batch_size)
+                             load_vae(args.vae, DType(args.vae_dtype).jax), args.batch_size, hed)
 
     manifest = {"settings": settings, "examples": len(done), "shards": len(shards),
                 "skipped_done": len(items) - len(pending), "failed": []}
@@ -256,19 +280,24 @@ def extract(args: ExtractionSettings):
     writer = ShardWriter(args.out, max(shards, default=-1) + 1, args.shard_size, shard_done)
 
     def encode(batch):
-        """Encodes a list of (item, pixels, bucket, hw) of one bucket, padded to the batch size, and writes it."""
+        """Encodes a list of (item, image, bucket, hw) of one bucket, padded to the batch size, and writes it."""
         rows = args.batch_size - len(batch)
         texts = preprocess([item.caption for item, *_ in batch], args.clean_caption) + [""] * rows
         ids, mask = tokenize(tokenizer, texts, MAX_LENGTH)
-        pixels = np.stack([p for _, p, _, _ in batch])
-        pixels = np.concatenate([pixels, np.zeros((rows, *pixels.shape[1:]), np.float32)])
+        images = np.stack([image for _, image, _, _ in batch])
+        images = np.concatenate([images, np.zeros((rows, *images.shape[1:]), np.uint8)])
         hidden = encoder.captions(ids, mask)
-        mean, std = encoder.latents(pixels)
+        mean, std = encoder.latents(vae_pixels(images))
+        control = [None, None]
+        if args.control:
+            edges = edge_maps(images, args.control, encoder.hed if args.control == ControlKind.hed else None)
+            control = encoder.latents(np.asarray(control_pixels(edges)))
         for row, (item, _, bucket, hw) in enumerate(batch):
             valid = int(mask[row].sum())  # the mask is a prefix of ones: padding is on the right
+            control_mean, control_std = (None, None) if control[0] is None else (control[0][row], control[1][row])
             writer.write(item.key, bucket, encode_example(key=item.key, caption=hidden[row, :valid], mean=mean[row],
-                                                          std=std[row], img_hw=hw, bucket=bucket,
-                                                          max_length=MAX_LENGTH))
+                                                          std=std[row], img_hw=hw, bucket=bucket, max_length=MAX_LENGTH,
+                                                          control_mean=control_mean, control_std=control_std))
 
     def attempt(item):
         try:
@@ -284,8 +313,8 @@ def extract(args: ExtractionSettings):
                 manifest["failed"].append({"key": item.key, "path": item.path, "error": loaded})
                 progress.update(1)
                 continue
-            pixels, bucket, hw = loaded
-            by_bucket[bucket].append((item, pixels, bucket, hw))
+            image, bucket, hw = loaded
+            by_bucket[bucket].append((item, image, bucket, hw))
             if len(by_bucket[bucket]) == args.batch_size:
                 encode(by_bucket.pop(bucket))
                 progress.update(args.batch_size)

@@ -1,4 +1,5 @@
-"""Latent Consistency Distillation (PixArt-δ) as pure functions (consistency.md §1, §3.3; pixart.md §6.3).
+"""Latent Consistency Distillation (PixArt-δ) as pure functions (Luo et al. 2023, arXiv 2310.04378,
+Algorithm 1; PixArt-δ, arXiv 2401.05252, §3; PixArt-alpha `train_scripts/train_pixart_lcm.py`).
 
 Grid: N = 50 DDIM points τ_j = 20(j+1) - 1 = {19, …, 999}; a pair is (t_s, t_e) = (τ_j, max(τ_j - 20, 0)).
 Teacher: one CFG DDIM step t_s -> t_e with the LCM guidance form ε_c + w(ε_c - ε_u). Student and EMA target are

@@ -1,4 +1,5 @@
-"""LCD (PixArt-δ) train state and the one jitted step (consistency.md §1, §3.3; pixart.md §6.1-6.3).
+"""LCD (PixArt-δ) train state and the one jitted step (PixArt-δ, arXiv 2401.05252, §3;
+PixArt-alpha `train_scripts/train_pixart_lcm.py`).
 
 The state is a dict of global jax.Arrays: `step` (micro-steps done), `teacher` (frozen), `student` (trained),
 `target` (EMA of the student), all three fp32 pure-dict parameter trees initialised to the same weights and

@@ -1,9 +1,10 @@
 """The training loop every program shares (`python -m train.pretrain`, `train.lcm`, ...).
 
-Reads top to bottom: config -> hosts and mesh -> model and train state -> data -> resume from the newest
-checkpoint in WORKDIR -> the loop. Re-running the same command on the same workdir resumes the run exactly
-(weights, optimizer, EMA, RNG and data order). SIGTERM saves a checkpoint and exits; a non-finite loss stops the
-run without saving, so the last good checkpoint stays the newest.
+Reads top to bottom: hosts -> config, workdir, data source and mesh checks -> the workdir lock -> model and train
+state -> data -> resume from the newest checkpoint in WORKDIR (refusing one saved with other settings) -> the loop.
+Re-running the same command on the same workdir resumes the run exactly (weights, optimizer, EMA, RNG and data
+order). SIGTERM saves a checkpoint and exits; a non-finite loss or state stops the run without saving, so the last
+good checkpoint stays the newest.
 """
 import dataclasses
 import math
@@ -18,12 +19,14 @@ from tqdm import tqdm
 
 from pixart_jax import sharding
 from pixart_jax.training import config as config_lib
-from pixart_jax.training.checkpoint import Checkpoints
-from pixart_jax.training.data import feature_dataset
+from pixart_jax.training.checkpoint import Checkpoints, DamagedCheckpointsError, ResumeMismatchError
+from pixart_jax.training.data import feature_dataset, read_examples
+from pixart_jax.training.errors import RunError
 from pixart_jax.training.metrics import MetricsWriter
 from pixart_jax.training.samples import SampleGrid, save_png
 from pixart_jax.training.step import TrainStep, abstract_state, build_model, init_state, make_optimizer, split_model
 from pixart_jax.training.synthetic import synthetic_examples
+from pixart_jax.training.workdir import check_workdir, locked, move_run_aside, write_text
 
 
 @dataclasses.dataclass
@@ -38,7 +41,7 @@ class RunResult:
     preempted: bool
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunError):
     """The loss or gradient became NaN/Inf; nothing after the last good checkpoint was saved."""
 
 
@@ -72,6 +75,16 @@ def initialize_distributed(dist):
         jax.distributed.initialize()
 
 
+def check_data_source(source):
+    """A ConfigError unless `data.source` is "synthetic" or a records directory that can be read."""
+    if source == "synthetic":
+        return
+    try:
+        read_examples(source)
+    except (OSError, ValueError) as e:
+        raise config_lib.ConfigError(f"data.source {source}: {e}") from None
+
+
 def data_source(cfg, model_cfg):
     """A records directory, or generated examples (`data.source: synthetic`) sized for the model."""
     if cfg.data.source != "synthetic":
@@ -81,10 +94,16 @@ def data_source(cfg, model_cfg):
 
 
 class Pretraining:
-    """What `train` trains by default: step.py's state (params, EMA) and TrainStep. Another objective (e.g.
-    distill.py) passes its own object with these three methods and reuses the whole loop."""
+    """What `train` trains by default: a PixArtTransformer, step.py's state (params, EMA) and TrainStep, on the
+    configured data. Another objective (e.g. distill.py, controlnet.py) subclasses it, replaces what differs and
+    reuses the whole loop."""
     abstract_state = staticmethod(abstract_state)
     init_state = staticmethod(init_state)
+    data_source = staticmethod(data_source)
+
+    @staticmethod
+    def build_model(cfg):
+        return build_model(cfg.model, cfg.seed)
 
     @staticmethod
     def make_step(cfg, graphdef, tx, schedule, shardings, mesh):
@@ -95,28 +114,53 @@ class Pretraining:
 
 def train(cfg: config_lib.TrainConfig, examples=None, program=Pretraining) -> RunResult:
     """Runs or resumes the run `cfg` (a TrainConfig) describes. `examples` replaces the configured data source
-    (a sequence of example dicts); `program` supplies the state and step (see `Pretraining`)."""
+    (a sequence of example dicts); `program` supplies the model, data, state and step (see `Pretraining`). The
+    workdir and data source are checked before anything is built, and the workdir is locked while the run uses it."""
     initialize_distributed(cfg.distributed)
-    proc0 = jax.process_index() == 0
-    workdir = os.path.abspath(cfg.workdir)
-    if proc0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.yaml"), "w") as f:
-            f.write(config_lib.to_yaml(cfg))
-
+    workdir = check_workdir(cfg.workdir)
+    if examples is None:
+        check_data_source(cfg.data.source)
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
-    global_batch, accum = cfg.data.batch_size, cfg.optimizer.grad_accum_steps
-    if global_batch % mesh.size or global_batch % jax.process_count():
-        raise config_lib.ConfigError(f"data.batch_size {global_batch} must be divisible by the {mesh.size} devices "
-                                     f"and the {jax.process_count()} processes")
+    if cfg.data.batch_size % mesh.size or cfg.data.batch_size % jax.process_count():
+        raise config_lib.ConfigError(f"data.batch_size {cfg.data.batch_size} must be divisible by the {mesh.size} "
+                                     f"devices and the {jax.process_count()} processes")
+    with locked(workdir, enabled=jax.process_index() == 0):
+        return _run(cfg, workdir, examples, program, mesh)
 
-    model = build_model(cfg.model, cfg.seed)
+
+def _resume(cfg, workdir, ckpts, target, iterator):
+    """(ckpts, start step, restored state or None) after resuming from `ckpts`; with on_mismatch=start_over, a
+    previous run that cannot be resumed is moved aside (and a fresh Checkpoints returned) instead of stopping."""
+    current = config_lib.to_dict(cfg)
+    try:
+        restored = ckpts.restore(target, iterator, lambda saved: config_lib.resume_differences(saved, current))
+    except RunError as e:
+        ckpts.close()
+        unresumable = isinstance(e, (ResumeMismatchError, DamagedCheckpointsError))
+        if not (unresumable and cfg.on_mismatch == config_lib.OnMismatch.start_over):
+            raise
+        if jax.process_index() == 0:
+            print(f"on_mismatch=start_over: moved the previous run to {move_run_aside(workdir)} ({e})", flush=True)
+        multihost_utils.sync_global_devices("workdir-moved-aside")
+        return Checkpoints(ckpts.directory, max_to_keep=cfg.checkpoint.max_to_keep,
+                           async_save=cfg.checkpoint.async_save), 0, None
+    if restored is None:
+        return ckpts, 0, None
+    print(f"resumed from checkpoint {restored[0]} in {ckpts.directory}", flush=True)
+    return ckpts, *restored
+
+
+def _run(cfg, workdir, examples, program, mesh):
+    proc0 = jax.process_index() == 0
+    global_batch, accum = cfg.data.batch_size, cfg.optimizer.grad_accum_steps
+
+    model = program.build_model(cfg)
     model_cfg = model.cfg
     graphdef, _, _ = split_model(model)
     tx, schedule = make_optimizer(cfg.optimizer, global_batch)
     rules = dict(cfg.mesh.rules)
 
-    dataset = feature_dataset(data_source(cfg, model_cfg) if examples is None else examples,
+    dataset = feature_dataset(program.data_source(cfg, model_cfg) if examples is None else examples,
                               batch_size=global_batch // jax.process_count(), seed=cfg.seed,
                               shard_index=jax.process_index(), shard_count=jax.process_count())
     iterator = iter(dataset)
@@ -125,13 +169,12 @@ def train(cfg: config_lib.TrainConfig, examples=None, program=Pretraining) -> Ru
                         async_save=cfg.checkpoint.async_save)
     with jax.set_mesh(mesh):
         target, shardings = program.abstract_state(model, tx, cfg.seed, mesh, rules)
-        restored = ckpts.restore(target, iterator)
-        if restored is None:
-            start, (state, _) = 0, program.init_state(model, tx, cfg.seed, mesh, rules)
-        else:
-            start, state = restored
-            print(f"resumed from checkpoint {start} in {ckpts.directory}", flush=True)
+        ckpts, start, state = _resume(cfg, workdir, ckpts, target, iterator)
+        if state is None:  # a fresh iterator: a checkpoint that failed to restore may have moved this one
+            iterator, (state, _) = iter(dataset), program.init_state(model, tx, cfg.seed, mesh, rules)
         del model, target
+        if proc0:  # only once the config is valid and the run resumed (or starts)
+            write_text(os.path.join(workdir, "config.yaml"), config_lib.to_yaml(cfg))
         train_step = program.make_step(cfg, graphdef, tx, schedule, shardings, mesh)
         writer = MetricsWriter(workdir, enabled=proc0, start_step=start, tb_every=cfg.logging.log_every)
         preemption = Preemption(cfg.checkpoint.preemption_check_every)
@@ -179,6 +222,7 @@ def train(cfg: config_lib.TrainConfig, examples=None, program=Pretraining) -> Ru
                 if done % cfg.checkpoint_every == 0 or done == cfg.steps or preempted:
                     flush()  # a state is saved only once its loss is known to be finite
                     ckpts.save(done, state, iterator, config_lib.to_dict(cfg))
+                    writer.flush()  # what TensorBoard shows survives a kill as far as the checkpoint
                 if grids is not None and done % cfg.sample.every == 0:
                     grid = grids.grid(state)
                     if proc0:

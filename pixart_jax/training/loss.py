@@ -1,4 +1,5 @@
-"""The PixArt training objective (spec §2.1-2.2): ε-MSE plus the learned-variance variational bound.
+"""The PixArt training objective: ε-MSE plus the learned-variance variational bound (Nichol & Dhariwal 2021,
+arXiv 2102.09672, §3.1; PixArt-alpha `diffusion/model/gaussian_diffusion.py` `training_losses`).
 
 Pure functions over JAX arrays. Schedule tables are computed in float64 NumPy once and gathered per sample as
 float32, as the reference does. Latents `x0` here are already scaled (x0 = 0.18215 · z).

@@ -53,6 +53,11 @@ class MetricsWriter:
             for name, value in scalars.items():
                 self._tb.add_scalar(f"train/{name}", float(value), step)
 
+    def flush(self):
+        """Writes buffered TensorBoard events to disk (metrics.jsonl is flushed at every record)."""
+        if self.enabled:
+            self._tb.flush()
+
     def image(self, step, name, image):
         """Logs an (H, W, 3) uint8 image."""
         if self.enabled:

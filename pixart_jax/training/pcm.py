@@ -19,7 +19,7 @@ from pixart_jax.samplers import PCM
 from pixart_jax.training import config as config_lib
 from pixart_jax.training import loop
 from pixart_jax.training.discriminator import DiscriminatorHeads
-from pixart_jax.training.distill import ExportWeights, check_distillation, export
+from pixart_jax.training.distill import ExportWeights, export
 from pixart_jax.training.lcd_loss import LossType
 from pixart_jax.training.pcm_step import (
     Adversarial,
@@ -83,7 +83,7 @@ def _check(cfg):
     if cfg.model.caption_dropout:
         problems.append("model.caption_dropout must be 0: PCM drops captions with pcm.null_caption_prob "
                         "(guidance 'none')")
-    return check_distillation(cfg, problems, "PCM")
+    return config_lib.check_program(cfg, problems, "PCM")
 
 
 load_config = functools.partial(config_lib.load_config, schema=PCMTrainConfig, validate=_check)

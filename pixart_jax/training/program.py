@@ -1,7 +1,10 @@
 """The command line every training program shares: `python -m train.<program> [CONFIG] [key=value ...]`.
 
-Exit codes: 0 finished, 2 bad config, 3 stopped by an error (non-finite loss, checkpoint/topology mismatch),
-75 stopped by SIGTERM after saving a checkpoint (EX_TEMPFAIL: a scheduler re-queues it; re-running resumes).
+Exit codes: 0 finished; 2 bad config (also an unusable workdir or data source), before anything is built; 3
+stopped by an error (NaN/Inf loss or state, checkpoints saved with other settings or that none can be read, the
+workdir in use by another run, another process count, a checkpoint that cannot be loaded or written); 75 stopped
+by SIGTERM after saving a checkpoint (EX_TEMPFAIL: a scheduler re-queues it; re-running resumes). Errors are one
+line on stderr.
 """
 import os
 import sys
@@ -9,8 +12,8 @@ import sys
 import jax
 
 from pixart_jax.training import config as config_lib
-from pixart_jax.training.checkpoint import TopologyError
-from pixart_jax.training.loop import NonFiniteLossError
+from pixart_jax.training.errors import RunError
+from pixart_jax.weights import CheckpointError
 
 EXIT_PREEMPTED = 75
 
@@ -27,7 +30,7 @@ def run_program(argv, doc, load_config, run):
     try:
         cfg = load_config(path, overrides)
         result = run(cfg)
-    except (config_lib.ConfigError, NonFiniteLossError, TopologyError) as e:
+    except (config_lib.ConfigError, RunError, CheckpointError) as e:  # a checkpoint to load or write: init_from, export
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, config_lib.ConfigError) else 3
     if jax.process_index() == 0:

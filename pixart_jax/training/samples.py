@@ -1,9 +1,8 @@
-"""Periodic sample grids during training: the EMA weights, the first batch's captions, classifier-free guidance
-with the null caption `y_embedding` (the repo's convention, spec §1.8) and one of our samplers, in one jit.
+"""Periodic sample grids during training: the EMA weights, the first batch's captions, classifier-free guidance with
+the null caption `y_embedding` (the convention of the PixArt-alpha repo's `scripts/inference.py`) and one of our
+samplers, in one jit.
 
 With a VAE directory the latents are decoded; without one (the tiny config) latent channels 0-2 are shown."""
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +10,7 @@ from flax import nnx
 from PIL import Image
 
 from pixart_jax.guidance import Caption, guide, guided_forward
+from pixart_jax.images import write_png
 from pixart_jax.samplers import make_sampler
 from pixart_jax.sharding import replicated
 from pixart_jax.vae import LATENT_SCALE
@@ -80,5 +80,4 @@ class SampleGrid:
 
 def save_png(image, path):
     """Writes an (H, W, 3) uint8 image (creating the folder)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(image).save(path)
+    write_png(Image.fromarray(image), path)

@@ -1,4 +1,4 @@
-"""Train state and the one jitted train step (spec §2.2, §3.3).
+"""Train state and the one jitted train step (PixArt-alpha `train_scripts/train.py`: AdamW, clipping, EMA).
 
 The state is a dict of global jax.Arrays: `step` (micro-steps done), `params` (fp32 master weights, pure dicts),
 `buffers` (the never-trained y_embedding), `opt` (optax AdamW state), `ema`, `rng` (the run's base key). The step
@@ -25,12 +25,13 @@ from pixart_jax.vae import LATENT_SCALE
 def build_model(model_cfg, seed):
     """The PixArtTransformer to train: freshly initialised from `model_cfg.preset`, or loaded from
     `model_cfg.init_from` (any layout load_transformer reads) for fine-tuning."""
-    dtype = DType(model_cfg.compute_dtype).jax
+    dtype, activations = DType(model_cfg.compute_dtype).jax, DType(model_cfg.activation_dtype).jax
     if model_cfg.init_from:
         model = load_transformer(model_cfg.init_from, dtype=dtype)
-        model.remat = model_cfg.remat
+        model.remat, model.activation_dtype, model.attention_kernel = model_cfg.remat, activations, model_cfg.attention
         return model
-    return PixArtTransformer(PRESETS[model_cfg.preset], dtype, remat=model_cfg.remat, rngs=nnx.Rngs(seed))
+    return PixArtTransformer(PRESETS[model_cfg.preset], dtype, remat=model_cfg.remat, activation_dtype=activations,
+                             attention_kernel=model_cfg.attention, rngs=nnx.Rngs(seed))
 
 
 def peak_learning_rate(opt_cfg, global_batch):
@@ -76,16 +77,17 @@ def _initial_state(tx, seed):
     return init
 
 
-def init_state(model, tx, seed, mesh, rules, initial=_initial_state, axes=None):
+def init_state(model, tx, seed, mesh, rules, initial=_initial_state, axes=None, donate=False):
     """(state, shardings): the initial train state placed on `mesh` by the logical-axis `rules`; EMA starts equal
     to the (possibly loaded) weights. `initial(tx, seed)` gives the `(params, buffers) -> state` function (another
     state layout, e.g. LCD's, reuses the placement); `axes` ({path: logical axes}) defaults to the model's (a
-    state with other networks, e.g. PCM's discriminator heads, adds theirs)."""
+    state with other networks, e.g. PCM's discriminator heads, adds theirs). `donate`: the model's arrays become
+    the state's (the model is unusable afterwards), so a large model is not held twice."""
     _, params, buffers = split_model(model)
     init = initial(tx, seed)
     shardings = sharding.tree_shardings(jax.eval_shape(init, params, buffers), mesh, rules,
                                         sharding.variable_axes(model) if axes is None else axes)
-    return jax.jit(init, out_shardings=shardings)(params, buffers), shardings
+    return jax.jit(init, out_shardings=shardings, donate_argnums=(0, 1) if donate else ())(params, buffers), shardings
 
 
 def abstract_state(model, tx, seed, mesh, rules, initial=_initial_state, axes=None):
@@ -120,8 +122,10 @@ class TrainStep:
     """The jitted step `(state, batch) -> (state, metrics)`; the state is donated. `traces` counts how often it
     was traced: once per batch shape (aspect-ratio bucket), never per step."""
 
-    def __init__(self, graphdef, tx, schedule, state_shardings, mesh, *, accum_steps=1, ema_rate=0.9999,
-                 caption_dropout=0.1, latent_scale=LATENT_SCALE, prediction_type="epsilon", tables=None):
+    def __init__(self, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule, state_shardings: dict,
+                 mesh: jax.sharding.Mesh, *, accum_steps: int = 1, ema_rate: float = 0.9999,
+                 caption_dropout: float = 0.1, latent_scale: float = LATENT_SCALE,
+                 prediction_type: str = "epsilon", tables=None):
         check_prediction_type(prediction_type)
         self.traces = 0
         tables = diffusion_tables() if tables is None else tables
@@ -150,6 +154,11 @@ class TrainStep:
         # queued, collectives can starve (seen as a rendezvous timeout), so on CPU one step runs at a time.
         self._one_at_a_time = mesh.devices.flat[0].platform == "cpu" and mesh.size > 1
 
-    def __call__(self, state, batch):
+    def lower(self, state, batch):
+        """The step lowered for these arguments, which may be abstract (ShapeDtypeStructs with shardings):
+        `.compile()` builds it ahead of time, e.g. for a TPU slice this machine does not have (training/plan.py)."""
+        return self._jitted.lower(state, batch)
+
+    def __call__(self, state: dict, batch: dict) -> tuple[dict, dict]:
         out = self._jitted(state, batch)
         return jax.block_until_ready(out) if self._one_at_a_time else out

@@ -96,7 +96,8 @@ def import_weights(rules, source, expected, *, where="checkpoint", ignore=(), op
                     problems.append(f"missing key {absent[0]!r} (expected shape {want[keys.index(absent[0])]}) "
                                     f"for parameter {ours}")
                 break
-            got = [tuple(source[k].shape) for k in keys]
+            arrays = [source[k] for k in keys]  # each looked up once: a lazy source reads it from disk here
+            got = [tuple(a.shape) for a in arrays]
             bad = [(k, g, w) for k, g, w in zip(keys, got, want) if g != w]
             used.update(keys)
             if bad:
@@ -104,7 +105,7 @@ def import_weights(rules, source, expected, *, where="checkpoint", ignore=(), op
                 problems.append(f"shape mismatch for key {k!r}: {where} has {g}, model expects {w} "
                                 f"(parameter {ours} of shape {shape})")
                 break
-            values.append(_to_ours(tag, [np.asarray(source[k]) for k in keys]))
+            values.append(_to_ours(tag, [np.asarray(a) for a in arrays]))
         else:
             out[ours] = np.stack(values) if stacked else values[0]
     unexpected = sorted(set(source) - used - set(ignore))

@@ -8,6 +8,7 @@ import io
 import os
 import pickle
 import zipfile
+import zlib
 
 import ml_dtypes
 import numpy as np
@@ -22,11 +23,19 @@ STORAGE_DTYPES = {
 
 
 def _rebuild_tensor(storage, offset, size, stride, *_):
-    itemsize = storage.dtype.itemsize
+    size, stride = tuple(size), tuple(stride)
+    if len(size) != len(stride) or any(not isinstance(n, int) or n < 0 for n in (offset, *size, *stride)):
+        raise ValueError(f"a tensor has an invalid layout (offset {offset!r}, shape {size}, stride {stride})")
+    # the last element the view reads; a view must stay inside its storage (as_strided would read any memory)
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else offset - 1
+    if last >= len(storage):
+        raise ValueError(f"a tensor of shape {size} (offset {offset}, stride {stride}) reads element {last} of a "
+                         f"storage of {len(storage)}: the file is damaged")
     if not size:
         return storage[offset:offset + 1].reshape(()).copy()
+    itemsize = storage.dtype.itemsize
     view = np.lib.stride_tricks.as_strided(
-        storage[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride), writeable=False)
+        storage[offset:], shape=size, strides=tuple(s * itemsize for s in stride), writeable=False)
     return np.ascontiguousarray(view)
 
 
@@ -60,7 +69,7 @@ class _StateDictUnpickler(pickle.Unpickler):
         return self.storages[key]
 
 
-def load_pth(path):
+def load_pth(path: str):
     """The unpickled object of a `torch.save` zip file (tensors become NumPy arrays)."""
     try:
         archive = zipfile.ZipFile(path)
@@ -71,11 +80,13 @@ def load_pth(path):
         if len(pickles) != 1:
             raise CheckpointError(f"{path} is not a PyTorch checkpoint (no single data.pkl in the archive)")
         prefix = pickles[0][: -len("/data.pkl")]
-        with archive.open(pickles[0]) as f:
-            try:
+        try:
+            with archive.open(pickles[0]) as f:
                 return _StateDictUnpickler(f, archive, prefix).load()
-            except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as e:
-                raise CheckpointError(f"{path}: cannot read the checkpoint: {e}") from None
+        # a damaged archive (bad CRC, truncated or corrupt entries) or a pickle that is not a state dict
+        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile, zlib.error,
+                OSError) as e:
+            raise CheckpointError(f"{path}: cannot read the checkpoint: {e}") from None
 
 
 class _Global:
@@ -130,7 +141,7 @@ class _StateDictPickler(pickle._Pickler):  # the pure-Python pickler lets save_g
         return None
 
 
-def save_pth(obj, path):
+def save_pth(obj, path: str) -> None:
     """`torch.save`-compatible zip file of `obj` (dicts of NumPy arrays, nested), written atomically."""
     arrays = []
 

@@ -1,0 +1,286 @@
+"""Text-to-image in PyTorch: `PixArtTorchPipeline`, with `PixArtPipeline`'s call signature and behaviour, over the
+same pipeline directory, for serving on GPUs (float16 included) with int8 T5 and staged, low-memory generation.
+
+Components: transformers' T5EncoderModel (float, or int8 with pixart_jax's codes), diffusers'
+PixArtTransformer2DModel and AutoencoderKL, and the diffusers scheduler that our sampler registry maps the
+directory's scheduler config to. What the two pipelines share is one code: argument checks and sizes
+(pixart_jax.pipeline), aspect-ratio bins, caption cleaning and tokenisation (pixart_jax.prompts), scheduler
+configs (pixart_jax.samplers). Latents stay float32 between steps, as in the JAX pipeline; the models compute in
+`dtype`.
+"""
+import dataclasses
+import functools
+import inspect
+import os
+import secrets
+
+import diffusers
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from pixart_jax.checkpoints import default_null_caption, transformer_config
+from pixart_jax.choices import Int8Backend, TorchDType, choose
+from pixart_jax.config import PixArtConfig
+from pixart_jax.images import cover_and_crop, pil_images
+from pixart_jax.pipeline import ImagePipelineOutput, check_call, check_caption, check_pipeline_directory
+from pixart_jax.prompts import load_tokenizer, prompt_tokens
+from pixart_jax.samplers import from_scheduler_config, to_scheduler_config
+from pixart_jax.torch.loading import release, to_torch
+from pixart_jax.torch.memory import MemoryStages
+from pixart_jax.torch.text_encoder import load_text_encoder
+from pixart_jax.torch.transformer import load_transformer
+from pixart_jax.vae import VAEConfig
+
+
+@dataclasses.dataclass
+class TorchPipelineOutput(ImagePipelineOutput):
+    """ImagePipelineOutput plus, when the call asked for it, `memory`: one StageMemory per stage that ran."""
+    memory: list | None = None
+
+
+def diffusers_scheduler(path_or_dict, sampler=None, **options):
+    """The diffusers scheduler equal to `from_scheduler_config(path_or_dict, sampler, **options)` (the same checks,
+    defaults and overrides; η / γ are not part of a scheduler but of each call, as in diffusers). ValueError for a
+    sampler diffusers has no scheduler for (the repo's IDDPM sampler, the repo conventions)."""
+    config = to_scheduler_config(from_scheduler_config(path_or_dict, sampler=sampler, **options).with_eta(0.0))
+    return getattr(diffusers, config["_class_name"]).from_config(config)
+
+
+def guide(out_uncond, out_cond, scale, channels=None):
+    """pixart_jax.guidance.guide on torch tensors: out_u + scale (out_c - out_u) on the first `channels` channels
+    (None: all), the rest from the conditional half."""
+    guided = out_uncond + scale * (out_cond - out_uncond)
+    if channels is None:
+        return guided
+    return torch.cat([guided[:, :channels], out_cond[:, channels:]], dim=1)
+
+
+def resize_and_crop(images, height, width):
+    """pixart_jax.images.resize_and_crop with PyTorch's own bilinear resize (what it reproduces)."""
+    h, w = images.shape[2:]
+    if (h, w) == (height, width):
+        return images
+    size, (top, left) = cover_and_crop(h, w, height, width)
+    resized = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+    return resized[:, :, top:top + height, left:left + width]
+
+
+class PixArtTorchPipeline:
+    """transformer (PixArtTransformer2DModel), text_encoder (T5EncoderModel), tokenizer, vae (AutoencoderKL) and a
+    diffusers scheduler on `device`. Components are read at every call (`pipe.transformer = other` takes effect).
+    With `loaders` ({component: () -> module}) a component that is None is loaded for its stage and freed after it
+    (low_memory); `cfg` and `vae_config` then describe the transformer and VAE without loading them."""
+
+    def __init__(self, transformer, text_encoder, tokenizer, vae, scheduler, *, device="cpu", dtype=torch.float32,
+                 loaders=None, cfg: PixArtConfig | None = None, vae_config: VAEConfig | None = None):
+        self.transformer, self.text_encoder, self.tokenizer, self.vae = transformer, text_encoder, tokenizer, vae
+        self.scheduler = scheduler
+        self.device, self.dtype = torch.device(device), dtype
+        self.loaders = dict(loaders or {})
+        self._cfg, self._vae_config = cfg, vae_config
+        self._default_null = None
+
+    @classmethod
+    def from_pretrained(cls, directory: str, device="cpu", dtype=torch.float32, int8: bool = False,
+                        low_memory: bool = False, sampler: str | None = None,
+                        int8_backend: Int8Backend | str = Int8Backend.weight_only,
+                        **sampler_options) -> "PixArtTorchPipeline":
+        """The pipeline directory `PixArtPipeline.from_pretrained` reads (model_index.json, transformer/ in the
+        diffusers or pixart-jax layout, text_encoder/ float or int8, tokenizer/, vae/, scheduler/).
+
+        dtype: torch.float16 / bfloat16 / float32 (or its name). int8: T5 as int8 (int8_backend "weight-only":
+        pixart_jax's codes, the JAX pipeline's numbers; "bitsandbytes": transformers' LLM.int8, experimental
+        below compute capability 7.5). low_memory: load nothing now; each call loads T5, encodes, frees it, loads
+        the transformer, denoises, frees it, loads the VAE, decodes, frees it (the reference 8-bit recipe: the
+        three never share the device, at the price of reading each from disk per call). sampler: "dpm", "ddim"
+        or "lcm" instead of the scheduler config's class; sampler_options as in PixArtPipeline.
+        """
+        check_pipeline_directory(directory)
+        dtype = choose(TorchDType, str(dtype).removeprefix("torch."), "dtype").torch
+        int8_backend = choose(Int8Backend, int8_backend, "int8_backend")
+        path = functools.partial(os.path.join, directory)
+        cfg, vae_config = transformer_config(path("transformer")), VAEConfig.from_directory(path("vae"))
+        scheduler = diffusers_scheduler(path("scheduler"), sampler, **sampler_options)
+        loaders = {
+            "text_encoder": functools.partial(load_text_encoder, path("text_encoder"), device, dtype, int8,
+                                              int8_backend),
+            "transformer": functools.partial(load_transformer, path("transformer"), device, dtype),
+            "vae": functools.partial(_load_vae, path("vae"), device, dtype),
+        }
+        resident = {name: None if low_memory else load() for name, load in loaders.items()}
+        return cls(**resident, tokenizer=load_tokenizer(path("tokenizer")), scheduler=scheduler, device=device,
+                   dtype=dtype, loaders=loaders,
+                   cfg=cfg, vae_config=vae_config)
+
+    @property
+    def cfg(self):
+        """The transformer's PixArtConfig."""
+        if self.transformer is not None:
+            return PixArtConfig.from_diffusers(dict(self.transformer.config))
+        return self._cfg
+
+    @property
+    def vae_scale_factor(self):
+        if self.vae is not None:
+            return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return self._vae_config.spatial_factor
+
+    def _use(self, name, run):
+        """run(component): the resident component, or (low_memory) one loaded for this call and freed after."""
+        module = getattr(self, name)
+        if module is not None:
+            return run(module)
+        if name not in self.loaders:
+            raise ValueError(f"this pipeline has no {name} (and nothing to load it from)")
+        try:
+            return run(self.loaders[name]())
+        finally:
+            release(self.device)
+
+    def __call__(self, prompt: str | list[str] | None = None, negative_prompt: str = "",
+                 num_inference_steps: int = 20, guidance_scale: float = 4.5, height: int | None = None,
+                 width: int | None = None, num_images_per_prompt: int = 1, seed: int | None = None, latents=None,
+                 output_type: str = "pil", use_resolution_binning: bool = True, clean_caption: bool = True,
+                 prompt_embeds=None, prompt_attention_mask=None, negative_prompt_embeds=None,
+                 negative_prompt_attention_mask=None, null_caption: str = "negative_prompt",
+                 guidance_channels: int | None = None, eta: float = 0.0, progress: bool = True,
+                 return_dict: bool = True, memory_report: bool = False):
+        """Generates images; arguments and results as PixArtPipeline.__call__, except: `seed` seeds a
+        torch.Generator("cpu") that draws the initial noise and any sampler noise, as diffusers does with that
+        generator (the JAX pipeline draws from jax.random: pass `latents` to compare the two); "latent" output is
+        a float32 tensor on the device; `memory_report` puts each stage's peak memory in the output's `memory`."""
+        cfg, scale = self.cfg, self.vae_scale_factor
+        (height, width), out_size = check_call(
+            cfg, scale, prompt=prompt, prompt_embeds=prompt_embeds, steps=num_inference_steps,
+            guidance_scale=guidance_scale, height=height, width=width, output_type=output_type,
+            null_caption=null_caption, num_images_per_prompt=num_images_per_prompt,
+            guidance_channels=guidance_channels, use_resolution_binning=use_resolution_binning, eta=eta)
+        expected = (cfg.max_tokens, cfg.caption_channels)
+        if prompt_embeds is not None:
+            check_caption(prompt_embeds.shape, _shape(prompt_attention_mask), expected, "prompt_embeds",
+                          "prompt_attention_mask")
+            if negative_prompt_embeds is not None:
+                check_caption(negative_prompt_embeds.shape, _shape(negative_prompt_attention_mask), expected,
+                              "negative_prompt_embeds", "negative_prompt_attention_mask")
+                if negative_prompt_embeds.shape[0] != prompt_embeds.shape[0]:
+                    raise ValueError(f"negative_prompt_embeds has batch {negative_prompt_embeds.shape[0]}, "
+                                     f"prompt_embeds {prompt_embeds.shape[0]}")
+            batch = prompt_embeds.shape[0]
+        else:
+            batch = 1 if isinstance(prompt, str) else len(prompt)
+        n = batch * num_images_per_prompt
+        shape = (n, cfg.in_channels, height // scale, width // scale)
+        if latents is not None and tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        stages = MemoryStages(self.device, memory_report)
+        if prompt_embeds is None:
+            with stages.stage("encode"):
+                cond, uncond = self._encode(prompt, negative_prompt, clean_caption, null_caption)
+        else:
+            cond = (self._tensor(prompt_embeds), self._tensor(prompt_attention_mask))
+            uncond = None if negative_prompt_embeds is None else (
+                self._tensor(negative_prompt_embeds), self._tensor(negative_prompt_attention_mask))
+        cond = tuple(a.repeat_interleave(num_images_per_prompt, 0) for a in cond)
+        if uncond is not None:
+            uncond = tuple(a.repeat_interleave(num_images_per_prompt, 0) for a in uncond)
+        generator = torch.Generator("cpu").manual_seed(secrets.randbits(31) if seed is None else seed)
+        if latents is None:
+            latents = torch.randn(shape, generator=generator, dtype=torch.float32)
+        latents = self._tensor(latents)
+        with stages.stage("denoise"):
+            result = self._use("transformer", lambda transformer: self._denoise(
+                transformer, latents, cond, uncond, num_inference_steps, guidance_scale, guidance_channels,
+                (height, width), eta, generator, progress))
+        if output_type != "latent":
+            with stages.stage("decode"):
+                result = self._use("vae", lambda vae: self._decode(vae, result, out_size))
+            result = result if output_type == "np" else pil_images(result)
+        memory = stages.stages if memory_report else None
+        return TorchPipelineOutput(result, memory) if return_dict else (result,)
+
+    def _tensor(self, value):
+        return torch.as_tensor(np.asarray(value) if not torch.is_tensor(value) else value,
+                               dtype=torch.float32).to(self.device)
+
+    def _encode(self, prompt, negative_prompt, clean_caption, null_caption):
+        """(cond, uncond) as (embeds float32 (B, L, C), mask (B, L)); uncond None: the null caption with the
+        prompts' mask (resolved with the transformer, which holds it)."""
+        tokens = prompt_tokens(prompt, negative_prompt, tokenizer=self.tokenizer, max_length=self.cfg.max_tokens,
+                               clean_caption=clean_caption, negatives=null_caption != "y_embedding")
+        ids, mask = tokens.ids, tokens.mask
+        if tokens.negative_ids is not None:  # one encoder call for both branches, as the JAX pipeline
+            ids, mask = np.concatenate([ids, tokens.negative_ids]), np.concatenate([mask, tokens.negative_mask])
+
+        def encode(encoder):
+            with torch.inference_mode():
+                out = encoder(input_ids=torch.from_numpy(ids).long().to(self.device),
+                              attention_mask=torch.from_numpy(mask).long().to(self.device))
+            return out.last_hidden_state.float()
+
+        embeds = self._use("text_encoder", encode)
+        mask = torch.from_numpy(mask).float().to(self.device)
+        batch = tokens.ids.shape[0]
+        cond = (embeds[:batch], mask[:batch])
+        return cond, None if tokens.negative_ids is None else (embeds[batch:], mask[batch:])
+
+    def _null_caption(self, transformer):
+        """The transformer's y_embedding, or (diffusers checkpoints have none) the JAX loader's default."""
+        stored = getattr(transformer, "y_embedding", None)
+        if stored is not None:
+            return stored.float()
+        if self._default_null is None:
+            self._default_null = default_null_caption(PixArtConfig.from_diffusers(dict(transformer.config)))
+        return to_torch(self._default_null, self.device)
+
+    @torch.inference_mode()
+    def _denoise(self, transformer, latents, cond, uncond, steps, guidance_scale, guidance_channels, size, eta,
+                 generator, progress):
+        if uncond is None:
+            uncond = (self._null_caption(transformer).expand_as(cond[0]), cond[1])
+        guided = guidance_scale > 1.0
+        embeds, mask = (torch.cat([u, c]) for u, c in zip(uncond, cond)) if guided else cond
+        embeds = embeds.to(self.dtype)
+        rows = embeds.shape[0]
+        added = {"resolution": None, "aspect_ratio": None}
+        if transformer.config.use_additional_conditions:
+            added = {"resolution": torch.tensor([size], dtype=torch.float32, device=self.device).repeat(rows, 1),
+                     "aspect_ratio": torch.full((rows, 1), size[0] / size[1], device=self.device)}
+        scheduler = self.scheduler
+        # diffusers' pipeline passes its eta to every scheduler whose step takes one (DDIM's η, TCD's γ)
+        step_options = {"eta": eta} if "eta" in inspect.signature(scheduler.step).parameters else {}
+        scheduler.set_timesteps(steps, device=self.device)
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)
+        x = latents
+        for t in tqdm(scheduler.timesteps, desc="denoising", disable=not progress):
+            model_in = scheduler.scale_model_input(x, t)
+            model_in = torch.cat([model_in, model_in]) if guided else model_in
+            out = transformer(model_in.to(self.dtype), encoder_hidden_states=embeds, encoder_attention_mask=mask,
+                              timestep=t.expand(rows).to(self.device), added_cond_kwargs=added,
+                              return_dict=False)[0].float()
+            if guided:
+                out = guide(*out.chunk(2), guidance_scale, guidance_channels)
+            step = scheduler.step(out[:, :x.shape[1]], t, x, **step_options, generator=generator,
+                                  return_dict=False)
+            # one step returns its denoised estimate, as diffusers' pipeline (and ours) do
+            x = step[1] if steps == 1 and len(step) > 1 else step[0]
+        return x.float()
+
+    @torch.inference_mode()
+    def _decode(self, vae, latents, out_size):
+        """(N, H, W, 3) float32 in [0, 1] on the host, as output_type="np"."""
+        images = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype), return_dict=False)[0].float()
+        images = resize_and_crop(images, *out_size)
+        return (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _load_vae(directory, device, dtype):
+    VAEConfig.from_directory(directory)  # the same checks (and errors) as the JAX loader
+    vae = diffusers.AutoencoderKL.from_pretrained(directory, torch_dtype=dtype)
+    return vae.to(device).eval().requires_grad_(False)
+
+
+def _shape(value):
+    return None if value is None else tuple(value.shape)

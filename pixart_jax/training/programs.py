@@ -1,0 +1,44 @@
+"""The training programs by name, for commands that handle any of them (`python -m train.plan`).
+
+A program object gives `abstract_state(model, tx, seed, mesh, rules)`, `init_state(...)` (same arguments) and
+`make_step(cfg, graphdef, tx, schedule, shardings, mesh)` returning a TrainStep-like step (callable, `lower`,
+`traces`); it may add `batch_shapes(cfg, model_cfg, latent_hw)` when its batches carry more than the feature
+fields. A new program (ControlNet, PCM) adds one entry here, with the config section that marks its YAML files.
+"""
+import dataclasses
+from typing import Callable, Optional
+
+from omegaconf import OmegaConf
+
+from pixart_jax.training import config as config_lib
+from pixart_jax.training import distill, loop
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    load_config: Callable       # (path, overrides) -> the validated config
+    program: object             # state and step (loop.Pretraining's interface)
+    section: Optional[str]      # a top-level config section only this program's configs have
+
+
+PROGRAMS = {
+    "pretrain": Program(config_lib.load_config, loop.Pretraining, None),
+    "lcm": Program(distill.load_config, distill.Distillation, "lcd"),
+}
+
+
+def program_for(path=None, name=None) -> tuple[str, Program]:
+    """(name, Program): `name` if given, else the one whose section the YAML file at `path` has (pretrain if
+    none)."""
+    if name is not None:
+        if name not in PROGRAMS:
+            raise config_lib.ConfigError(f"program {name!r} is not one of {sorted(PROGRAMS)}")
+        return name, PROGRAMS[name]
+    try:
+        sections = set(OmegaConf.load(path)) if path is not None else set()
+    except OSError as e:
+        raise config_lib.ConfigError(f"cannot read config file {path}: {e}") from None
+    for candidate, program in PROGRAMS.items():
+        if program.section in sections:
+            return candidate, program
+    return "pretrain", PROGRAMS["pretrain"]
