@@ -11,7 +11,7 @@ from pixart_jax import sharding
 from pixart_jax.attention import attention
 from pixart_jax.topologies import GIB, TopologyError, parse_topology
 from pixart_jax.training.plan import plan_train_step
-from pixart_jax.training.programs import PROGRAMS
+from pixart_jax.training.programs import PROGRAMS, program_for
 from tests.commands import run_cli, run_module
 
 pytest.importorskip("libtpu", reason="libtpu is not installed here (pip install '.[tpu]'; CI's TPU leg, "
@@ -44,6 +44,20 @@ def test_the_lcd_step_plans_through_the_console_script():
     assert result.returncode == 0, result.stderr[-2000:]
     assert "lcm step of" in result.stdout and "v4:2x2x1 (v4-8: 4 x TPU v4, 32 GiB HBM each)" in result.stdout
     assert re.search(r"^  (teacher|student|target)\.blocks\.", result.stdout, re.M)  # the LCD state's copies
+
+
+@pytest.mark.parametrize("config, program, state_prefix", [
+    ("controlnet_tiny.yaml", "controlnet", "frozen.base."),       # the ControlNet state's frozen base
+    ("pcm_tiny.yaml", "pcm", "target."),                          # PCM's EMA target beside the student
+])
+def test_controlnet_and_pcm_steps_plan(config, program, state_prefix):
+    """Every training program plans: its own model, state and batch (ControlNet's control latents) compile."""
+    name, entry = program_for(CONFIGS / config)
+    assert name == program
+    cfg = entry.load_config(CONFIGS / config, ["workdir=unused", "mesh.fsdp=2"])
+    plan = plan_train_step(cfg, entry.program, parse_topology("v5e:2x2"))
+    assert plan.fits and plan.refused is None and plan.temporaries > 0
+    assert any(array_name.startswith(state_prefix) for array_name, *_ in plan.largest), plan.largest
 
 
 def test_a_step_that_does_not_fit_exits_1():

@@ -26,7 +26,7 @@ from pixart_jax.controlnet_checkpoints import load_controlnet, save_controlnet_j
 from pixart_jax.samplers.prediction import check_prediction_type
 from pixart_jax.training import config as config_lib
 from pixart_jax.training import loop
-from pixart_jax.training.data import CONTROL_FIELDS, read_examples
+from pixart_jax.training.data import CONTROL_FIELDS, feature_batch_shapes, read_examples
 from pixart_jax.training.loss import diffusion_tables, draw_training_inputs, pixart_loss
 from pixart_jax.training.step import TrainStep, abstract_state, build_model, init_state, optimizer_update
 from pixart_jax.training.synthetic import synthetic_examples
@@ -117,6 +117,12 @@ class ControlNetTraining(loop.Pretraining):
             model = PixArtControlNet(build_model(cfg.model, cfg.seed), cfg.controlnet.copies)
         model.base.remat = cfg.model.remat
         return model
+
+    @staticmethod
+    def batch_shapes(cfg, model_cfg, latent_hw):
+        """A feature batch's fields plus the control image's posterior (data.CONTROL_FIELDS)."""
+        shapes = feature_batch_shapes(cfg, model_cfg, latent_hw)
+        return {**shapes, **{name: shapes["mean"] for name in CONTROL_FIELDS}}
 
     @staticmethod
     def data_source(cfg, model_cfg):

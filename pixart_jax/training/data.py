@@ -258,3 +258,12 @@ def feature_dataset(source, *, batch_size, seed, shard_index=0, shard_count=1):
                            shard_count=shard_count)
     options = grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=PREFETCH_BATCHES)
     return plan.map(_LoadBatch(source)).to_iter_dataset(options)
+
+
+def feature_batch_shapes(cfg, model_cfg, latent_hw):
+    """{field: (per-example shape, dtype)} of a feature batch (training/data.py): T5 features and VAE posterior."""
+    h, w = latent_hw
+    return {"caption": ((model_cfg.max_tokens, model_cfg.caption_channels), np.float32),
+            "mask": ((model_cfg.max_tokens,), np.int32),
+            "mean": ((model_cfg.in_channels, h, w), np.float32), "std": ((model_cfg.in_channels, h, w), np.float32),
+            "img_hw": ((2,), np.float32), "aspect_ratio": ((1,), np.float32)}

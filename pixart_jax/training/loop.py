@@ -96,10 +96,13 @@ def data_source(cfg, model_cfg):
 class Pretraining:
     """What `train` trains by default: a PixArtTransformer, step.py's state (params, EMA) and TrainStep, on the
     configured data. Another objective (e.g. distill.py, controlnet.py) subclasses it, replaces what differs and
-    reuses the whole loop."""
+    reuses the whole loop. Instances are made for one config (`Pretraining(cfg)`); the class works too."""
     abstract_state = staticmethod(abstract_state)
     init_state = staticmethod(init_state)
     data_source = staticmethod(data_source)
+
+    def __init__(self, cfg=None):
+        self.cfg = cfg
 
     @staticmethod
     def build_model(cfg):

@@ -89,11 +89,11 @@ def _check(cfg):
 load_config = functools.partial(config_lib.load_config, schema=PCMTrainConfig, validate=_check)
 
 
-class PCMDistillation:
+class PCMDistillation(loop.Pretraining):
     """The PCM state and step for loop.train (the interface of loop.Pretraining), for one config."""
 
     def __init__(self, cfg):
-        self.cfg = cfg
+        super().__init__(cfg)
         self._adversarial = None
 
     def adversarial(self, model):

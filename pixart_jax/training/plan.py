@@ -21,8 +21,9 @@ from pixart_jax import sharding
 from pixart_jax.config import PRESETS
 from pixart_jax.topologies import GIB, Topology, TopologyError, parse_topology
 from pixart_jax.training import config as config_lib
+from pixart_jax.training.data import feature_batch_shapes
 from pixart_jax.training.programs import program_for
-from pixart_jax.training.step import build_model, make_optimizer, split_model
+from pixart_jax.training.step import make_optimizer, split_model
 
 PLAN_KEYS = ("topology", "program", "latent")
 LARGEST = 8  # arrays listed
@@ -89,15 +90,6 @@ def largest_arrays(tree, count=LARGEST):
     return sorted(rows, key=lambda r: -r[-1])[:count]
 
 
-def feature_batch_shapes(cfg, model_cfg, latent_hw):
-    """{field: (per-example shape, dtype)} of a feature batch (training/data.py): T5 features and VAE posterior."""
-    h, w = latent_hw
-    return {"caption": ((model_cfg.max_tokens, model_cfg.caption_channels), jnp.float32),
-            "mask": ((model_cfg.max_tokens,), jnp.int32),
-            "mean": ((model_cfg.in_channels, h, w), jnp.float32), "std": ((model_cfg.in_channels, h, w), jnp.float32),
-            "img_hw": ((2,), jnp.float32), "aspect_ratio": ((1,), jnp.float32)}
-
-
 def abstract_batch(shapes, global_batch, mesh):
     """ShapeDtypeStructs of a global batch, split over the mesh as device_batch places real ones."""
     place = sharding.batch_sharding(mesh)
@@ -105,9 +97,18 @@ def abstract_batch(shapes, global_batch, mesh):
             for k, (shape, dtype) in shapes.items()}
 
 
+def _untrained(cfg):
+    """`cfg` with no checkpoint to load: a plan needs the model's shapes, not its weights."""
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=None))
+    if hasattr(cfg, "controlnet"):
+        cfg = dataclasses.replace(cfg, controlnet=dataclasses.replace(cfg.controlnet, init_from=None))
+    return cfg
+
+
 def plan_train_step(cfg, program, topology: Topology, latent: int | None = None) -> Plan:
-    """Compiles `program`'s train step for `cfg` on the slice `topology` for square latents of side `latent`
-    (default: the preset's) and returns its per-chip memory plan."""
+    """Compiles the train step of `program` (programs.Program.program: cfg -> model, state and step) for `cfg` on
+    the slice `topology` for square latents of side `latent` (default: the preset's) and returns its per-chip
+    memory plan."""
     devices = topology.devices()
     try:
         mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, devices=devices)
@@ -118,7 +119,8 @@ def plan_train_step(cfg, program, topology: Topology, latent: int | None = None)
         raise config_lib.ConfigError(f"data.batch_size {global_batch} is not divisible by the {mesh.size} chips of "
                                      f"{topology.name}")
     model_cfg = PRESETS[cfg.model.preset]
-    model = nnx.eval_shape(lambda: build_model(dataclasses.replace(cfg.model, init_from=None), cfg.seed))
+    program = program(cfg)
+    model = nnx.eval_shape(lambda: program.build_model(_untrained(cfg)))
     graphdef = split_model(model)[0]
     tx, schedule = make_optimizer(cfg.optimizer, global_batch)
     side = model_cfg.sample_size if latent is None else int(latent)

@@ -2,8 +2,8 @@
 
 A program object gives `abstract_state(model, tx, seed, mesh, rules)`, `init_state(...)` (same arguments) and
 `make_step(cfg, graphdef, tx, schedule, shardings, mesh)` returning a TrainStep-like step (callable, `lower`,
-`traces`); it may add `batch_shapes(cfg, model_cfg, latent_hw)` when its batches carry more than the feature
-fields. A new program (ControlNet, PCM) adds one entry here, with the config section that marks its YAML files.
+`traces`), `build_model(cfg)`; it may add `batch_shapes(cfg, model_cfg, latent_hw)` when its batches carry more
+than the feature fields. A new program adds one entry here, with the config section that marks its YAML files.
 """
 import dataclasses
 from typing import Callable, Optional
@@ -11,19 +11,21 @@ from typing import Callable, Optional
 from omegaconf import OmegaConf
 
 from pixart_jax.training import config as config_lib
-from pixart_jax.training import distill, loop
+from pixart_jax.training import controlnet, distill, loop, pcm
 
 
 @dataclasses.dataclass(frozen=True)
 class Program:
     load_config: Callable       # (path, overrides) -> the validated config
-    program: object             # state and step (loop.Pretraining's interface)
+    program: Callable           # cfg -> its model, state and step (loop.Pretraining's interface)
     section: Optional[str]      # a top-level config section only this program's configs have
 
 
 PROGRAMS = {
     "pretrain": Program(config_lib.load_config, loop.Pretraining, None),
     "lcm": Program(distill.load_config, distill.Distillation, "lcd"),
+    "controlnet": Program(controlnet.load_config, controlnet.ControlNetTraining, "controlnet"),
+    "pcm": Program(pcm.load_config, pcm.PCMDistillation, "pcm"),
 }
 
 
