@@ -87,6 +87,8 @@ def _control_arguments(args):
         return {}
     if args.control_image is None:
         raise ValueError("--controlnet needs --control-image (the image whose edges the output follows)")
+    if args.backend == "torch" and (args.control == ControlKind.hed or args.hed is not None):
+        raise ValueError("--control hed and --hed are for the JAX backend (the PyTorch path has no HED network)")
     if args.control == ControlKind.hed and args.hed is None:
         raise ValueError("--control hed needs --hed (the HED network's ControlNetHED.pth)")
     read_image(args.control_image)  # a missing or unreadable image fails here
@@ -94,25 +96,23 @@ def _control_arguments(args):
     return {"control_image": args.control_image, "control": args.control}
 
 
-def _torch_pipeline(args, control):
-    if control:
-        raise ValueError("--controlnet is for the JAX backend (the PyTorch path generates without a control)")
+def _torch_pipeline(args):
     from pixart_jax.torch import PixArtTorchPipeline  # imported on use: only this backend needs torch
 
     device = args.device or "cpu"
     pipe = PixArtTorchPipeline.from_pretrained(args.model, device=device, dtype=args.dtype, int8=args.int8,
                                                low_memory=args.low_memory, sampler=args.scheduler,
-                                               int8_backend=args.int8_backend)
+                                               int8_backend=args.int8_backend, controlnet=args.controlnet)
     return pipe, type(pipe.scheduler).__name__, device
 
 
-def _jax_pipeline(args, control):
+def _jax_pipeline(args):
     for flag, value in (("--device", args.device), ("--low-memory", args.low_memory),
                         ("--memory-report", args.memory_report)):
         if value:
             raise ValueError(f"{flag} is for --backend torch")
     dtype = choose(DType, str(args.dtype), "--dtype of the JAX backend")
-    if control:
+    if args.controlnet:
         pipe = PixArtControlNetPipeline.from_pretrained(args.model, args.controlnet, hed=args.hed, dtype=dtype.jax,
                                                         sampler=args.scheduler, int8=args.int8)
     else:
@@ -126,7 +126,7 @@ def generate(args):
     check_output(args.out, len(args.prompt) * args.num_images)
     control = _control_arguments(args)
     start = time.perf_counter()
-    pipe, sampler, device = (_torch_pipeline if args.backend == "torch" else _jax_pipeline)(args, control)
+    pipe, sampler, device = (_torch_pipeline if args.backend == "torch" else _jax_pipeline)(args)
     print(f"loaded {args.model} in {time.perf_counter() - start:.1f} s ({sampler})")
     extra = {"memory_report": True} if args.memory_report else {}
     images, compile_s, run_s, output = timed_call(
@@ -248,7 +248,7 @@ def main(argv=None):
                                            "size it has unless --height/--width are given)")
     p.add_argument("--control", choices=list(ControlKind), type=ControlKind, default=ControlKind.canny,
                    help="edge map of the control image: canny, hed (needs --hed), none (it already is one)")
-    p.add_argument("--hed", help="ControlNetHED.pth, the HED network's weights (for --control hed)")
+    p.add_argument("--hed", help="ControlNetHED.pth, the HED network's weights (for --control hed; JAX backend)")
     p.set_defaults(run=generate)
     p = commands.add_parser("quantize-t5", help=quantize_t5.__doc__)
     p.add_argument("--src", required=True, help="a Hugging Face T5 folder (a pipeline's text_encoder/)")

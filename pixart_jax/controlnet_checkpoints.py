@@ -104,29 +104,72 @@ def _copies_in(state_dict):
     return len({m[1] for m in map(prefix.match, state_dict) if m})
 
 
+def _base_for(path, config):
+    """The base PixArtConfig of an original state-dict file: from `config` (a ControlNetConfig, a PixArtConfig or a
+    preset name) or the file name."""
+    if isinstance(config, ControlNetConfig):
+        return config.base
+    if isinstance(config, PixArtConfig):
+        return config
+    name = config or os.path.basename(path)
+    matched = next((n for pattern, n in _NAME_PATTERNS if re.search(pattern, name)), name)
+    if matched in PRESETS_CONTROLNET:
+        return PRESETS_CONTROLNET[matched].base
+    try:
+        return preset(name)
+    except ValueError:
+        raise CheckpointError(f"cannot tell the ControlNet variant from {name!r}: pass config= one of "
+                              f"{sorted(PRESETS_CONTROLNET) + sorted(PRESETS)}, a PixArtConfig or a "
+                              "ControlNetConfig") from None
+
+
 def _config_for(path, config, state_dict):
     """The ControlNetConfig of an original state dict: `config` as given (a ControlNetConfig), or the base
-    architecture from `config` (a PixArtConfig or a preset name) or the file name, with the copies it holds."""
+    architecture (see _base_for) with the copies it holds."""
     if isinstance(config, ControlNetConfig):
         return config
-    if isinstance(config, PixArtConfig):
-        base = config
-    else:
-        name = config or os.path.basename(path)
-        matched = next((n for pattern, n in _NAME_PATTERNS if re.search(pattern, name)), name)
-        if matched in PRESETS_CONTROLNET:
-            base = PRESETS_CONTROLNET[matched].base
-        else:
-            try:
-                base = preset(name)
-            except ValueError:
-                raise CheckpointError(f"cannot tell the ControlNet variant from {name!r}: pass config= one of "
-                                      f"{sorted(PRESETS_CONTROLNET) + sorted(PRESETS)}, a PixArtConfig or a "
-                                      "ControlNetConfig") from None
     try:
-        return ControlNetConfig(base, _copies_in(state_dict))
+        return ControlNetConfig(_base_for(path, config), _copies_in(state_dict))
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None
+
+
+def _official_config(directory):
+    config_path = os.path.join(directory, "config.json")
+    return config_from_official(read_json(config_path), config_path)
+
+
+def _jax_config(directory):
+    return ControlNetConfig.from_dict(read_json(os.path.join(directory, "config.json"))["config"])
+
+
+def base_config(path: str, config=None) -> PixArtConfig:
+    """The base transformer's PixArtConfig of a ControlNet checkpoint in any layout, read without its weights
+    (`config` as for load_controlnet)."""
+    path = os.fspath(path)
+    fmt = detect_format(path)
+    if fmt == "original":
+        return _base_for(path, config)
+    if fmt == "official":
+        return _official_config(path).base
+    return _jax_config(path).base
+
+
+def original_layout(path: str, config=None):
+    """(ControlNetConfig, {key: array} in the original wrapper's layout, where) of a ControlNet checkpoint in any
+    layout (`config` as for load_controlnet; our directory format converted through the key map)."""
+    path = os.fspath(path)
+    fmt = detect_format(path)
+    if fmt == "jax":
+        model = load_controlnet(path)
+        return model.config, original_state_dict(model), path
+    if fmt == "official":
+        where = os.path.join(path, OFFICIAL_WEIGHTS)
+        return _official_config(path), read_state_dict(where), where
+    state_dict = read_state_dict(path)
+    if not keys.is_controlnet_state_dict(state_dict):
+        raise CheckpointError(f"{path} is {PLAIN_NOTE}")
+    return _config_for(path, config, state_dict), state_dict, path
 
 
 def _make(cfg, dtype=jnp.float32):
@@ -162,19 +205,11 @@ def load_controlnet(path: str | None = None, config=None, dtype=jnp.float32, *, 
         base = load_transformer(base, dtype) if isinstance(base, (str, os.PathLike)) else base
         return PixArtControlNet(base, copies)
     path = os.fspath(path)
-    fmt = detect_format(path)
-    if fmt == "original":
-        state_dict = read_state_dict(path)
-        if not keys.is_controlnet_state_dict(state_dict):
-            raise CheckpointError(f"{path} is {PLAIN_NOTE}")
-        return from_state_dict(state_dict, _config_for(path, config, state_dict), dtype, path)
-    config_path = os.path.join(path, "config.json")
-    meta = read_json(config_path)
-    if fmt == "official":
-        weights = os.path.join(path, OFFICIAL_WEIGHTS)
-        return from_state_dict(read_state_dict(weights), config_from_official(meta, config_path), dtype, weights)
-    cfg = ControlNetConfig.from_dict(meta["config"])
-    return build_model(_make(cfg, dtype), restore_params(path, abstract_shapes(_make(cfg))), path)
+    if detect_format(path) == "jax":
+        cfg = _jax_config(path)
+        return build_model(_make(cfg, dtype), restore_params(path, abstract_shapes(_make(cfg))), path)
+    cfg, state_dict, where = original_layout(path, config)
+    return from_state_dict(state_dict, cfg, dtype, where)
 
 
 def original_state_dict(model: PixArtControlNet):

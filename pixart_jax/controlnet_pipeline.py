@@ -19,29 +19,21 @@ halves of classifier-free guidance; the denoising loop is PixArtPipeline's one j
 import dataclasses
 
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from pixart_jax.choices import choose
-from pixart_jax.control import ControlKind, control_latents, control_pixels, edge_maps, fit, read_image
+from pixart_jax.control import (
+    ControlKind,
+    check_control_latents,
+    control_latents,
+    control_request,
+    control_rows,
+)
 from pixart_jax.controlnet import PixArtControlNet
 from pixart_jax.controlnet_checkpoints import load_controlnet
 from pixart_jax.hed import load_hed
-from pixart_jax.pipeline import PixArtPipeline, check_pipeline_directory, load_components
+from pixart_jax.pipeline import PixArtPipeline, check_pipeline_directory, load_components, prompt_count
 
-
-@dataclasses.dataclass
-class ControlRequest:
-    """One call's control: images (a list of (H, W, 3) uint8) with their edge-map kind, or ready latents."""
-    images: list | None
-    kind: ControlKind
-    latents: jnp.ndarray | None
-
-
-def _prompt_count(prompt, prompt_embeds):
-    if prompt_embeds is not None:
-        return int(np.shape(prompt_embeds)[0])
-    return 1 if isinstance(prompt, str) else len(prompt or ())
+HED_MISSING = "control 'hed' needs the HED network: pass hed= (ControlNetHED.pth) to from_pretrained"
 
 
 @dataclasses.dataclass
@@ -75,53 +67,26 @@ class PixArtControlNetPipeline(PixArtPipeline):
         the image already is one) at the binned size; or `control_latents` (1 or one per prompt, C, h, w), already
         VAE-encoded and scaled. height and width default to the control image's size (rounded down to multiples
         of 8), which the output then has."""
-        self._control = self._check_control(control_image, control, control_latents,
-                                            _prompt_count(prompt, kwargs.get("prompt_embeds")))
-        if self._control.images is not None:
-            size = [side // 8 * 8 or 8 for side in self._control.images[0].shape[:2]]
-        else:
-            size = [side * self.vae_scale_factor for side in self._control.latents.shape[2:]]
-        for name, side in zip(("height", "width"), size):
-            if kwargs.get(name) is None:
-                kwargs[name] = side
+        if not isinstance(self.transformer, PixArtControlNet):
+            raise ValueError(f"the transformer is a {type(self.transformer).__name__}, not a PixArtControlNet: load "
+                             "one with pixart_jax.load_controlnet")
+        self._control = control_request(control_image, control, control_latents,
+                                        prompt_count(prompt, kwargs.get("prompt_embeds")),
+                                        self.transformer.cfg.in_channels, None if self.hed else HED_MISSING)
+        kwargs["height"], kwargs["width"] = self._control.size(kwargs.get("height"), kwargs.get("width"),
+                                                               self.vae_scale_factor)
         try:
             return super().__call__(prompt, **kwargs)
         finally:
             self._control = None
 
-    def _check_control(self, control_image, control, latents, prompts):
-        """The call's ControlRequest; a ValueError for anything wrong with it, before any compute."""
-        if not isinstance(self.transformer, PixArtControlNet):
-            raise ValueError(f"the transformer is a {type(self.transformer).__name__}, not a PixArtControlNet: load "
-                             "one with pixart_jax.load_controlnet")
-        if (control_image is None) == (latents is None):
-            raise ValueError("pass either control_image or control_latents")
-        kind = choose(ControlKind, control, "control")
-        if latents is not None:
-            latents = jnp.asarray(latents, jnp.float32)
-            channels = self.transformer.cfg.in_channels
-            if latents.ndim != 4 or latents.shape[1] != channels or latents.shape[0] not in (1, prompts):
-                raise ValueError(f"control_latents must have shape (1 or {prompts} prompts, {channels}, h, w), got "
-                                 f"{tuple(latents.shape)}")
-            return ControlRequest(None, kind, latents)
-        if kind == ControlKind.hed and self.hed is None:
-            raise ValueError("control 'hed' needs the HED network: pass hed= (ControlNetHED.pth) to from_pretrained")
-        images = control_image if isinstance(control_image, (list, tuple)) else [control_image]
-        if len(images) not in (1, prompts):
-            raise ValueError(f"pass one control image or one per prompt ({prompts}), got {len(images)}")
-        return ControlRequest([read_image(image) for image in images], kind, None)
-
     def _shared_inputs(self, prompts, per_prompt, height, width, key):
         """{"control": (prompts · per_prompt, C, h, w)} scaled control latents at the binned size."""
         request = self._control
-        latents = request.latents
-        if latents is None:
-            images = np.stack([fit(image, height, width) for image in request.images])
-            edges = edge_maps(images, request.kind, lambda pixels: self._edges(self.hed, pixels))
-            latents = self._encode(self.vae, control_pixels(edges), key)
-        shape = (self.transformer.cfg.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
-        if tuple(latents.shape[1:]) != shape:
-            raise ValueError(f"control_latents must be (.., {shape[0]}, {shape[1]}, {shape[2]}) for a {height}x{width} "
-                             f"image, got {tuple(latents.shape)}")
-        latents = jnp.broadcast_to(latents, (prompts, *shape))
-        return {"control": jnp.repeat(latents, per_prompt, axis=0)}
+        if request.latents is None:
+            pixels = request.pixels(height, width, lambda pixels: self._edges(self.hed, pixels))
+            latents = self._encode(self.vae, pixels, key)
+        else:
+            latents = jnp.asarray(request.latents, jnp.float32)
+        check_control_latents(latents.shape, self.transformer.cfg.in_channels, height, width, self.vae_scale_factor)
+        return {"control": latents[control_rows(latents.shape[0], prompts, per_prompt)]}

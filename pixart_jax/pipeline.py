@@ -158,7 +158,7 @@ class PixArtPipeline:
         if cfg.micro_conditions:
             resolution = jnp.tile(jnp.array([[height, width]], jnp.float32), (n, 1))
             aspect_ratio = jnp.full((n, 1), height / width, jnp.float32)
-        shared = self._shared_inputs(prompts, num_images_per_prompt, height, width, jax.random.fold_in(root, 1))
+        shared = self._shared_inputs(prompts, num_images_per_prompt, height, width, shared_inputs_key(root))
         mesh = self.mesh(n)
         graphdef, state = nnx.split((self.transformer, self.vae))
         rows = jax.device_put((jnp.asarray(latents, jnp.float32), cond, uncond, resolution, aspect_ratio),
@@ -263,6 +263,19 @@ def check_call(cfg, vae_scale, *, prompt, prompt_embeds, steps, guidance_scale, 
         raise ValueError(f"height and width must be multiples of {multiple} (VAE factor {vae_scale} x patch "
                          f"{cfg.patch_size}) without resolution binning, got {height}x{width}")
     return (height, width), out_size
+
+
+def prompt_count(prompt, prompt_embeds) -> int:
+    """How many prompts a call has: the rows of `prompt_embeds` when given, else the prompt strings."""
+    if prompt_embeds is not None:
+        return len(prompt_embeds)
+    return 1 if isinstance(prompt, str) else len(prompt or ())
+
+
+def shared_inputs_key(root):
+    """The key of a call's shared inputs (the control image's posterior noise) from its root key,
+    jax.random.key(seed); the PyTorch path draws that noise from it too, so one seed gives both the same."""
+    return jax.random.fold_in(root, 1)
 
 
 def check_caption(embeds_shape, mask_shape, expected, name, mask_name):

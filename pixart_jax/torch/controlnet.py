@@ -13,12 +13,12 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 
 from pixart_jax.checkpoints import original_to_diffusers
-from pixart_jax.config import PixArtConfig
+from pixart_jax.controlnet import RELEASED_COPIES
+from pixart_jax.controlnet_checkpoints import original_layout
+from pixart_jax.keymaps.controlnet import BASE_PREFIX as BASE
+from pixart_jax.keymaps.controlnet import BRANCH_PREFIX as CONTROL
+from pixart_jax.keymaps.controlnet import FIXED_SIZE_IGNORED_PREFIXES
 from pixart_jax.torch.loading import assign, check_layout, empty_module, to_torch
-from pixart_jax.weights.files import read_state_dict
-
-BASE, CONTROL = "base_model.", "controlnet."
-RELEASED_COPIES = 13
 
 
 class ControlBlock(nn.Module):
@@ -51,6 +51,11 @@ class PixArtControlNetTransformer(nn.Module):
     def dtype(self):
         return self.base_model.dtype
 
+    @property
+    def y_embedding(self):
+        """The base's null caption (None where its checkpoint has none)."""
+        return getattr(self.base_model, "y_embedding", None)
+
     def forward(self, hidden_states, encoder_hidden_states, timestep, added_cond_kwargs=None,
                 encoder_attention_mask=None, control_latents=None, return_dict=True):
         base, p = self.base_model, self.config.patch_size
@@ -80,31 +85,36 @@ class PixArtControlNetTransformer(nn.Module):
         return Transformer2DModelOutput(sample=out) if return_dict else (out,)
 
 
-def load_controlnet(path, config: PixArtConfig, copies=RELEASED_COPIES, device="cpu", dtype=torch.float32):
-    """A ControlNet-Transformer from an original checkpoint (`.pth` / `.safetensors` of `ControlPixArtHalf` or
-    `ControlPixArtMSHalf`: `base_model.*`, `controlnet.{k}.*`), converted through our key maps. `config`: the base
-    model's PixArtConfig. The base's null caption is kept as `model.base_model.y_embedding`."""
-    state = read_state_dict(path)
+def load_controlnet(path, config=None, device="cpu", dtype=torch.float32) -> PixArtControlNetTransformer:
+    """A ControlNet-Transformer from a checkpoint in any layout pixart_jax.load_controlnet reads (an original
+    `.pth` / `.safetensors` of `ControlPixArtHalf` or `ControlPixArtMSHalf`: `base_model.*`, `controlnet.{k}.*`;
+    the official directory; ours), converted through our key maps. `config` as for pixart_jax.load_controlnet (for
+    original files whose name does not say the variant). The base's null caption is kept as
+    `model.base_model.y_embedding`."""
+    cfg, state, where = original_layout(path, config)
     unknown = sorted(k for k in state if not k.startswith((BASE, CONTROL)))
     if unknown:
-        raise ValueError(f"{path} is not a ControlNet checkpoint: keys outside {BASE}* / {CONTROL}*, e.g. "
+        raise ValueError(f"{where} is not a ControlNet checkpoint: keys outside {BASE}* / {CONTROL}*, e.g. "
                          f"{unknown[:3]}")
+    unread = FIXED_SIZE_IGNORED_PREFIXES if cfg.stored_pos_table else ()  # as the fixed-size class
     base_tensors, y_embedding = original_to_diffusers(
-        {k.removeprefix(BASE): v for k, v in state.items() if k.startswith(BASE)}, config, f"{path} ({BASE}*)")
+        {k.removeprefix(BASE): v for k, v in state.items() if k.startswith(BASE) and not k.startswith(unread)},
+        cfg.base, f"{where} ({BASE}*)")
     copied = {f"blocks.{k.removeprefix(CONTROL).replace('.copied_block.', '.', 1)}": v for k, v in state.items()
               if k.startswith(CONTROL) and ".copied_block." in k}
     found = len({k.split(".")[1] for k in copied})
-    if found != copies:
-        raise ValueError(f"{path} holds {found} copied blocks ({CONTROL}{{k}}.copied_block.*), not copies={copies}")
-    block_tensors, _ = original_to_diffusers(copied, config.replace(depth=copies), f"{path} ({CONTROL}*)",
+    if found != cfg.copies:
+        raise ValueError(f"{where} holds {found} copied blocks ({CONTROL}{{k}}.copied_block.*), not "
+                         f"copies={cfg.copies}")
+    block_tensors, _ = original_to_diffusers(copied, cfg.base.replace(depth=cfg.copies), f"{where} ({CONTROL}*)",
                                              only="blocks.")
     tensors = {BASE + k: v for k, v in base_tensors.items()}
     tensors.update({CONTROL + k.removeprefix("transformer_blocks.").replace(".", ".copied_block.", 1): v
                     for k, v in block_tensors.items()})
     tensors.update({k: v for k, v in state.items() if k.startswith(CONTROL) and "_proj." in k})
     model = empty_module(lambda: PixArtControlNetTransformer(
-        PixArtTransformer2DModel.from_config(config.to_diffusers()), copies))
-    check_layout(model, {k: v.shape for k, v in tensors.items()}, path)
+        PixArtTransformer2DModel.from_config(cfg.base.to_diffusers()), cfg.copies))
+    check_layout(model, {k: v.shape for k, v in tensors.items()}, where)
     model = assign(model, {k: to_torch(v, device, dtype) for k, v in tensors.items()}, device)
     model.base_model.register_buffer("y_embedding", to_torch(y_embedding, device, torch.float32), persistent=False)
     return model

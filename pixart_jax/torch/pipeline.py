@@ -5,8 +5,8 @@ Components: transformers' T5EncoderModel (float, or int8 with pixart_jax's codes
 PixArtTransformer2DModel and AutoencoderKL, and the diffusers scheduler that our sampler registry maps the
 directory's scheduler config to. What the two pipelines share is one code: argument checks and sizes
 (pixart_jax.pipeline), aspect-ratio bins, caption cleaning and tokenisation (pixart_jax.prompts), scheduler
-configs (pixart_jax.samplers). Latents stay float32 between steps, as in the JAX pipeline; the models compute in
-`dtype`.
+configs (pixart_jax.samplers), control images up to their VAE input (pixart_jax.control). Latents stay float32
+between steps, as in the JAX pipeline; the models compute in `dtype`.
 """
 import dataclasses
 import functools
@@ -23,10 +23,20 @@ from tqdm.auto import tqdm
 from pixart_jax.checkpoints import default_null_caption, transformer_config
 from pixart_jax.choices import Int8Backend, TorchDType, choose
 from pixart_jax.config import PixArtConfig
+from pixart_jax.control import ControlKind, check_control_latents, control_request, control_rows
+from pixart_jax.controlnet_checkpoints import base_config
 from pixart_jax.images import cover_and_crop, pil_images
-from pixart_jax.pipeline import ImagePipelineOutput, check_call, check_caption, check_pipeline_directory
+from pixart_jax.pipeline import (
+    ImagePipelineOutput,
+    check_call,
+    check_caption,
+    check_pipeline_directory,
+    prompt_count,
+)
 from pixart_jax.prompts import load_tokenizer, prompt_tokens
 from pixart_jax.samplers import from_scheduler_config, to_scheduler_config
+from pixart_jax.torch.control import encode_control
+from pixart_jax.torch.controlnet import PixArtControlNetTransformer, load_controlnet
 from pixart_jax.torch.loading import release, to_torch
 from pixart_jax.torch.memory import MemoryStages
 from pixart_jax.torch.text_encoder import load_text_encoder
@@ -67,25 +77,31 @@ def resize_and_crop(images, height, width):
     return resized[:, :, top:top + height, left:left + width]
 
 
+HED_MISSING = ("control 'hed' is for the JAX pipeline (the PyTorch path has no HED network): use "
+               "PixArtControlNetPipeline, or pass an edge map with control='none' or control_latents")
+
+
 class PixArtTorchPipeline:
-    """transformer (PixArtTransformer2DModel), text_encoder (T5EncoderModel), tokenizer, vae (AutoencoderKL) and a
-    diffusers scheduler on `device`. Components are read at every call (`pipe.transformer = other` takes effect).
-    With `loaders` ({component: () -> module}) a component that is None is loaded for its stage and freed after it
-    (low_memory); `cfg` and `vae_config` then describe the transformer and VAE without loading them."""
+    """transformer (PixArtTransformer2DModel, or a PixArtControlNetTransformer: then each call takes a control
+    image), text_encoder (T5EncoderModel), tokenizer, vae (AutoencoderKL) and a diffusers scheduler on `device`.
+    Components are read at every call (`pipe.transformer = other` takes effect). With `loaders` ({component: () ->
+    module}) a component that is None is loaded for its stage and freed after it (low_memory); `cfg`, `vae_config`
+    and `has_controlnet` then describe the transformer and VAE without loading them."""
 
     def __init__(self, transformer, text_encoder, tokenizer, vae, scheduler, *, device="cpu", dtype=torch.float32,
-                 loaders=None, cfg: PixArtConfig | None = None, vae_config: VAEConfig | None = None):
+                 loaders=None, cfg: PixArtConfig | None = None, vae_config: VAEConfig | None = None,
+                 has_controlnet: bool = False):
         self.transformer, self.text_encoder, self.tokenizer, self.vae = transformer, text_encoder, tokenizer, vae
         self.scheduler = scheduler
         self.device, self.dtype = torch.device(device), dtype
         self.loaders = dict(loaders or {})
-        self._cfg, self._vae_config = cfg, vae_config
+        self._cfg, self._vae_config, self._has_controlnet = cfg, vae_config, has_controlnet
         self._default_null = None
 
     @classmethod
     def from_pretrained(cls, directory: str, device="cpu", dtype=torch.float32, int8: bool = False,
                         low_memory: bool = False, sampler: str | None = None,
-                        int8_backend: Int8Backend | str = Int8Backend.weight_only,
+                        int8_backend: Int8Backend | str = Int8Backend.weight_only, controlnet: str | None = None,
                         **sampler_options) -> "PixArtTorchPipeline":
         """The pipeline directory `PixArtPipeline.from_pretrained` reads (model_index.json, transformer/ in the
         diffusers or pixart-jax layout, text_encoder/ float or int8, tokenizer/, vae/, scheduler/).
@@ -95,24 +111,32 @@ class PixArtTorchPipeline:
         below compute capability 7.5). low_memory: load nothing now; each call loads T5, encodes, frees it, loads
         the transformer, denoises, frees it, loads the VAE, decodes, frees it (the reference 8-bit recipe: the
         three never share the device, at the price of reading each from disk per call). sampler: "dpm", "ddim"
-        or "lcm" instead of the scheduler config's class; sampler_options as in PixArtPipeline.
+        or "lcm" instead of the scheduler config's class; sampler_options as in PixArtPipeline. controlnet: a
+        PixArt ControlNet checkpoint (any layout pixart_jax.load_controlnet reads) as the transformer, in place of
+        the directory's, as PixArtControlNetPipeline.from_pretrained.
         """
         check_pipeline_directory(directory)
         dtype = choose(TorchDType, str(dtype).removeprefix("torch."), "dtype").torch
         int8_backend = choose(Int8Backend, int8_backend, "int8_backend")
         path = functools.partial(os.path.join, directory)
-        cfg, vae_config = transformer_config(path("transformer")), VAEConfig.from_directory(path("vae"))
+        if controlnet is None:
+            cfg, transformer = transformer_config(path("transformer")), functools.partial(
+                load_transformer, path("transformer"), device, dtype)
+        else:
+            cfg, transformer = base_config(controlnet), functools.partial(load_controlnet, controlnet, None, device,
+                                                                          dtype)
+        vae_config = VAEConfig.from_directory(path("vae"))
         scheduler = diffusers_scheduler(path("scheduler"), sampler, **sampler_options)
         loaders = {
             "text_encoder": functools.partial(load_text_encoder, path("text_encoder"), device, dtype, int8,
                                               int8_backend),
-            "transformer": functools.partial(load_transformer, path("transformer"), device, dtype),
+            "transformer": transformer,
             "vae": functools.partial(_load_vae, path("vae"), device, dtype),
         }
         resident = {name: None if low_memory else load() for name, load in loaders.items()}
         return cls(**resident, tokenizer=load_tokenizer(path("tokenizer")), scheduler=scheduler, device=device,
-                   dtype=dtype, loaders=loaders,
-                   cfg=cfg, vae_config=vae_config)
+                   dtype=dtype, loaders=loaders, cfg=cfg, vae_config=vae_config,
+                   has_controlnet=controlnet is not None)
 
     @property
     def cfg(self):
@@ -120,6 +144,13 @@ class PixArtTorchPipeline:
         if self.transformer is not None:
             return PixArtConfig.from_diffusers(dict(self.transformer.config))
         return self._cfg
+
+    @property
+    def has_controlnet(self):
+        """Whether the transformer (loaded or not) is a ControlNet-Transformer, whose calls take a control."""
+        if self.transformer is not None:
+            return isinstance(self.transformer, PixArtControlNetTransformer)
+        return self._has_controlnet
 
     @property
     def vae_scale_factor(self):
@@ -146,17 +177,26 @@ class PixArtTorchPipeline:
                  prompt_embeds=None, prompt_attention_mask=None, negative_prompt_embeds=None,
                  negative_prompt_attention_mask=None, null_caption: str = "negative_prompt",
                  guidance_channels: int | None = None, eta: float = 0.0, progress: bool = True,
-                 return_dict: bool = True, memory_report: bool = False):
+                 return_dict: bool = True, memory_report: bool = False, control_image=None,
+                 control: str = ControlKind.canny, control_latents=None):
         """Generates images; arguments and results as PixArtPipeline.__call__, except: `seed` seeds a
         torch.Generator("cpu") that draws the initial noise and any sampler noise, as diffusers does with that
         generator (the JAX pipeline draws from jax.random: pass `latents` to compare the two); "latent" output is
-        a float32 tensor on the device; `memory_report` puts each stage's peak memory in the output's `memory`."""
+        a float32 tensor on the device; `memory_report` puts each stage's peak memory in the output's `memory`.
+        With a ControlNet-Transformer: `control_image`, `control` ("canny" or "none"; "hed" is JAX-only) or
+        `control_latents`, as PixArtControlNetPipeline.__call__ (the posterior noise of the control image's VAE
+        encoding as the JAX pipeline draws it from `seed`)."""
         cfg, scale = self.cfg, self.vae_scale_factor
+        request = self._control_request(control_image, control, control_latents, prompt, prompt_embeds)
+        if request is not None:
+            height, width = request.size(height, width, scale)
         (height, width), out_size = check_call(
             cfg, scale, prompt=prompt, prompt_embeds=prompt_embeds, steps=num_inference_steps,
             guidance_scale=guidance_scale, height=height, width=width, output_type=output_type,
             null_caption=null_caption, num_images_per_prompt=num_images_per_prompt,
             guidance_channels=guidance_channels, use_resolution_binning=use_resolution_binning, eta=eta)
+        if request is not None and request.latents is not None:
+            check_control_latents(request.latents.shape, cfg.in_channels, height, width, scale)
         expected = (cfg.max_tokens, cfg.caption_channels)
         if prompt_embeds is not None:
             check_caption(prompt_embeds.shape, _shape(prompt_attention_mask), expected, "prompt_embeds",
@@ -167,9 +207,7 @@ class PixArtTorchPipeline:
                 if negative_prompt_embeds.shape[0] != prompt_embeds.shape[0]:
                     raise ValueError(f"negative_prompt_embeds has batch {negative_prompt_embeds.shape[0]}, "
                                      f"prompt_embeds {prompt_embeds.shape[0]}")
-            batch = prompt_embeds.shape[0]
-        else:
-            batch = 1 if isinstance(prompt, str) else len(prompt)
+        batch = prompt_count(prompt, prompt_embeds)
         n = batch * num_images_per_prompt
         shape = (n, cfg.in_channels, height // scale, width // scale)
         if latents is not None and tuple(latents.shape) != shape:
@@ -185,20 +223,44 @@ class PixArtTorchPipeline:
         cond = tuple(a.repeat_interleave(num_images_per_prompt, 0) for a in cond)
         if uncond is not None:
             uncond = tuple(a.repeat_interleave(num_images_per_prompt, 0) for a in uncond)
-        generator = torch.Generator("cpu").manual_seed(secrets.randbits(31) if seed is None else seed)
+        seed = secrets.randbits(31) if seed is None else seed
+        generator = torch.Generator("cpu").manual_seed(seed)
         if latents is None:
             latents = torch.randn(shape, generator=generator, dtype=torch.float32)
         latents = self._tensor(latents)
+        control = None if request is None else self._control(request, batch, num_images_per_prompt, height, width,
+                                                             seed, stages)
         with stages.stage("denoise"):
             result = self._use("transformer", lambda transformer: self._denoise(
                 transformer, latents, cond, uncond, num_inference_steps, guidance_scale, guidance_channels,
-                (height, width), eta, generator, progress))
+                (height, width), eta, generator, progress, control))
         if output_type != "latent":
             with stages.stage("decode"):
                 result = self._use("vae", lambda vae: self._decode(vae, result, out_size))
             result = result if output_type == "np" else pil_images(result)
         memory = stages.stages if memory_report else None
         return TorchPipelineOutput(result, memory) if return_dict else (result,)
+
+    def _control_request(self, control_image, control, latents, prompt, prompt_embeds):
+        """The call's ControlRequest (None with a plain transformer); a ValueError for a control that is wrong."""
+        if not self.has_controlnet:
+            if control_image is not None or latents is not None:
+                raise ValueError("control_image and control_latents need a ControlNet-Transformer: load one with "
+                                 "PixArtTorchPipeline.from_pretrained(..., controlnet=PATH)")
+            return None
+        return control_request(control_image, control, latents, prompt_count(prompt, prompt_embeds),
+                               self.cfg.in_channels, HED_MISSING)
+
+    def _control(self, request, prompts, per_prompt, height, width, seed, stages):
+        """(prompts · per_prompt, C, h, w) float32 control latents at the binned size: the given ones, or the
+        control images' (fitted, edge maps, VAE-encoded) in a "control" stage."""
+        latents = request.latents
+        if latents is None:
+            with stages.stage("control"):
+                pixels = request.pixels(height, width)
+                latents = self._use("vae", lambda vae: encode_control(vae, pixels, seed))
+        latents = self._tensor(latents)
+        return latents[torch.from_numpy(control_rows(len(latents), prompts, per_prompt)).to(self.device)]
 
     def _tensor(self, value):
         return torch.as_tensor(np.asarray(value) if not torch.is_tensor(value) else value,
@@ -236,7 +298,7 @@ class PixArtTorchPipeline:
 
     @torch.inference_mode()
     def _denoise(self, transformer, latents, cond, uncond, steps, guidance_scale, guidance_channels, size, eta,
-                 generator, progress):
+                 generator, progress, control=None):
         if uncond is None:
             uncond = (self._null_caption(transformer).expand_as(cond[0]), cond[1])
         guided = guidance_scale > 1.0
@@ -247,6 +309,9 @@ class PixArtTorchPipeline:
         if transformer.config.use_additional_conditions:
             added = {"resolution": torch.tensor([size], dtype=torch.float32, device=self.device).repeat(rows, 1),
                      "aspect_ratio": torch.full((rows, 1), size[0] / size[1], device=self.device)}
+        extra = {}
+        if control is not None:  # the same control latents in both guidance halves
+            extra["control_latents"] = (torch.cat([control, control]) if guided else control).to(self.dtype)
         scheduler = self.scheduler
         # diffusers' pipeline passes its eta to every scheduler whose step takes one (DDIM's η, TCD's γ)
         step_options = {"eta": eta} if "eta" in inspect.signature(scheduler.step).parameters else {}
@@ -259,7 +324,7 @@ class PixArtTorchPipeline:
             model_in = torch.cat([model_in, model_in]) if guided else model_in
             out = transformer(model_in.to(self.dtype), encoder_hidden_states=embeds, encoder_attention_mask=mask,
                               timestep=t.expand(rows).to(self.device), added_cond_kwargs=added,
-                              return_dict=False)[0].float()
+                              return_dict=False, **extra)[0].float()
             if guided:
                 out = guide(*out.chunk(2), guidance_scale, guidance_channels)
             step = scheduler.step(out[:, :x.shape[1]], t, x, **step_options, generator=generator,
