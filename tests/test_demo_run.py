@@ -33,7 +33,7 @@ def test_quick_demo_writes_grid_and_finite_scores(tmp_path):
     assert all(0 <= follow[k] <= 100 for k in ("controlnet", "no_control")) and "control followed" in run.stdout
     grid = Image.open(tmp_path / "grid.png")
     blocks = len(methods) + 2  # + the control images and the ControlNet's samples
-    across, down = min(5, blocks), -(-blocks // 5)  # labelled 6x6 blocks, five a row
+    across, down = min(6, blocks), -(-blocks // 6)  # labelled 6x6 blocks, six a row
     block = 6 * IMAGE_SIZE + 5 * 2
     assert grid.size == (across * block + (across + 1) * 12, down * (16 + block) + (down + 1) * 12)
     assert grid.size[0] <= 1920 and grid.size[1] <= 1080

@@ -157,9 +157,9 @@ def sample_all(models, text_encoder, tokenizer, vae, prompts):
     return images
 
 
-def write_grid(images, path, columns=6, blocks_per_row=5, gap=2, margin=12, title=16):
+def write_grid(images, path, columns=6, blocks_per_row=6, gap=2, margin=12, title=16):
     """One labelled block per method, its images `columns` wide in prompt order (the same prompt sits at the same
-    place in every block), `blocks_per_row` blocks side by side: 8-15 methods fit a 1920x1080 screen at 1:1."""
+    place in every block), `blocks_per_row` blocks side by side: up to 18 blocks fit a 1920x1080 screen at 1:1."""
     names, size = list(images), shapes.IMAGE_SIZE
     rows = -(-len(images[names[0]]) // columns)
     block_w, block_h = columns * size + (columns - 1) * gap, title + rows * size + (rows - 1) * gap
