@@ -49,7 +49,7 @@ def plan_pipeline(preset: str, topology: Topology, *, images=None, steps=20, sam
         key = jax.eval_shape(lambda: jax.random.key(0))
         lowered = pipe._generate.lower(
             state, row(cfg.in_channels, cfg.sample_size, cfg.sample_size), caption, caption, *micro, scalar,
-            jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding.replicated(mesh)), graphdef=graphdef,
+            jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding.replicated(mesh)), {}, graphdef=graphdef,
             steps=int(steps), sampler=pipe.sampler, guided=float(guidance) > 1, guidance_channels=None,
             denoised_only=int(steps) == 1, out_size=(size, size), decode=True, progress=False)
         weights = {"transformer": nnx.to_pure_dict(nnx.state(transformer)), "vae": nnx.to_pure_dict(nnx.state(vae))}
