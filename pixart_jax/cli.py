@@ -58,8 +58,9 @@ def output_paths(out, count):
     return [out] if count == 1 else [f"{stem}-{i}.png" for i in range(count)] + [out]
 
 
-def check_output(out, count):
-    """Refuses, before any work, an --out that is not a .png name or cannot be written (so no image is lost)."""
+def check_output(out, count, overwrite=False):
+    """Refuses, before any work, an --out that is not a .png name, cannot be written, or would replace an existing
+    file without `overwrite` (--overwrite): no image is lost, neither the new ones nor the user's."""
     if not out.lower().endswith(".png"):
         raise ValueError(f"--out must name a .png file, got {out!r}")
     check_writable(out)
@@ -68,6 +69,8 @@ def check_output(out, count):
             raise ValueError(f"--out {out!r}: {path} is a folder; name a .png file")
         if os.path.exists(path) and not os.access(path, os.W_OK):
             raise ValueError(f"--out {out!r}: {path} exists and is not writable")
+        if os.path.exists(path) and not overwrite:
+            raise ValueError(f"--out {out!r}: {path} exists (pass --overwrite to replace it)")
 
 
 def save_images(images, out):
@@ -123,7 +126,7 @@ def _jax_pipeline(args):
 def generate(args):
     """Text-to-image with a PixArt pipeline directory in the diffusers layout (with --controlnet: guided by the
     edges of a control image)."""
-    check_output(args.out, len(args.prompt) * args.num_images)
+    check_output(args.out, len(args.prompt) * args.num_images, args.overwrite)
     control = _control_arguments(args)
     start = time.perf_counter()
     pipe, sampler, device = (_torch_pipeline if args.backend == "torch" else _jax_pipeline)(args)
@@ -152,7 +155,7 @@ def sample_random(args):
     """DDIM with a tiny randomly initialised PixArt and VAE: checks the install end to end in seconds."""
     if args.size < 16 or args.size % 16:
         raise ValueError(f"--size must be a positive multiple of 16, got {args.size}")
-    check_output(args.out, 1)
+    check_output(args.out, 1, args.overwrite)
     key_model, key_vae, key_text = jax.random.split(jax.random.key(args.seed), 3)
     cfg = PRESETS["tiny"]
     model = PixArtTransformer(cfg, rngs=nnx.Rngs(key_model))
@@ -242,6 +245,7 @@ def main(argv=None):
                    help="--backend torch: load T5, the transformer and the VAE one at a time, freeing each")
     p.add_argument("--memory-report", action="store_true", help="--backend torch: print each stage's peak memory")
     p.add_argument("--out", default="out/image.png")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--controlnet", help="a PixArt ControlNet checkpoint (original .pth, official or pixart-jax "
                                         "folder): replaces the pipeline's transformer")
     p.add_argument("--control-image", help="with --controlnet: the image whose edges the output follows (and whose "
@@ -278,6 +282,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/random.png")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(run=sample_random)
     args, args.extra = parser.parse_known_args(argv)
     if args.extra and args.command != "plan":  # only plan passes options through (to the training config)

@@ -18,11 +18,21 @@ def test_sample_random_writes_a_png(tmp_path):
     image = Image.open(out)
     assert image.size == (64, 64) and image.mode == "RGB"
     assert len(np.unique(np.asarray(image).reshape(-1, 3), axis=0)) > 100  # an image, not a constant
+    # an existing image is the user's: replaced only with --overwrite
+    before = out.read_bytes()
+    run = run_cli("sample-random", "--size", "64", "--steps", "2", "--out", out)
+    assert run.returncode == 1 and run.stderr.strip() == f"error: --out '{out}': {out} exists (pass --overwrite to " \
+                                                         "replace it)"
+    assert out.read_bytes() == before
+    run = run_cli("sample-random", "--size", "64", "--steps", "2", "--out", out, "--overwrite")
+    assert run.returncode == 0, run.stderr
+    assert out.read_bytes() != before
 
 
 def test_bad_sizes_and_outputs_are_refused_before_any_work(tmp_path, capsys):
     """One line each, nothing written; `generate --out` is checked before the model is even looked for."""
     (tmp_path / "folder.png").mkdir()
+    (tmp_path / "old-1.png").write_bytes(b"the user's")
     read_only = read_only_folder(tmp_path)
     cases = [
         (["sample-random", "--size", "0", "--out", tmp_path / "a.png"], "--size must be a positive multiple of 16, "
@@ -33,12 +43,15 @@ def test_bad_sizes_and_outputs_are_refused_before_any_work(tmp_path, capsys):
          "is a folder; name a .png file"),
         (["generate", "--model", tmp_path / "none", "--prompt", "x", "--prompt", "y", "--out", read_only / "a.png"],
          f"{read_only} is not writable"),
+        (["generate", "--model", tmp_path / "none", "--prompt", "x", "--prompt", "y", "--out", tmp_path / "old.png"],
+         f"{tmp_path / 'old-1.png'} exists (pass --overwrite to replace it)"),
     ]
     for args, message in cases:
         assert cli(list(map(str, args))) == 1
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and "\n" not in err, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.png", "read-only"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.png", "old-1.png", "read-only"]
+    assert (tmp_path / "old-1.png").read_bytes() == b"the user's"
 
 
 def test_sizes_too_large_for_memory_are_refused_naming_the_limit(tmp_path, capsys):
