@@ -93,7 +93,7 @@ def stage_seconds(ours, ref, prompt, latents, kwargs, runs):
     decode = nnx.jit(lambda vae, z: vae.decode(z / vae.scaling_factor))
     images = decode(ours.vae, z)
     finish = jax.jit(lambda x: resize_and_crop(x, kwargs["height"], kwargs["width"]))
-    ref_z = torch.from_numpy(np.asarray(z))
+    ref_z = torch.from_numpy(np.array(z))  # a writable copy for torch
     ref_images = ref.vae.decode(ref_z / ref.vae.config.scaling_factor).sample
     stages = {
         "tokenize + T5": (
