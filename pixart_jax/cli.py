@@ -202,7 +202,8 @@ def plan(args):
 
 
 def convert(args):
-    """Converts a PixArt transformer checkpoint between the diffusers, original (.pth) and pixart-jax layouts."""
+    """Converts a PixArt transformer checkpoint between the diffusers, original (.pth) and pixart-jax layouts (a
+    ControlNet-Transformer between the original .pth / official folder and pixart-jax layouts)."""
     print(f"wrote {convert_checkpoint(args.src, args.dst, args.to, args.config, args.overwrite)}")
 
 

@@ -26,7 +26,7 @@ from pixart_jax.controlnet import (
 from pixart_jax.keymaps import controlnet as keys
 from pixart_jax.transformer import PixArtTransformer
 from pixart_jax.weights import CheckpointError, export_weights, import_weights, save_pth, save_safetensors
-from pixart_jax.weights.files import atomic_directory, read_json, read_state_dict
+from pixart_jax.weights.files import atomic_directory, check_destination, read_json, read_state_dict
 from pixart_jax.weights.nnx_state import abstract_shapes, build_model, flat_arrays
 
 OFFICIAL_WEIGHTS = "controlnet.pth"
@@ -220,23 +220,27 @@ def original_state_dict(model: PixArtControlNet):
     return tensors
 
 
-def save_controlnet(model: PixArtControlNet, path: str):
+def save_controlnet(model: PixArtControlNet, path: str, *, overwrite: bool = False, keep=()):
     """Writes the original layout: a `.pth` ({"state_dict": ...}, what torch.load and the reference loaders read;
     written without torch) or `.safetensors` file by extension; any other path becomes a directory with
     controlnet.pth and the official constructor arguments in config.json (the directory format that needs no
-    config= to load)."""
+    config= to load). An existing file or folder is replaced only as `check_destination` allows."""
     tensors = original_state_dict(model)
+    if path.endswith((".safetensors", ".pth")):
+        check_destination(path, directory=False, overwrite=overwrite, keep=keep)
     if path.endswith(".safetensors"):
         save_safetensors(tensors, path)
     elif path.endswith(".pth"):
         save_pth({"state_dict": tensors}, path)
     else:
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path, overwrite=overwrite, keep=keep) as tmp:
             save_pth({"state_dict": tensors}, os.path.join(tmp, OFFICIAL_WEIGHTS))
             with open(os.path.join(tmp, "config.json"), "w") as f:
                 json.dump(config_to_official(model.config), f, indent=1)
 
 
-def save_controlnet_jax(model: PixArtControlNet, dst: str):
-    """Writes our format: config.json (`_format: pixart-jax-controlnet`) and an Orbax checkpoint under params/."""
-    write_params(model, dst, {"_format": keys.JAX_FORMAT, "config": model.config.to_dict()})
+def save_controlnet_jax(model: PixArtControlNet, dst: str, *, overwrite: bool = False, keep=()):
+    """Writes our format: config.json (`_format: pixart-jax-controlnet`) and an Orbax checkpoint under params/. An
+    existing `dst` is replaced only as `check_destination` allows."""
+    write_params(model, dst, {"_format": keys.JAX_FORMAT, "config": model.config.to_dict()}, overwrite=overwrite,
+                 keep=keep)

@@ -1,18 +1,22 @@
-"""Converting PixArt transformer checkpoints between layouts, and listing what a checkpoint holds.
+"""Converting PixArt transformer and ControlNet-Transformer checkpoints between layouts, and listing what a
+checkpoint holds.
 
 Layouts: "diffusers" (a transformer/ directory), "original" (the PixArt repo's `.pth` / `.safetensors` state
-dict) and "jax" (our directory: config.json + an Orbax checkpoint). Run as `pixart-jax convert` or
-`python -m convert.pixart`.
+dict) and "jax" (our directory: config.json + an Orbax checkpoint). A ControlNet-Transformer has no diffusers
+layout; its "original" output is a state-dict file, or (a destination without .pth/.safetensors) the official
+folder (controlnet.pth + config.json). Run as `pixart-jax convert` or `python -m convert.pixart`.
 """
 import os
 
 import numpy as np
 
-from pixart_jax import checkpoints
+from pixart_jax import checkpoints, controlnet_checkpoints
 from pixart_jax.config import PRESETS
+from pixart_jax.keymaps.controlnet import is_controlnet_config, is_controlnet_state_dict
 from pixart_jax.weights import CheckpointError
-from pixart_jax.weights.files import check_destination, read_state_dict, read_weights
+from pixart_jax.weights.files import check_destination, read_json, read_state_dict, read_weights
 from pixart_jax.weights.nnx_state import flat_arrays
+from pixart_jax.weights.safetensors_io import read_header
 
 LAYOUTS = ("diffusers", "original", "jax")
 ORIGINAL_SUFFIXES = (".pth", ".safetensors")
@@ -28,10 +32,38 @@ def original_path(model, dst):
     return os.path.join(dst, f"{name}.pth")
 
 
+def is_controlnet(path: str) -> bool:
+    """Whether `path` holds a ControlNet-Transformer rather than a plain transformer: a folder by its config.json,
+    a state-dict file by its keys (a safetensors header, or the whole .pth)."""
+    if os.path.isdir(path):
+        config = os.path.join(path, "config.json")
+        return os.path.isfile(config) and is_controlnet_config(read_json(config))
+    if not os.path.isfile(path):
+        return False
+    return is_controlnet_state_dict(read_header(path)[0] if path.endswith(".safetensors") else read_state_dict(path))
+
+
+def convert_controlnet(src, dst, to, config=None, overwrite=False):
+    """`convert` for a ControlNet-Transformer `src` (any layout load_controlnet reads) into "original" (a .pth /
+    .safetensors file, or the official folder) or "jax"."""
+    if to == "diffusers":
+        raise CheckpointError(f"{src} is a ControlNet-Transformer, which has no diffusers layout: convert it --to "
+                              "original (a .pth / .safetensors file, or the official folder) or --to jax")
+    check_destination(dst, directory=to == "jax" or not dst.endswith(ORIGINAL_SUFFIXES), overwrite=overwrite,
+                      keep=(src,))
+    model = controlnet_checkpoints.load_controlnet(src, config=config)
+    save = controlnet_checkpoints.save_controlnet_jax if to == "jax" else controlnet_checkpoints.save_controlnet
+    save(model, dst, overwrite=overwrite, keep=(src,))
+    return dst
+
+
 def convert(src, dst, to, config=None, overwrite=False):
-    """Loads `src` (any layout load_transformer reads) and writes it to `dst` in layout `to`; returns the path
-    written. The destination is checked before anything is loaded: an existing one is replaced only if pixart-jax
-    wrote it (or it is empty), or with `overwrite`, and never when it is, holds or lies inside `src`."""
+    """Loads `src` (any layout load_transformer or, for a ControlNet-Transformer, load_controlnet reads) and writes
+    it to `dst` in layout `to`; returns the path written. The destination is checked before anything is loaded: an
+    existing one is replaced only if pixart-jax wrote it (or it is empty), or with `overwrite`, and never when it
+    is, holds or lies inside `src`."""
+    if is_controlnet(src):
+        return convert_controlnet(src, dst, to, config, overwrite)
     into_folder = to == "original" and not dst.endswith(ORIGINAL_SUFFIXES)  # dst/<variant>.pth, beside what is there
     if into_folder and os.path.exists(dst) and not (os.path.isdir(dst) and os.access(dst, os.W_OK | os.X_OK)):
         raise CheckpointError(f"cannot write into {dst}: it is {'not writable' if os.path.isdir(dst) else 'a file'}")
@@ -48,6 +80,10 @@ def convert(src, dst, to, config=None, overwrite=False):
 
 def tensors_of(path):
     """{key: array} of any supported checkpoint, in its own layout."""
+    if is_controlnet(path):
+        if controlnet_checkpoints.detect_format(path) == "jax":
+            return flat_arrays(controlnet_checkpoints.load_controlnet(path))
+        return controlnet_checkpoints.original_layout(path)[1]
     fmt = checkpoints.detect_format(path)
     if fmt == "original":
         return read_state_dict(path)
@@ -60,7 +96,9 @@ def tensors_of(path):
 def describe(path):
     """Lines listing a checkpoint's layout, tensor count and every key with its shape and dtype."""
     tensors = tensors_of(path)
-    lines = [f"{path}: {checkpoints.detect_format(path)} layout, {len(tensors)} tensors, "
+    layout = (f"ControlNet-Transformer, {controlnet_checkpoints.detect_format(path)}" if is_controlnet(path)
+              else checkpoints.detect_format(path))
+    lines = [f"{path}: {layout} layout, {len(tensors)} tensors, "
              f"{sum(int(np.prod(t.shape)) for t in tensors.values()):,} values"]
     width = max(map(len, tensors), default=0)
     lines += [f"  {key:<{width}}  {str(tuple(tensors[key].shape)):<20} {tensors[key].dtype}"

@@ -11,7 +11,7 @@ from pixart_jax import checkpoints, conversion
 from pixart_jax.cli import main as cli
 from pixart_jax.config import PRESETS
 from pixart_jax.transformer import PixArtTransformer
-from pixart_jax.weights.files import OWNER_MARK
+from pixart_jax.weights.files import OWNER_MARK, read_state_dict
 from pixart_jax.weights.nnx_state import flat_arrays
 from tests.commands import run_cli, run_module
 from tests.files import read_only_folder, snapshot
@@ -137,3 +137,32 @@ def test_pixart_jax_convert_is_installed(model_dir, tmp_path):
     run = run_cli("convert", "--src", model_dir[1], "--dst", tmp_path / "jax", "--to", "jax")
     assert run.returncode == 0, run.stderr
     assert checkpoints.detect_format(str(tmp_path / "jax")) == "jax"
+
+
+def test_controlnet_checkpoints_convert_and_inspect(model_dir, tmp_path, capsys):
+    """A ControlNet-Transformer (the official fixture's folder) through `convert` to ours and back to the official
+    folder and a .pth, every parameter bit for bit; diffusers has no layout for it (refused, nothing written)."""
+    fixture = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.pardir, "shared",
+                           "fixtures", "controlnet-ms-tiny")
+    if not os.path.isdir(fixture):
+        pytest.skip(f"{fixture} is not there")
+    from pixart_jax.controlnet_checkpoints import load_controlnet
+
+    reference = {k: np.asarray(v) for k, v in flat_arrays(load_controlnet(fixture)).items()}
+    ours, official, pth = (str(tmp_path / name) for name in ("jax", "official", "controlnet.pth"))
+    for src, dst, to in ((fixture, ours, "jax"), (ours, official, "original"), (official, pth, "original")):
+        assert cli(["convert", "--src", src, "--dst", dst, "--to", to]) == 0
+        assert capsys.readouterr().out.strip() == f"wrote {dst}"
+    for path in (ours, official):
+        arrays = flat_arrays(load_controlnet(path))
+        assert arrays.keys() == reference.keys()
+        assert all(np.array_equal(np.asarray(arrays[k]), reference[k]) for k in reference), path
+    written, expected = read_state_dict(pth), read_state_dict(os.path.join(official, "controlnet.pth"))
+    assert written.keys() == expected.keys() and all(np.array_equal(v, written[k]) for k, v in expected.items())
+    assert conversion.is_controlnet(pth) and not conversion.is_controlnet(model_dir[1])
+    assert cli(["convert", "--src", official, "--dst", str(tmp_path / "d"), "--to", "diffusers"]) == 1
+    assert "is a ControlNet-Transformer, which has no diffusers layout" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+    assert cli(["inspect", official]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{official}: ControlNet-Transformer, official layout,") and "controlnet.0.before_proj" in out
