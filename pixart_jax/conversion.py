@@ -78,26 +78,27 @@ def convert(src, dst, to, config=None, overwrite=False):
     return dst
 
 
-def tensors_of(path):
-    """{key: array} of any supported checkpoint, in its own layout."""
-    if is_controlnet(path):
-        if controlnet_checkpoints.detect_format(path) == "jax":
-            return flat_arrays(controlnet_checkpoints.load_controlnet(path))
-        return controlnet_checkpoints.original_layout(path)[1]
+def layout_and_tensors(path):
+    """(layout name, {key: array} in that layout) of any supported checkpoint; a state-dict file is read once."""
+    if os.path.isfile(path):
+        tensors = read_state_dict(path)
+        return ("ControlNet-Transformer, original" if is_controlnet_state_dict(tensors) else "original"), tensors
+    if is_controlnet(path):  # a folder, by its config.json
+        fmt = controlnet_checkpoints.detect_format(path)
+        if fmt == "jax":
+            return f"ControlNet-Transformer, {fmt}", flat_arrays(controlnet_checkpoints.load_controlnet(path))
+        return f"ControlNet-Transformer, {fmt}", read_state_dict(
+            os.path.join(path, controlnet_checkpoints.OFFICIAL_WEIGHTS))
     fmt = checkpoints.detect_format(path)
-    if fmt == "original":
-        return read_state_dict(path)
     if fmt == "diffusers":
         directory = path if os.path.exists(os.path.join(path, "config.json")) else os.path.join(path, "transformer")
-        return read_weights(directory, checkpoints.DIFFUSERS_WEIGHTS)
-    return flat_arrays(checkpoints.load_jax(path))
+        return fmt, read_weights(directory, checkpoints.DIFFUSERS_WEIGHTS)
+    return fmt, flat_arrays(checkpoints.load_jax(path))
 
 
 def describe(path):
     """Lines listing a checkpoint's layout, tensor count and every key with its shape and dtype."""
-    tensors = tensors_of(path)
-    layout = (f"ControlNet-Transformer, {controlnet_checkpoints.detect_format(path)}" if is_controlnet(path)
-              else checkpoints.detect_format(path))
+    layout, tensors = layout_and_tensors(path)
     lines = [f"{path}: {layout} layout, {len(tensors)} tensors, "
              f"{sum(int(np.prod(t.shape)) for t in tensors.values()):,} values"]
     width = max(map(len, tensors), default=0)
