@@ -33,9 +33,9 @@ def build(seed=0):
     import jax
     from flax import nnx
 
-    from pixart_jax.config import PRESETS
-    from pixart_jax.controlnet import PixArtControlNet
-    from pixart_jax.transformer import PixArtTransformer
+    from pixart_jax.models.controlnet import PixArtControlNet
+    from pixart_jax.models.transformer import PixArtTransformer
+    from pixart_jax.models.transformer_config import PRESETS
 
     base = PixArtTransformer(PRESETS[PRESET], rngs=nnx.Rngs(seed))
     controlnet = PixArtControlNet(base, COPIES)

@@ -20,8 +20,9 @@ import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from bench.common import timed_pair  # noqa: E402
-from pixart_jax.t5 import load_text_encoder  # noqa: E402
-from pixart_jax.vae import SD_VAE, load_vae  # noqa: E402
+from pixart_jax.models.vae import SD_VAE  # noqa: E402
+from pixart_jax.weights.t5 import load_text_encoder  # noqa: E402
+from pixart_jax.weights.vae import load_vae
 
 # T5-v1.1-XXL widths (PixArt's text encoder) with a small vocabulary: only the embedding table is smaller.
 T5_XXL = dict(vocab_size=1024, d_model=4096, d_kv=64, num_heads=64, d_ff=10240, feed_forward_proj="gated-gelu",

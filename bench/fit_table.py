@@ -1,6 +1,6 @@
 """The README's fit table: the largest per-chip batch of XL/2 training (pretraining, LCD) that fits v5e-8, v5p-8
 and v4-8, with remat per block or none and the parameters replicated (fsdp 1) or sharded over every chip, from
-ahead-of-time TPU compiles of the real train steps (pixart_jax/training/plan.py; needs libtpu).
+ahead-of-time TPU compiles of the real train steps (pixart_jax/planning/training.py; needs libtpu).
 
 Per-chip HBM is linear in the per-chip batch b (fixed: parameters, optimizer, EMA; per image: activations), so each
 (program, resolution, remat) is compiled on a v5p slice (95 GiB: nothing is refused) at two batch sizes with the
@@ -23,8 +23,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import print_table  # noqa: E402
-from pixart_jax.topologies import GIB, parse_topology  # noqa: E402
-from pixart_jax.training.plan import plan_train_step  # noqa: E402
+from pixart_jax.planning.topologies import GIB, parse_topology  # noqa: E402
+from pixart_jax.planning.training import plan_train_step  # noqa: E402
 from pixart_jax.training.programs import PROGRAMS  # noqa: E402
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"

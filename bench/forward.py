@@ -20,8 +20,8 @@ from diffusers import PixArtTransformer2DModel  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from bench.common import matmul_gflops, print_table, timed_pair  # noqa: E402
-from pixart_jax.checkpoints import load_transformer  # noqa: E402
-from pixart_jax.config import PRESETS  # noqa: E402
+from pixart_jax.models.transformer_config import PRESETS  # noqa: E402
+from pixart_jax.weights.transformer import load_transformer  # noqa: E402
 
 
 def forward_gflop(cfg, batch, h, w, tokens=120):

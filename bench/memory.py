@@ -70,8 +70,8 @@ def write_pipeline(root, t5_layers):
     import diffusers
     import transformers
 
-    from pixart_jax.config import PRESETS
-    from pixart_jax.prompts import train_tokenizer
+    from pixart_jax.models.transformer_config import PRESETS
+    from pixart_jax.pipelines.prompts import train_tokenizer
     from pixart_jax.samplers import DPMSolverMultistep, save_scheduler_config
 
     pipe = os.path.join(root, "float")
@@ -98,7 +98,7 @@ def write_pipeline(root, t5_layers):
 
 def int8_pipeline(root, float_pipe):
     """root/int8: the float pipeline's parts (linked) with the int8 T5 exported from its text_encoder/."""
-    from pixart_jax.int8_t5 import export_int8_t5
+    from pixart_jax.weights.t5_int8 import export_int8_t5
 
     pipe = os.path.join(root, "int8")
     os.makedirs(pipe, exist_ok=True)

@@ -19,9 +19,9 @@ import torch
 from flax import nnx
 
 from bench.common import print_table, timed_pair
-from pixart_jax.config import PixArtConfig
 from pixart_jax.images import resize_and_crop, to_numpy
-from pixart_jax.pipeline import PixArtPipeline
+from pixart_jax.models.transformer_config import PixArtConfig
+from pixart_jax.pipelines.text_to_image import PixArtPipeline
 from tests.reference_pipeline import TINY_T5, build_pipeline
 
 SD_VAE = dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4, sample_size=512,

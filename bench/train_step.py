@@ -49,11 +49,11 @@ def run_jax(args):
     import jax
     from flax import nnx
 
-    from pixart_jax.config import PRESETS
+    from pixart_jax.models.transformer import PixArtTransformer
+    from pixart_jax.models.transformer_config import PRESETS
     from pixart_jax.sharding import device_batch, make_mesh
     from pixart_jax.training.config import OptimizerConfig
     from pixart_jax.training.step import TrainStep, init_state, make_optimizer, split_model
-    from pixart_jax.transformer import PixArtTransformer
 
     mesh = make_mesh(1, 1, jax.devices()[:1])
     model = PixArtTransformer(PRESETS[PRESET], rngs=nnx.Rngs(0))
@@ -109,7 +109,7 @@ def run_torch(args):
     import torch
     from diffusers import PixArtTransformer2DModel
 
-    from pixart_jax.config import PRESETS
+    from pixart_jax.models.transformer_config import PRESETS
     from pixart_jax.training.loss import diffusion_tables
 
     torch.manual_seed(0)

@@ -45,7 +45,7 @@ class TorchDType(enum.StrEnum):
 
 class Int8Backend(enum.StrEnum):
     """How the PyTorch path stores T5 in int8."""
-    weight_only = "weight-only"    # every linear as pixart_jax.int8's codes and scales: the JAX path's numbers
+    weight_only = "weight-only"    # every linear as pixart_jax.models.int8's codes and scales: the JAX path's numbers
     bitsandbytes = "bitsandbytes"  # transformers' LLM.int8 (the reference recipe; `wo` stays float)
 class RematPolicy(enum.StrEnum):
     """What the backward pass of a transformer block keeps from the forward (the rest is recomputed)."""
@@ -60,7 +60,7 @@ class RematPolicy(enum.StrEnum):
 
 
 class AttentionKernel(enum.StrEnum):
-    """Attention implementations (pixart_jax/attention.py); auto chooses by platform."""
+    """Attention implementations (pixart_jax/models/attention.py); auto chooses by platform."""
     auto = "auto"
     xla = "xla"          # jax.nn.dot_product_attention's XLA path: every platform
     cudnn = "cudnn"      # cuDNN fused flash attention: NVIDIA GPUs, bf16/fp16

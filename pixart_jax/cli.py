@@ -11,20 +11,20 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pixart_jax.choices import DType, Int8Backend, TorchDType, choose
-from pixart_jax.config import PRESETS
-from pixart_jax.control import ControlKind, read_image
-from pixart_jax.controlnet_checkpoints import detect_format as controlnet_format
-from pixart_jax.controlnet_pipeline import PixArtControlNetPipeline
-from pixart_jax.conversion import LAYOUTS, describe
-from pixart_jax.conversion import convert as convert_checkpoint
+from pixart_jax.files import check_writable
 from pixart_jax.images import grid, write_png
-from pixart_jax.int8_t5 import export_int8_t5
-from pixart_jax.pipeline import PixArtPipeline
+from pixart_jax.models.transformer import PixArtTransformer
+from pixart_jax.models.transformer_config import PRESETS
+from pixart_jax.models.vae import AutoencoderKL, VAEConfig
+from pixart_jax.pipelines.control import ControlKind, read_image
+from pixart_jax.pipelines.controlnet import PixArtControlNetPipeline
+from pixart_jax.pipelines.text_to_image import PixArtPipeline
 from pixart_jax.samplers import DDIM, SamplerName
 from pixart_jax.training.errors import RunError
-from pixart_jax.transformer import PixArtTransformer
-from pixart_jax.vae import AutoencoderKL, VAEConfig
-from pixart_jax.weights.files import check_writable
+from pixart_jax.weights.controlnet import detect_format as controlnet_format
+from pixart_jax.weights.conversion import LAYOUTS, describe
+from pixart_jax.weights.conversion import convert as convert_checkpoint
+from pixart_jax.weights.t5_int8 import export_int8_t5
 
 TINY_VAE = VAEConfig(block_out_channels=(32, 32, 32, 32), layers_per_block=1)
 
@@ -196,7 +196,7 @@ def demo(args):
 
 def plan(args):
     """Compiles a training config's step ahead of time for a TPU slice and prints per-chip HBM (needs libtpu)."""
-    from pixart_jax.training.plan import main as plan_main
+    from pixart_jax.planning.command import main as plan_main
 
     return plan_main(args.extra + args.args)
 
@@ -290,7 +290,7 @@ def main(argv=None):
         parser.error(f"unrecognized arguments: {' '.join(args.extra)}")
     try:
         return args.run(args) or 0
-    # bad input (CheckpointError included), unwritable paths, a demo run that cannot resume: one clear line
+    # bad input (WeightsError included), unwritable paths, a demo run that cannot resume: one clear line
     except (ValueError, OSError, RunError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

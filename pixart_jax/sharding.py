@@ -1,7 +1,7 @@
 """The ("data", "fsdp") device mesh and the logical-axis rules that place parameters and batches on it.
 
 Every parameter declares logical names for its dims where it is created (`nnx.Param(..., axes=(...))`, see
-pixart_jax/transformer.py); the config's rules map logical names to mesh axes. A dimension not divisible by its
+pixart_jax/models/transformer.py); the config's rules map logical names to mesh axes. A dimension not divisible by its
 mesh axis stays replicated. The batch is split over both mesh axes (FSDP is data parallel too); with fsdp = 1 this
 is plain data parallelism.
 """

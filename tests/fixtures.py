@@ -4,12 +4,12 @@ import json
 
 from flax import nnx
 
-from pixart_jax.keymaps.t5 import t5_rules
-from pixart_jax.keymaps.vae import vae_rules
-from pixart_jax.prompts import train_tokenizer
-from pixart_jax.t5 import T5Config, T5Encoder
-from pixart_jax.vae import AutoencoderKL, VAEConfig
+from pixart_jax.models.t5 import T5Config, T5Encoder
+from pixart_jax.models.vae import AutoencoderKL, VAEConfig
+from pixart_jax.pipelines.prompts import train_tokenizer
 from pixart_jax.weights import export_weights, save_safetensors
+from pixart_jax.weights.keymaps.t5 import t5_rules
+from pixart_jax.weights.keymaps.vae import vae_rules
 from pixart_jax.weights.nnx_state import flat_arrays
 
 TOKENIZER_TEXT = ["a photo of a cat sitting on a red sofa", "an astronaut riding a horse on the moon, high quality",

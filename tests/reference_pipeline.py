@@ -2,7 +2,7 @@
 end-to-end tests. Every weight is re-drawn at random; the tokenizer is a SentencePiece model trained here."""
 import numpy as np
 
-from pixart_jax.prompts import train_tokenizer
+from pixart_jax.pipelines.prompts import train_tokenizer
 from tests.parity import redraw
 
 CAPTION_TEXT = ["a small red circle at the top left", "a big blue square in the middle of the picture",

@@ -1,7 +1,7 @@
 """Aspect-ratio bucket tables and assignment (spec §3.6)."""
 import pytest
 
-from pixart_jax.aspect_ratios import ASPECT_RATIO_1024, TEST_TABLES, TRAIN_TABLES, bin_size, closest_bucket
+from pixart_jax.pipelines.aspect_ratios import ASPECT_RATIO_1024, TEST_TABLES, TRAIN_TABLES, bin_size, closest_bucket
 
 
 def test_tables():

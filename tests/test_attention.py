@@ -7,10 +7,10 @@ import pytest
 from flax import nnx
 
 from pixart_jax import sharding
-from pixart_jax.attention import attention, select_kernel
 from pixart_jax.choices import AttentionKernel
-from pixart_jax.config import PRESETS
-from pixart_jax.transformer import PixArtTransformer
+from pixart_jax.models.attention import attention, select_kernel
+from pixart_jax.models.transformer import PixArtTransformer
+from pixart_jax.models.transformer_config import PRESETS
 from tests.parity import redraw_nnx
 
 

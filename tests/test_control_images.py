@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pixart_jax.control import ControlKind, canny, control_latents, control_pixels, edge_maps, fit, read_image
-from pixart_jax.hed import HED, STAGES, load_hed
-from pixart_jax.vae import AutoencoderKL, VAEConfig
+from pixart_jax.models.hed import HED, STAGES
+from pixart_jax.models.vae import AutoencoderKL, VAEConfig
+from pixart_jax.pipelines.control import ControlKind, canny, control_latents, control_pixels, edge_maps, fit, read_image
+from pixart_jax.weights.hed import load_hed
 from tests.parity import redraw, rel_error
 
 

@@ -8,21 +8,21 @@ import pytest
 from flax import nnx
 
 import pixart_jax
-from pixart_jax.checkpoints import save_jax, save_original
-from pixart_jax.config import PRESETS
-from pixart_jax.controlnet import ControlNetConfig, PixArtControlNet
-from pixart_jax.controlnet_checkpoints import (
+from pixart_jax.models.controlnet import ControlNetConfig, PixArtControlNet
+from pixart_jax.models.transformer import PixArtTransformer
+from pixart_jax.models.transformer_config import PRESETS
+from pixart_jax.sharding import variable_axes
+from pixart_jax.weights import WeightsError, load_pth
+from pixart_jax.weights.controlnet import (
     config_from_official,
     config_to_official,
     load_controlnet,
     save_controlnet,
     save_controlnet_jax,
 )
-from pixart_jax.sharding import variable_axes
-from pixart_jax.transformer import PixArtTransformer
-from pixart_jax.weights import CheckpointError, load_pth
 from pixart_jax.weights.files import read_state_dict
 from pixart_jax.weights.nnx_state import flat_arrays
+from pixart_jax.weights.transformer import save_jax, save_original
 from tests.parity import redraw_nnx
 from tests.test_controlnet_parity import CLASSES, fixture, run
 
@@ -131,7 +131,7 @@ def test_official_constructor_arguments():
                          ({"use_rel_pos": True}, r"unsupported constructor arguments \['use_rel_pos=True'\]"),
                          ({"class": "ControlPixArtMSHalf", "multi_scale": False}, "does not go with"),
                          ({"copy_blocks_num": 5, "depth": 5}, "copies 1 to depth - 1 = 4")):
-        with pytest.raises(CheckpointError, match=message):
+        with pytest.raises(WeightsError, match=message):
             config_from_official({**args, **bad})
 
 
@@ -141,9 +141,9 @@ def test_original_file_names_and_copy_counts(tmp_path):
     save_controlnet(model, str(tmp_path / "controlnet.pth"))
     loaded = load_controlnet(str(tmp_path / "controlnet.pth"), config=base.cfg)  # copies from the keys
     assert loaded.num_copies == 2 and loaded.pos_embed is not None
-    with pytest.raises(CheckpointError, match="cannot tell the ControlNet variant from 'controlnet.pth'"):
+    with pytest.raises(WeightsError, match="cannot tell the ControlNet variant from 'controlnet.pth'"):
         load_controlnet(str(tmp_path / "controlnet.pth"))
-    with pytest.raises(CheckpointError, match="shape mismatch"):  # named a 512 model, holds a tiny one
+    with pytest.raises(WeightsError, match="shape mismatch"):  # named a 512 model, holds a tiny one
         load_controlnet(str(tmp_path / "controlnet.pth"), config="PixArt-XL-2-512-ControlNet")
 
 
@@ -162,14 +162,14 @@ def test_the_wrong_kind_of_checkpoint_is_a_clear_error(tmp_path):
     save_original(base, str(tmp_path / "PixArt-XL-2-1024-MS.pth"))
     save_jax(base, str(tmp_path / "plain"))
     for plain in ("PixArt-XL-2-1024-MS.pth", "plain"):
-        with pytest.raises(CheckpointError, match="plain PixArt transformer checkpoint, not a ControlNet"):
+        with pytest.raises(WeightsError, match="plain PixArt transformer checkpoint, not a ControlNet"):
             load_controlnet(str(tmp_path / plain))
     model = PixArtControlNet(base, 2)
     save_controlnet(model, str(tmp_path / "PixArt-XL-2-1024-ControlNet.pth"))
     save_controlnet_jax(model, str(tmp_path / "controlnet"))
     directory, _ = fixture("ms")
     for controlnet in ("PixArt-XL-2-1024-ControlNet.pth", "controlnet", directory):
-        with pytest.raises(CheckpointError, match="is a PixArt ControlNet-Transformer checkpoint, not a plain"):
+        with pytest.raises(WeightsError, match="is a PixArt ControlNet-Transformer checkpoint, not a plain"):
             pixart_jax.load_transformer(str(tmp_path / controlnet))
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(WeightsError, match="does not exist"):
         load_controlnet(str(tmp_path / "missing.pth"))

@@ -5,7 +5,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from pixart_jax.controlnet_checkpoints import from_state_dict, load_controlnet
+from pixart_jax.weights.controlnet import from_state_dict, load_controlnet
 from pixart_jax.weights.files import read_state_dict
 from tests.parity import rel_error
 

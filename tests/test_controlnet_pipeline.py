@@ -12,15 +12,15 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from pixart_jax.checkpoints import save_diffusers, save_original
-from pixart_jax.config import PRESETS
-from pixart_jax.controlnet import PixArtControlNet
-from pixart_jax.controlnet_checkpoints import save_controlnet
-from pixart_jax.controlnet_pipeline import PixArtControlNetPipeline
-from pixart_jax.guidance import Caption, guide, guided_forward
-from pixart_jax.pipeline import PixArtPipeline
+from pixart_jax.models.controlnet import PixArtControlNet
+from pixart_jax.models.transformer import PixArtTransformer
+from pixart_jax.models.transformer_config import PRESETS
+from pixart_jax.pipelines.controlnet import PixArtControlNetPipeline
+from pixart_jax.pipelines.guidance import Caption, guide, guided_forward
+from pixart_jax.pipelines.text_to_image import PixArtPipeline
 from pixart_jax.samplers import DDIM, save_scheduler_config
-from pixart_jax.transformer import PixArtTransformer
+from pixart_jax.weights.controlnet import save_controlnet
+from pixart_jax.weights.transformer import save_diffusers, save_original
 from tests.commands import run_cli
 from tests.fixtures import save_t5, save_tokenizer, save_vae
 from tests.parity import redraw_nnx

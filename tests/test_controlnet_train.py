@@ -9,16 +9,16 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from pixart_jax.checkpoints import save_jax
-from pixart_jax.config import PRESETS
-from pixart_jax.controlnet_checkpoints import load_controlnet
+from pixart_jax.models.transformer import PixArtTransformer
+from pixart_jax.models.transformer_config import PRESETS
 from pixart_jax.sharding import device_batch, make_mesh
 from pixart_jax.training.controlnet import ControlNetTraining, init_controlnet_state, load_config
 from pixart_jax.training.data import encode_example, stack_examples
 from pixart_jax.training.features import ShardWriter
 from pixart_jax.training.step import make_optimizer, split_model
 from pixart_jax.training.synthetic import synthetic_examples
-from pixart_jax.transformer import PixArtTransformer
+from pixart_jax.weights.controlnet import load_controlnet
+from pixart_jax.weights.transformer import save_jax
 from tests.parity import redraw_nnx
 from train.controlnet import main
 

@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pixart_jax import checkpoints, conversion
 from pixart_jax.cli import main as cli
-from pixart_jax.config import PRESETS
-from pixart_jax.transformer import PixArtTransformer
-from pixart_jax.weights.files import OWNER_MARK, read_state_dict
+from pixart_jax.files import OWNER_MARK
+from pixart_jax.models.transformer import PixArtTransformer
+from pixart_jax.models.transformer_config import PRESETS
+from pixart_jax.weights import conversion
+from pixart_jax.weights import transformer as transformer_weights
+from pixart_jax.weights.files import read_state_dict
 from pixart_jax.weights.nnx_state import flat_arrays
 from tests.commands import run_cli, run_module
 from tests.files import read_only_folder, snapshot
@@ -21,7 +23,7 @@ from tests.files import read_only_folder, snapshot
 def model_dir(tmp_path_factory):
     model = PixArtTransformer(PRESETS["tiny"], rngs=nnx.Rngs(7))
     path = tmp_path_factory.mktemp("src") / "transformer"
-    checkpoints.save_diffusers(model, str(path))
+    transformer_weights.save_diffusers(model, str(path))
     return model, str(path)
 
 
@@ -31,7 +33,7 @@ def test_chain_of_conversions_preserves_every_parameter(model_dir, tmp_path):
     pth = conversion.convert(jax_dir, str(tmp_path / "orig"), "original")
     assert pth.endswith("PixArt.pth")
     back = conversion.convert(pth, str(tmp_path / "diffusers"), "diffusers", config="tiny")
-    want, got = flat_arrays(model), flat_arrays(checkpoints.load_transformer(back))
+    want, got = flat_arrays(model), flat_arrays(transformer_weights.load_transformer(back))
     for key in want:
         if key != "y_embedding":  # diffusers stores no null caption
             np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]), err_msg=key)
@@ -71,7 +73,7 @@ def user_folder(model_dir, tmp_path):
 def pipeline_folder(model_dir, tmp_path):
     """A pipeline folder: model_index.json, the transformer and (stand-in) files of its other components."""
     folder = tmp_path / "pipe"
-    checkpoints.save_diffusers(checkpoints.load_transformer(model_dir[1]), str(folder / "transformer"))
+    transformer_weights.save_diffusers(transformer_weights.load_transformer(model_dir[1]), str(folder / "transformer"))
     (folder / "model_index.json").write_text('{"_class_name": "PixArtAlphaPipeline"}')
     for part in ("text_encoder", "vae", "tokenizer", "scheduler"):
         (folder / part).mkdir()
@@ -136,7 +138,7 @@ def test_unwritable_destinations_are_one_line_errors(model_dir, tmp_path, capsys
 def test_pixart_jax_convert_is_installed(model_dir, tmp_path):
     run = run_cli("convert", "--src", model_dir[1], "--dst", tmp_path / "jax", "--to", "jax")
     assert run.returncode == 0, run.stderr
-    assert checkpoints.detect_format(str(tmp_path / "jax")) == "jax"
+    assert transformer_weights.detect_format(str(tmp_path / "jax")) == "jax"
 
 
 def test_controlnet_checkpoints_convert_and_inspect(model_dir, tmp_path, capsys):
@@ -146,7 +148,7 @@ def test_controlnet_checkpoints_convert_and_inspect(model_dir, tmp_path, capsys)
                            "fixtures", "controlnet-ms-tiny")
     if not os.path.isdir(fixture):
         pytest.skip(f"{fixture} is not there")
-    from pixart_jax.controlnet_checkpoints import load_controlnet
+    from pixart_jax.weights.controlnet import load_controlnet
 
     reference = {k: np.asarray(v) for k, v in flat_arrays(load_controlnet(fixture)).items()}
     ours, official, pth = (str(tmp_path / name) for name in ("jax", "official", "controlnet.pth"))

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from pixart_jax.embeddings import patchify, sincos_pos_embed, timestep_features, unpatchify
+from pixart_jax.models.embeddings import patchify, sincos_pos_embed, timestep_features, unpatchify
 
 
 def pos_embed_by_formula(dim, h, w, b, s):

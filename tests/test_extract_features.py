@@ -13,11 +13,11 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from pixart_jax.aspect_ratios import ASPECT_RATIO_256, closest_bucket
-from pixart_jax.prompts import load_tokenizer, preprocess, tokenize
-from pixart_jax.t5 import load_text_encoder
+from pixart_jax.pipelines.aspect_ratios import ASPECT_RATIO_256, closest_bucket
+from pixart_jax.pipelines.prompts import load_tokenizer, preprocess, tokenize
 from pixart_jax.training.data import feature_dataset, read_examples
-from pixart_jax.vae import load_vae
+from pixart_jax.weights.t5 import load_text_encoder
+from pixart_jax.weights.vae import load_vae
 from tests.fixtures import save_t5, save_tokenizer, save_vae
 from tests.parity import rel_error
 from train.extract_features import main
@@ -184,10 +184,10 @@ def test_index_input_takes_sizes_from_the_index(models, tmp_path):
 @pytest.mark.parametrize("kind", ["canny", "hed"])
 def test_control_latents_of_the_edge_maps(models, tmp_path, kind):
     """--control canny|hed: each record also holds the VAE posterior of the resized image's edge map."""
-    from pixart_jax.control import canny, control_pixels
-    from pixart_jax.hed import HED, STAGES
-    from pixart_jax.keymaps.hed import hed_rules
+    from pixart_jax.models.hed import HED, STAGES
+    from pixart_jax.pipelines.control import canny, control_pixels
     from pixart_jax.weights import export_weights, save_pth
+    from pixart_jax.weights.keymaps.hed import hed_rules
     from pixart_jax.weights.nnx_state import flat_arrays
 
     images = tmp_path / "images"

@@ -2,8 +2,8 @@
 import numpy as np
 from flax import nnx
 
-from pixart_jax.config import PixArtConfig
-from pixart_jax.transformer import PixArtTransformer
+from pixart_jax.models.transformer import PixArtTransformer
+from pixart_jax.models.transformer_config import PixArtConfig
 from pixart_jax.weights.nnx_state import flat_arrays
 
 CFG = PixArtConfig(depth=2, hidden_size=192, num_heads=4, caption_channels=256, sample_size=32)

@@ -1,5 +1,5 @@
-"""The int8 T5 folder (pixart_jax.int8_t5) and the JAX side of int8 loading, without torch: the export holds exactly
-the codes and scales the JAX loader quantises to, reads back bitwise, is written one block at a time, and
+"""The int8 T5 folder (pixart_jax.weights.t5_int8) and the JAX side of int8 loading, without torch: the export holds
+exactly the codes and scales the JAX loader quantises to, reads back bitwise, is written one block at a time, and
 refuses the wrong use."""
 import json
 
@@ -8,11 +8,11 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from pixart_jax.int8 import quantize_kernel
-from pixart_jax.int8_t5 import export_int8_t5
-from pixart_jax.t5 import encoder_parts, load_text_encoder
-from pixart_jax.weights import CheckpointError, load_safetensors, save_safetensors
+from pixart_jax.models.int8 import quantize_kernel
+from pixart_jax.weights import WeightsError, load_safetensors, save_safetensors
 from pixart_jax.weights.nnx_state import flat_arrays
+from pixart_jax.weights.t5 import encoder_parts, load_text_encoder
+from pixart_jax.weights.t5_int8 import export_int8_t5
 from tests.fixtures import save_t5
 from tests.parity import rel_error
 
@@ -87,7 +87,7 @@ def test_parts_are_read_one_block_at_a_time(t5):
 
 def test_errors(t5, tmp_path):
     root, src, dst = t5
-    with pytest.raises(CheckpointError, match="holds an int8 T5.*int8=True"):
+    with pytest.raises(WeightsError, match="holds an int8 T5.*int8=True"):
         load_text_encoder(dst)
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -95,6 +95,6 @@ def test_errors(t5, tmp_path):
     tensors = dict(load_safetensors(f"{src}/model.safetensors"))
     tensors[f"{LINEAR}.weight"] = tensors[f"{LINEAR}.weight"][:, :5]
     save_safetensors(tensors, str(broken / "model.safetensors"))
-    with pytest.raises(CheckpointError, match=f"shape mismatch for key '{LINEAR}.weight'"):
+    with pytest.raises(WeightsError, match=f"shape mismatch for key '{LINEAR}.weight'"):
         export_int8_t5(str(broken), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pixart_jax.training.lcd_loss import ddim_jump
+from pixart_jax.training.lcm_loss import ddim_jump
 from pixart_jax.training.pcm_loss import (
     adversarial_timesteps,
     hinge_discriminator_loss,
@@ -15,7 +15,7 @@ from pixart_jax.training.pcm_loss import (
     renoise,
 )
 from tests.parity import rel_error
-from tests.test_lcd_loss import abar64, golden_tensors
+from tests.test_lcm_loss import abar64, golden_tensors
 
 
 def test_tables_for_the_released_grids():

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from pixart_jax.checkpoints import load_transformer
 from pixart_jax.samplers import PCM, from_scheduler_config
 from pixart_jax.sharding import device_batch, make_mesh
 from pixart_jax.training.config import ConfigError
@@ -17,7 +16,8 @@ from pixart_jax.training.data import stack_examples
 from pixart_jax.training.pcm import PCMDistillation, load_config
 from pixart_jax.training.step import build_model, make_optimizer, split_model
 from pixart_jax.training.synthetic import synthetic_examples
-from tests.test_lcd_step import max_diff, perturbed
+from pixart_jax.weights.transformer import load_transformer
+from tests.test_lcm_step import max_diff, perturbed
 from train.pcm import main
 
 PCM_TINY = str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "pcm_tiny.yaml")

@@ -5,16 +5,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pixart_jax.config import PRESETS
-from pixart_jax.guidance import guide
-from pixart_jax.memory import OutOfMemoryError
-from pixart_jax.pipeline import PixArtPipeline
-from pixart_jax.prompts import load_tokenizer
+from pixart_jax.models.t5 import T5Config, T5Encoder
+from pixart_jax.models.transformer import PixArtTransformer
+from pixart_jax.models.transformer_config import PRESETS
+from pixart_jax.models.vae import AutoencoderKL, VAEConfig
+from pixart_jax.pipelines.guidance import guide
+from pixart_jax.pipelines.memory import OutOfMemoryError
+from pixart_jax.pipelines.prompts import load_tokenizer
+from pixart_jax.pipelines.text_to_image import PixArtPipeline
 from pixart_jax.samplers import DPMSolverMultistep, LearnedVarianceDDPM
-from pixart_jax.t5 import T5Config, T5Encoder
-from pixart_jax.transformer import PixArtTransformer
-from pixart_jax.vae import AutoencoderKL, VAEConfig
-from pixart_jax.weights import CheckpointError
+from pixart_jax.weights import WeightsError
 
 pytest.importorskip("sentencepiece")
 from tests.parity import redraw_nnx  # noqa: E402
@@ -116,14 +116,14 @@ def test_swapped_components_are_used_and_return_dict_works(pipe):
 
 
 def test_from_pretrained_rejects_other_directories(tmp_path):
-    with pytest.raises(CheckpointError, match="is not a PixArt pipeline directory: it has no model_index.json"):
+    with pytest.raises(WeightsError, match="is not a PixArt pipeline directory: it has no model_index.json"):
         PixArtPipeline.from_pretrained(str(tmp_path))
     (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
-    with pytest.raises(CheckpointError, match="'StableDiffusionPipeline', not one of"):
+    with pytest.raises(WeightsError, match="'StableDiffusionPipeline', not one of"):
         PixArtPipeline.from_pretrained(str(tmp_path))
     (tmp_path / "model_index.json").write_text('{"_class_name": "PixArtAlphaPipeline"}')
     (tmp_path / "tokenizer").mkdir()  # empty: checked before any component is loaded
-    with pytest.raises(CheckpointError, match=f"tokenizer folder {tmp_path / 'tokenizer'} has no spiece.model"):
+    with pytest.raises(WeightsError, match=f"tokenizer folder {tmp_path / 'tokenizer'} has no spiece.model"):
         PixArtPipeline.from_pretrained(str(tmp_path))
 
 

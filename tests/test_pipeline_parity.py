@@ -5,7 +5,7 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-from pixart_jax.pipeline import PixArtPipeline  # noqa: E402
+from pixart_jax.pipelines.text_to_image import PixArtPipeline  # noqa: E402
 from tests.reference_pipeline import build_pipeline, initial_latents  # noqa: E402
 
 PROMPTS = ["a small red circle at the top left", "an astronaut riding a horse"]

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import pytest
 
 from pixart_jax import sharding
-from pixart_jax.attention import attention
-from pixart_jax.topologies import GIB, TopologyError, parse_topology
-from pixart_jax.training.plan import plan_train_step
+from pixart_jax.models.attention import attention
+from pixart_jax.planning.topologies import GIB, TopologyError, parse_topology
+from pixart_jax.planning.training import plan_train_step
 from pixart_jax.training.programs import PROGRAMS, program_for
 from tests.commands import run_cli, run_module
 
@@ -118,8 +118,8 @@ def test_splash_attention_compiles_for_tpu_without_the_score_matrix(tokens):
 
 def test_the_sampling_loop_plans_for_a_slice():
     """PixArtPipeline's jitted loop (2 DPM steps with CFG, VAE decode) for 8 images over a v5e-4's chips."""
-    from pixart_jax.pipeline_plan import plan_pipeline
-    from pixart_jax.vae import VAEConfig
+    from pixart_jax.models.vae import VAEConfig
+    from pixart_jax.planning.pipeline import plan_pipeline
 
     plan = plan_pipeline("tiny", parse_topology("v5e-4"), images=8, steps=2, dtype="float32",
                          vae_config=VAEConfig(block_out_channels=(16, 16, 16, 16), norm_num_groups=8))

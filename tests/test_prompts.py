@@ -8,8 +8,15 @@ import socket
 import numpy as np
 import pytest
 
-from pixart_jax.prompts import MAX_LENGTH, encode_prompt, load_tokenizer, preprocess, tokenize, train_tokenizer
-from pixart_jax.weights import CheckpointError
+from pixart_jax.pipelines.prompts import (
+    MAX_LENGTH,
+    encode_prompt,
+    load_tokenizer,
+    preprocess,
+    tokenize,
+    train_tokenizer,
+)
+from pixart_jax.weights import WeightsError
 from tests.parity import redraw, rel_error
 
 pytest.importorskip("sentencepiece")
@@ -81,7 +88,7 @@ def test_cleaning_matches_diffusers():
 
 def test_tokenize_pads_truncates_and_warns(tokenizer, caplog):
     texts = preprocess(PROMPTS)
-    with caplog.at_level(logging.WARNING, logger="pixart_jax.prompts"):
+    with caplog.at_level(logging.WARNING, logger="pixart_jax.pipelines.prompts"):
         ids, mask = tokenize(tokenizer, texts)
     assert ids.shape == mask.shape == (len(PROMPTS), MAX_LENGTH) and ids.dtype == mask.dtype == np.int32
     assert [r.getMessage().startswith("The following part of your input was truncated") for r in caplog.records] \
@@ -128,7 +135,7 @@ def test_encode_prompt_matches_diffusers_pipeline(tokenizer, tmp_path):
     import diffusers
     import transformers
 
-    from pixart_jax.t5 import load_text_encoder
+    from pixart_jax.weights.t5 import load_text_encoder
 
     config = transformers.T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, num_heads=4, d_ff=48,
                                    num_layers=2, feed_forward_proj="gated-gelu")
@@ -170,7 +177,7 @@ def test_tokenizers_load_from_local_files_only(tmp_path, monkeypatch):
                             ("tokenizer", "tokenizer folder tokenizer does not exist (tokenizers are read from local "
                                           "files only)"),
                             ("other", "tokenizer folder other has no spiece.model or tokenizer.json")):
-        with pytest.raises(CheckpointError, match=rf"^{re.escape(message)}$"):
+        with pytest.raises(WeightsError, match=rf"^{re.escape(message)}$"):
             load_tokenizer(folder)
     tokenizer = load_tokenizer(train_tokenizer(TRAINING_TEXT, tmp_path / "local"))
     assert tokenizer("a photo of a cat").input_ids[:-1] != [tokenizer.unk_token_id] * 4

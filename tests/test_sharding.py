@@ -4,9 +4,9 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from pixart_jax.config import PRESETS
+from pixart_jax.models.transformer import PixArtTransformer
+from pixart_jax.models.transformer_config import PRESETS
 from pixart_jax.sharding import make_mesh, tree_shardings, variable_axes
-from pixart_jax.transformer import PixArtTransformer
 
 RULES = {"layers": None, "kernel_in": "fsdp", "kernel_out": None, "table": None}
 

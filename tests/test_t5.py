@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pixart_jax.int8 import parameter_bytes, quantize_kernel
-from pixart_jax.keymaps.t5 import t5_rules
-from pixart_jax.t5 import T5Config, T5Encoder, load_text_encoder, relative_position_buckets
-from pixart_jax.weights import CheckpointError, export_weights, save_safetensors
+from pixart_jax.models.int8 import parameter_bytes, quantize_kernel
+from pixart_jax.models.t5 import T5Config, T5Encoder, relative_position_buckets
+from pixart_jax.weights import WeightsError, export_weights, save_safetensors
+from pixart_jax.weights.keymaps.t5 import t5_rules
 from pixart_jax.weights.nnx_state import flat_arrays
+from pixart_jax.weights.t5 import load_text_encoder
 from tests.parity import edited_copy, redraw, rel_error
 
 TINY = dict(vocab_size=64, d_model=32, d_kv=8, num_heads=4, d_ff=48, num_layers=3, feed_forward_proj="gated-gelu",
@@ -198,30 +199,30 @@ def test_errors_name_the_key(exported, tmp_path):
     key = "encoder.block.1.layer.1.DenseReluDense.wi_1.weight"
     missing = edited_copy(path, "model.safetensors", tmp_path / "missing",
                         edit_state=lambda s: s.pop(key))
-    with pytest.raises(CheckpointError, match=f"missing key '{key}'"):
+    with pytest.raises(WeightsError, match=f"missing key '{key}'"):
         load_text_encoder(missing)
     extra = edited_copy(path, "model.safetensors", tmp_path / "extra",
                       edit_state=lambda s: s.update({"encoder.block.0.layer.0.SelfAttention.bogus.weight":
                                                      np.zeros((2, 2), np.float32)}))
-    with pytest.raises(CheckpointError, match="unexpected key 'encoder.block.0.layer.0.SelfAttention.bogus.weight'"):
+    with pytest.raises(WeightsError, match="unexpected key 'encoder.block.0.layer.0.SelfAttention.bogus.weight'"):
         load_text_encoder(extra)
     shape = edited_copy(path, "model.safetensors", tmp_path / "shape",
                       edit_config=lambda c: c.update(d_ff=40))
-    with pytest.raises(CheckpointError, match=r"shape mismatch for key 'encoder.block.0.layer.1.DenseReluDense"):
+    with pytest.raises(WeightsError, match=r"shape mismatch for key 'encoder.block.0.layer.1.DenseReluDense"):
         load_text_encoder(shape)
 
 
 def test_wrong_directory(tmp_path):
-    with pytest.raises(CheckpointError, match="no config.json"):
+    with pytest.raises(WeightsError, match="no config.json"):
         load_text_encoder(str(tmp_path))
     (tmp_path / "model_index.json").write_text("{}")
-    with pytest.raises(CheckpointError, match="pass its text_encoder/ subfolder"):
+    with pytest.raises(WeightsError, match="pass its text_encoder/ subfolder"):
         load_text_encoder(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
-    with pytest.raises(CheckpointError, match="not a T5 text encoder"):
+    with pytest.raises(WeightsError, match="not a T5 text encoder"):
         load_text_encoder(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5", **TINY}))
-    with pytest.raises(CheckpointError, match="has no weights: none of model.safetensors, pytorch_model.bin"):
+    with pytest.raises(WeightsError, match="has no weights: none of model.safetensors, pytorch_model.bin"):
         load_text_encoder(str(tmp_path))
 
 

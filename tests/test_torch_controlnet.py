@@ -9,11 +9,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from pixart_jax.controlnet import ControlNetConfig  # noqa: E402
-from pixart_jax.controlnet_checkpoints import base_config, save_controlnet_jax  # noqa: E402
-from pixart_jax.controlnet_checkpoints import load_controlnet as load_jax_controlnet  # noqa: E402
+from pixart_jax.models.controlnet import ControlNetConfig  # noqa: E402
 from pixart_jax.torch import load_controlnet  # noqa: E402
-from pixart_jax.weights import CheckpointError  # noqa: E402
+from pixart_jax.weights import WeightsError  # noqa: E402
+from pixart_jax.weights.controlnet import base_config, save_controlnet_jax  # noqa: E402
+from pixart_jax.weights.controlnet import load_controlnet as load_jax_controlnet  # noqa: E402
 from tests.parity import rel_error  # noqa: E402
 
 FIXTURES = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
@@ -76,9 +76,9 @@ def test_errors(tmp_path):
     cfg = base_config(str(folder))
     with pytest.raises(ValueError, match="holds 3 copied blocks .*, not copies=4"):
         load_controlnet(str(folder / "controlnet.pth"), ControlNetConfig(cfg, 4))
-    with pytest.raises(CheckpointError, match="shape mismatch"):
+    with pytest.raises(WeightsError, match="shape mismatch"):
         load_controlnet(str(folder / "controlnet.pth"), cfg.replace(caption_channels=16))
-    with pytest.raises(CheckpointError, match="cannot tell the ControlNet variant"):
+    with pytest.raises(WeightsError, match="cannot tell the ControlNet variant"):
         load_controlnet(str(folder / "controlnet.pth"))
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(WeightsError, match="does not exist"):
         load_controlnet(str(tmp_path / "missing.pth"))

@@ -11,13 +11,13 @@ diffusers = pytest.importorskip("diffusers")
 
 import jax  # noqa: E402
 
-from pixart_jax.control import control_latents as jax_control_latents  # noqa: E402
-from pixart_jax.control import control_request  # noqa: E402
-from pixart_jax.controlnet_checkpoints import load_controlnet, save_controlnet  # noqa: E402
-from pixart_jax.controlnet_pipeline import PixArtControlNetPipeline  # noqa: E402
-from pixart_jax.pipeline import shared_inputs_key  # noqa: E402
+from pixart_jax.pipelines.control import control_latents as jax_control_latents  # noqa: E402
+from pixart_jax.pipelines.control import control_request  # noqa: E402
+from pixart_jax.pipelines.controlnet import PixArtControlNetPipeline  # noqa: E402
+from pixart_jax.pipelines.text_to_image import shared_inputs_key  # noqa: E402
 from pixart_jax.torch import PixArtTorchPipeline  # noqa: E402
 from pixart_jax.torch.control import encode_control  # noqa: E402
+from pixart_jax.weights.controlnet import load_controlnet, save_controlnet  # noqa: E402
 from tests.parity import redraw_nnx, rel_error  # noqa: E402
 from tests.reference_pipeline import build_pipeline, initial_latents  # noqa: E402
 

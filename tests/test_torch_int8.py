@@ -11,12 +11,12 @@ diffusers = pytest.importorskip("diffusers")
 
 import jax.numpy as jnp  # noqa: E402
 
-from pixart_jax.int8_t5 import export_int8_t5  # noqa: E402
-from pixart_jax.pipeline import PixArtPipeline  # noqa: E402
-from pixart_jax.t5 import load_text_encoder as load_jax_t5  # noqa: E402
+from pixart_jax.pipelines.text_to_image import PixArtPipeline  # noqa: E402
 from pixart_jax.torch import Int8Linear, PixArtTorchPipeline, load_text_encoder  # noqa: E402
-from pixart_jax.weights import CheckpointError  # noqa: E402
+from pixart_jax.weights import WeightsError  # noqa: E402
 from pixart_jax.weights.nnx_state import flat_arrays  # noqa: E402
+from pixart_jax.weights.t5 import load_text_encoder as load_jax_t5  # noqa: E402
+from pixart_jax.weights.t5_int8 import export_int8_t5  # noqa: E402
 from tests.parity import rel_error  # noqa: E402
 from tests.reference_pipeline import build_pipeline, initial_latents  # noqa: E402
 
@@ -122,9 +122,9 @@ def test_int8_images_psnr_and_both_pipelines_agree(pipe_dirs):
 
 def test_int8_folder_needs_int8(pipe_dirs):
     _, int8 = pipe_dirs
-    with pytest.raises(CheckpointError, match="holds an int8 T5.*int8=True"):
+    with pytest.raises(WeightsError, match="holds an int8 T5.*int8=True"):
         PixArtTorchPipeline.from_pretrained(int8)
-    with pytest.raises(CheckpointError, match="bitsandbytes backend quantises a float T5"):
+    with pytest.raises(WeightsError, match="bitsandbytes backend quantises a float T5"):
         load_text_encoder(f"{int8}/text_encoder", int8=True, int8_backend="bitsandbytes")
     with pytest.raises(ValueError, match="int8_backend must be one of"):
         load_text_encoder(f"{int8}/text_encoder", int8=True, int8_backend="fp8")

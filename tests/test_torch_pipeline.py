@@ -10,10 +10,10 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-from pixart_jax.checkpoints import load_transformer, save_jax  # noqa: E402
-from pixart_jax.pipeline import PixArtPipeline  # noqa: E402
+from pixart_jax.pipelines.text_to_image import PixArtPipeline  # noqa: E402
 from pixart_jax.torch import PixArtTorchPipeline, format_report  # noqa: E402
-from pixart_jax.weights import CheckpointError  # noqa: E402
+from pixart_jax.weights import WeightsError  # noqa: E402
+from pixart_jax.weights.transformer import load_transformer, save_jax  # noqa: E402
 from tests.reference_pipeline import build_pipeline, initial_latents  # noqa: E402
 
 PROMPTS = ["a small red circle at the top left", "an astronaut riding a horse"]
@@ -194,7 +194,7 @@ def test_bad_input_is_refused_before_anything_is_loaded(pipelines, kwargs, messa
 
 def test_bad_directories_and_dtypes(pipelines, tmp_path):
     directory, _ = pipelines["dpm"]
-    with pytest.raises(CheckpointError, match="is not a PixArt pipeline directory"):
+    with pytest.raises(WeightsError, match="is not a PixArt pipeline directory"):
         PixArtTorchPipeline.from_pretrained(str(tmp_path))
     with pytest.raises(ValueError, match="dtype must be one of"):
         PixArtTorchPipeline.from_pretrained(directory, dtype=torch.int8)
@@ -202,5 +202,5 @@ def test_bad_directories_and_dtypes(pipelines, tmp_path):
     shutil.copytree(directory, broken)
     config = json.loads((broken / "transformer" / "config.json").read_text())
     (broken / "transformer" / "config.json").write_text(json.dumps({**config, "num_layers": 3}))
-    with pytest.raises(CheckpointError, match="missing key 'transformer_blocks.2"):
+    with pytest.raises(WeightsError, match="missing key 'transformer_blocks.2"):
         PixArtTorchPipeline.from_pretrained(str(broken))

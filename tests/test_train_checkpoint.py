@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pixart_jax.checkpoints import save_jax
-from pixart_jax.config import PRESETS
+from pixart_jax.models.transformer import PixArtTransformer
+from pixart_jax.models.transformer_config import PRESETS
 from pixart_jax.sharding import make_mesh
-from pixart_jax.training.checkpoint import Checkpoints
+from pixart_jax.training.checkpoints import Checkpoints
 from pixart_jax.training.config import load_config
 from pixart_jax.training.data import feature_dataset
 from pixart_jax.training.loop import NonFiniteLossError, train
 from pixart_jax.training.step import abstract_state, build_model, init_state, make_optimizer
 from pixart_jax.training.synthetic import synthetic_examples
-from pixart_jax.transformer import PixArtTransformer
+from pixart_jax.weights.transformer import save_jax
 
 TINY = pathlib.Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
 QUICK = ["sample.every=0", "logging.progress=false", "data.synthetic_buckets=[1.0]", "data.synthetic_examples=16"]

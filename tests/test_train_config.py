@@ -3,7 +3,7 @@ import pathlib
 
 import pytest
 
-from pixart_jax.training import controlnet, distill, pcm
+from pixart_jax.training import controlnet, lcm, pcm
 from pixart_jax.training.config import ConfigError, load_config, to_dict
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
@@ -11,8 +11,8 @@ CONFIGS = sorted((pathlib.Path(__file__).resolve().parent.parent / "configs").gl
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_validate(path):
-    programs = {"lcm_": distill.load_config, "pcm_": pcm.load_config,
-                "controlnet_": controlnet.load_config}  # they add `lcd:`, `pcm:`, `controlnet:`
+    programs = {"lcm_": lcm.load_config, "pcm_": pcm.load_config,
+                "controlnet_": controlnet.load_config}  # they add `lcm:`, `pcm:`, `controlnet:`
     load = next((f for prefix, f in programs.items() if path.name.startswith(prefix)), load_config)
     cfg = load(path, ["workdir=/tmp/x"])
     assert cfg.steps >= 1 and cfg.checkpoint_every >= 1 and isinstance(cfg.seed, int)

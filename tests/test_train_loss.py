@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pixart_jax.config import PRESETS
+from pixart_jax.models.transformer import PixArtTransformer
+from pixart_jax.models.transformer_config import PRESETS
 from pixart_jax.training.loss import (
     diffusion_loss,
     diffusion_tables,
@@ -17,7 +18,6 @@ from pixart_jax.training.loss import (
     pixart_loss,
     q_sample,
 )
-from pixart_jax.transformer import PixArtTransformer
 
 
 def reference_loss(model_out, x0, noise, t, prediction_type="epsilon"):

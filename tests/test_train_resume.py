@@ -8,9 +8,9 @@ import time
 import jax
 import numpy as np
 
+from pixart_jax.training.command import EXIT_PREEMPTED
 from pixart_jax.training.config import load_config
 from pixart_jax.training.loop import train
-from pixart_jax.training.program import EXIT_PREEMPTED
 from tests.commands import ROOT, start_module
 
 STEPS = 100

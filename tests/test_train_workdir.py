@@ -13,7 +13,7 @@ import time
 import pytest
 from tensorboardX.proto import event_pb2
 
-from pixart_jax.training.checkpoint import NonFiniteStateError
+from pixart_jax.training.checkpoints import NonFiniteStateError
 from pixart_jax.training.config import load_config
 from pixart_jax.training.loop import train
 from pixart_jax.training.workdir import LOCK_NAME, WorkdirBusyError

@@ -7,7 +7,7 @@ diffusers = pytest.importorskip("diffusers")
 
 import jax.numpy as jnp  # noqa: E402
 
-from pixart_jax import checkpoints  # noqa: E402
+from pixart_jax.weights import transformer as transformer_weights  # noqa: E402
 from pixart_jax.weights.nnx_state import flat_arrays  # noqa: E402
 from tests.parity import redraw, rel_error  # noqa: E402
 
@@ -65,7 +65,7 @@ def saved(request, tmp_path_factory):
 def test_tiny_parity(saved, shape, use_mask):
     variant, ref, path = saved
     micro = variant == "ms"
-    ours = checkpoints.load_transformer(str(path))
+    ours = transformer_weights.load_transformer(str(path))
     x = inputs(*shape)
     expected = run_reference(ref, x, use_mask, micro)
     assert rel_error(run_ours(ours, x, use_mask, micro), expected) <= 1e-5
@@ -111,13 +111,13 @@ def original_pth(tmp_path_factory):
     y_embedding = torch.randn(8, 32, generator=torch.Generator().manual_seed(3)) / np.sqrt(32)
     path = tmp_path_factory.mktemp("orig") / "PixArt-tiny.pth"
     torch.save({"state_dict": original_layout(ref.state_dict(), y_embedding)}, path)
-    config = checkpoints.PixArtConfig.from_diffusers(dict(ref.config)).replace(max_tokens=8)
+    config = transformer_weights.PixArtConfig.from_diffusers(dict(ref.config)).replace(max_tokens=8)
     return ref, str(path), config, y_embedding.numpy()
 
 
 def test_original_pth_matches_diffusers(original_pth):
     ref, path, config, y_embedding = original_pth
-    ours = checkpoints.load_transformer(path, config=config)
+    ours = transformer_weights.load_transformer(path, config=config)
     x = inputs(2, 8, 12)
     assert rel_error(run_ours(ours, x), run_reference(ref, x)) <= 1e-5
     np.testing.assert_array_equal(np.asarray(ours.y_embedding[...]), y_embedding)
@@ -125,13 +125,13 @@ def test_original_pth_matches_diffusers(original_pth):
 
 def test_export_round_trips_bit_exact(original_pth, tmp_path):
     ref, path, config, _ = original_pth
-    ours = checkpoints.load_transformer(path, config=config)
+    ours = transformer_weights.load_transformer(path, config=config)
     params = {k: np.asarray(v) for k, v in flat_arrays(ours).items()}
-    checkpoints.save_original(ours, str(tmp_path / "again.pth"))
-    checkpoints.save_original(ours, str(tmp_path / "again.safetensors"))
-    checkpoints.save_jax(ours, str(tmp_path / "jax"))
+    transformer_weights.save_original(ours, str(tmp_path / "again.pth"))
+    transformer_weights.save_original(ours, str(tmp_path / "again.safetensors"))
+    transformer_weights.save_jax(ours, str(tmp_path / "jax"))
     for p in ("again.pth", "again.safetensors", "jax"):
-        back = flat_arrays(checkpoints.load_transformer(str(tmp_path / p), config=config))
+        back = flat_arrays(transformer_weights.load_transformer(str(tmp_path / p), config=config))
         assert back.keys() == params.keys()
         for k in params:
             np.testing.assert_array_equal(np.asarray(back[k]), params[k], err_msg=f"{p}: {k}")
@@ -143,7 +143,8 @@ def test_export_round_trips_bit_exact(original_pth, tmp_path):
 
 def test_exported_diffusers_directory_loads_in_diffusers(original_pth, tmp_path):
     ref, path, config, _ = original_pth
-    checkpoints.save_diffusers(checkpoints.load_transformer(path, config=config), str(tmp_path / "transformer"))
+    model = transformer_weights.load_transformer(path, config=config)
+    transformer_weights.save_diffusers(model, str(tmp_path / "transformer"))
     reloaded = diffusers.PixArtTransformer2DModel.from_pretrained(tmp_path / "transformer").eval()
     x = inputs(2, 16, 8)
     np.testing.assert_array_equal(run_reference(reloaded, x), run_reference(ref, x))
@@ -153,8 +154,8 @@ def test_bf16_compute_close_to_fp32(saved):
     _, _, path = saved
     x = inputs(2, 8, 12)
     micro = saved[0] == "ms"
-    fp32 = run_ours(checkpoints.load_transformer(str(path)), x, micro=micro)
-    bf16_model = checkpoints.load_transformer(str(path), dtype=jnp.bfloat16)
+    fp32 = run_ours(transformer_weights.load_transformer(str(path)), x, micro=micro)
+    bf16_model = transformer_weights.load_transformer(str(path), dtype=jnp.bfloat16)
     assert bf16_model.t_block.kernel.dtype == jnp.float32  # parameters stay fp32
     assert rel_error(run_ours(bf16_model, x, micro=micro), fp32) <= 3e-2  # bf16 has an 8-bit mantissa
 
@@ -162,7 +163,7 @@ def test_bf16_compute_close_to_fp32(saved):
 @pytest.mark.slow
 def test_full_size_xl2_1024_ms_parity(tmp_path):
     """The real PixArt-XL-2-1024-MS size (611M parameters) at a 256x256 image (32x32 latent), batch 2."""
-    config = checkpoints.PixArtConfig().to_diffusers()
+    config = transformer_weights.PixArtConfig().to_diffusers()
     config.pop("_class_name")
     ref = reference_model(4, **config)
     assert sum(p.numel() for p in ref.parameters()) == 611_349_152
@@ -171,7 +172,7 @@ def test_full_size_xl2_1024_ms_parity(tmp_path):
     x["encoder_attention_mask"][1, 20:] = 0
     expected = run_reference(ref, x)
     del ref
-    ours = checkpoints.load_transformer(str(tmp_path / "transformer"))
+    ours = transformer_weights.load_transformer(str(tmp_path / "transformer"))
     err = rel_error(run_ours(ours, x), expected)
     print(f"XL/2-1024-MS rel error {err:.2e}")
     assert err <= 1e-5
@@ -181,7 +182,7 @@ def test_full_size_xl2_1024_ms_parity(tmp_path):
 def test_pos_embed_matches_diffusers(h, w, b, s):
     from diffusers.models.embeddings import get_2d_sincos_pos_embed
 
-    from pixart_jax.embeddings import sincos_pos_embed
+    from pixart_jax.models.embeddings import sincos_pos_embed
 
     ref = get_2d_sincos_pos_embed(1152, (h, w), interpolation_scale=s, base_size=b).numpy()
     np.testing.assert_allclose(sincos_pos_embed(1152, h, w, b, s), ref, atol=1e-6)
@@ -191,7 +192,7 @@ def test_timestep_and_size_embeddings_match_diffusers(saved):
     variant, ref, path = saved
     if variant != "ms":
         pytest.skip("size embedders exist only in micro-conditioned models")
-    ours = checkpoints.load_transformer(str(path))
+    ours = transformer_weights.load_transformer(str(path))
     t = np.array([0.0, 1.0, 499.5, 999.0, 250.0, 3.0, 700.0, 999.0, 0.0], np.float32)
     hw = np.array([[h, w] for h in (512, 1024, 2048) for w in (512, 1024, 2048)], np.float32)
     ar = np.array([[a] for a in (0.25, 1.0, 4.0) * 3], np.float32)

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pixart_jax.keymaps.vae import vae_rules
-from pixart_jax.vae import SD_VAE, AutoencoderKL, VAEConfig, load_vae
-from pixart_jax.weights import CheckpointError, export_weights, load_safetensors, save_safetensors
+from pixart_jax.models.vae import SD_VAE, AutoencoderKL, VAEConfig
+from pixart_jax.weights import WeightsError, export_weights, load_safetensors, save_safetensors
+from pixart_jax.weights.keymaps.vae import vae_rules
 from pixart_jax.weights.nnx_state import flat_arrays
+from pixart_jax.weights.vae import load_vae
 from tests.parity import edited_copy, redraw, rel_error
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -171,29 +172,29 @@ def test_fp16_refused(exported):
 def test_errors_name_the_key(exported, tmp_path):
     path, _ = exported
     key = "decoder.up_blocks.1.resnets.1.conv2.weight"
-    with pytest.raises(CheckpointError, match=f"missing key '{key}'"):
+    with pytest.raises(WeightsError, match=f"missing key '{key}'"):
         load_vae(edited_copy(path, WEIGHTS, tmp_path / "missing", edit_state=lambda s: s.pop(key)))
     bogus = "encoder.down_blocks.1.downsamplers.0.conv.weight"  # the last level has no downsampler
-    with pytest.raises(CheckpointError, match=f"unexpected key '{bogus}'"):
+    with pytest.raises(WeightsError, match=f"unexpected key '{bogus}'"):
         load_vae(edited_copy(path, WEIGHTS, tmp_path / "extra",
                            edit_state=lambda s: s.update({bogus: np.zeros((64, 64, 3, 3), np.float32)})))
-    with pytest.raises(CheckpointError, match="shape mismatch for key 'encoder.conv_out.weight'"):
+    with pytest.raises(WeightsError, match="shape mismatch for key 'encoder.conv_out.weight'"):
         load_vae(edited_copy(path, WEIGHTS, tmp_path / "shape", edit_config=lambda c: c.update(latent_channels=8)))
 
 
 def test_wrong_directory(tmp_path):
-    with pytest.raises(CheckpointError, match="no config.json"):
+    with pytest.raises(WeightsError, match="no config.json"):
         load_vae(str(tmp_path))
     (tmp_path / "model_index.json").write_text("{}")
-    with pytest.raises(CheckpointError, match="pass its vae/ subfolder"):
+    with pytest.raises(WeightsError, match="pass its vae/ subfolder"):
         load_vae(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5", "d_model": 8}))
-    with pytest.raises(CheckpointError, match="not a diffusers AutoencoderKL"):
+    with pytest.raises(WeightsError, match="not a diffusers AutoencoderKL"):
         load_vae(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", "block_out_channels": [32],
                                                       "down_block_types": ["DownBlock2D"]}))
-    with pytest.raises(CheckpointError, match="unsupported down_block_types"):
+    with pytest.raises(WeightsError, match="unsupported down_block_types"):
         load_vae(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", **TINY}))
-    with pytest.raises(CheckpointError, match="diffusion_pytorch_model.safetensors"):
+    with pytest.raises(WeightsError, match="diffusion_pytorch_model.safetensors"):
         load_vae(str(tmp_path))

@@ -5,7 +5,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from pixart_jax.weights import CheckpointError, load_pth, load_safetensors, save_pth, save_safetensors
+from pixart_jax.weights import WeightsError, load_pth, load_safetensors, save_pth, save_safetensors
 from pixart_jax.weights.files import read_weights
 
 FIXTURE = "../shared/fixtures/controlnet-ms-tiny/controlnet.pth"
@@ -38,7 +38,7 @@ def test_safetensors_round_trip_and_sharded_index(tmp_path):
     assert back.keys() == tensors.keys()
     for k, v in tensors.items():
         np.testing.assert_array_equal(back[k], v)
-    with pytest.raises(CheckpointError, match="has no weights: none of x.safetensors, y.bin"):
+    with pytest.raises(WeightsError, match="has no weights: none of x.safetensors, y.bin"):
         read_weights(str(tmp_path), "x.safetensors", "y.bin")
 
 
@@ -48,7 +48,7 @@ def test_unpickler_refuses_arbitrary_globals(tmp_path):
 
     with zipfile.ZipFile(tmp_path / "evil.pth", "w") as z:
         z.writestr("archive/data.pkl", pickle.dumps({"x": print}, protocol=2))
-    with pytest.raises(CheckpointError, match="refusing to unpickle .*print"):
+    with pytest.raises(WeightsError, match="refusing to unpickle .*print"):
         load_pth(str(tmp_path / "evil.pth"))
 
 
@@ -96,6 +96,6 @@ def test_lazy_reads_and_streaming_writes(tmp_path):
         got = lazy[k]
         assert got.dtype == v.dtype and got.flags.writeable and not isinstance(got, np.memmap)
         np.testing.assert_array_equal(got, v)
-    with pytest.raises(CheckpointError, match="tensor 'w' is float32 \\(3, 5\\), its header entry says"):
+    with pytest.raises(WeightsError, match="tensor 'w' is float32 \\(3, 5\\), its header entry says"):
         write_safetensors(str(tmp_path / "y.safetensors"), {"w": (np.float32, (5, 3))}, tensors.__getitem__)
     assert not list(tmp_path.glob("y.safetensors*"))

@@ -9,8 +9,8 @@ WORKDIR/export/controlnet (`pixart_jax.load_controlnet` reads it).
 """
 import sys
 
+from pixart_jax.training.command import run_program
 from pixart_jax.training.controlnet import load_config, train
-from pixart_jax.training.program import run_program
 
 
 def main(argv=None):

@@ -7,9 +7,9 @@ pixart_jax/training/features.py for what is computed and stored).
 """
 import argparse
 
-from pixart_jax.aspect_ratios import TRAIN_TABLES
 from pixart_jax.choices import DType
-from pixart_jax.control import ControlKind
+from pixart_jax.pipelines.aspect_ratios import TRAIN_TABLES
+from pixart_jax.pipelines.control import ControlKind
 from pixart_jax.training.features import ExtractionSettings, extract
 
 

@@ -2,14 +2,14 @@
 
 The teacher is `model.init_from` (a converted checkpoint, any layout load_transformer reads) or, without it, a
 freshly initialised `model.preset`; student and EMA target start as copies of it. The config is the pre-training
-schema plus an `lcd:` section (pixart_jax/training/distill.py). Checkpoints, exact resume, metrics and exit codes
+schema plus an `lcm:` section (pixart_jax/training/lcm.py). Checkpoints, exact resume, metrics and exit codes
 are those of `train.pretrain`. A finished run exports the EMA target as a diffusers transformer to
 WORKDIR/export/transformer, with an LCMScheduler config in WORKDIR/export/scheduler.
 """
 import sys
 
-from pixart_jax.training.distill import distill, load_config
-from pixart_jax.training.program import run_program
+from pixart_jax.training.command import run_program
+from pixart_jax.training.lcm import distill, load_config
 
 
 def main(argv=None):

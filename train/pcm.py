@@ -10,8 +10,8 @@ that samples the trained phases (`pixart-jax generate --scheduler pcm --steps M`
 """
 import sys
 
+from pixart_jax.training.command import run_program
 from pixart_jax.training.pcm import distill, load_config
-from pixart_jax.training.program import run_program
 
 
 def main(argv=None):

@@ -7,9 +7,9 @@ without saving (code 3); a bad config exits with code 2 before anything is built
 """
 import sys
 
+from pixart_jax.training.command import run_program
 from pixart_jax.training.config import load_config
 from pixart_jax.training.loop import train
-from pixart_jax.training.program import run_program
 
 
 def main(argv=None):

@@ -15,8 +15,8 @@ import dataclasses
 
 import numpy as np
 
-from pixart_jax.control import canny, control_pixels
 from pixart_jax.demo import checker, shapes
+from pixart_jax.pipelines.control import canny, control_pixels
 from pixart_jax.training import controlnet as training
 
 CONTROL_COPIES = 2  # of the teacher's 4 blocks

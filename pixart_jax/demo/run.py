@@ -4,7 +4,7 @@
 2. text: a word-level SentencePiece tokenizer trained on the captions and a random, frozen 2-layer T5;
 3. latents: a linear autoencoder fitted here (PatchPCA: 16 px patches -> 32 channels on a 3×3 latent grid);
 4. teacher: PixArt ("shapes-demo" preset, v-prediction) trained by pixart_jax.training, the code of full-size training;
-5. students: latent consistency distillation of the teacher (pixart_jax.training.distill: PixArt-δ's LCD, guidance
+5. students: latent consistency distillation of the teacher (pixart_jax.training.lcm: PixArt-δ's LCD, guidance
    4.5 baked in) and Phased Consistency Models (pixart_jax/demo/pcm_stage.py: M = 1, 2, 4, 8, and a normal-CFG M = 4);
 6. scores: every method samples the 36 fixed evaluation prompts from the same initial noise; the procedural checker
    reads kind, colour, size and position back off each image (alignment), each image is compared with its caption's
@@ -25,17 +25,17 @@ from flax import nnx
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from pixart_jax.checkpoints import save_jax
-from pixart_jax.config import PRESETS
-from pixart_jax.controlnet_pipeline import PixArtControlNetPipeline
 from pixart_jax.demo import checker, control, fidelity, pcm_stage, shapes
 from pixart_jax.demo.patch_pca import PatchPCA
-from pixart_jax.pipeline import PixArtPipeline
-from pixart_jax.prompts import load_tokenizer, tokenize, train_tokenizer
+from pixart_jax.models.t5 import T5Config, T5Encoder
+from pixart_jax.models.transformer_config import PRESETS
+from pixart_jax.pipelines.controlnet import PixArtControlNetPipeline
+from pixart_jax.pipelines.prompts import load_tokenizer, tokenize, train_tokenizer
+from pixart_jax.pipelines.text_to_image import PixArtPipeline
 from pixart_jax.samplers import DDIM, LCM, DPMSolverMultistep
-from pixart_jax.t5 import T5Config, T5Encoder
 from pixart_jax.training import config as config_lib
-from pixart_jax.training import distill, loop
+from pixart_jax.training import lcm, loop
+from pixart_jax.weights.transformer import save_jax
 
 MODEL = PRESETS["shapes-demo"]
 PATCH = shapes.IMAGE_SIZE // MODEL.sample_size
@@ -126,8 +126,8 @@ def train_teacher(examples, workdir, settings, latent_scale):
 def distill_student(examples, teacher_dir, workdir, settings, latent_scale):
     """LCD of the teacher saved in `teacher_dir`; returns the EMA target (what PixArt-δ ships)."""
     overrides = train_overrides(workdir, settings, settings.lcd_steps, settings.lcd_lr, latent_scale)
-    cfg = distill.load_config(None, [*overrides, f"model.init_from={teacher_dir}", f"lcd.guidance={GUIDANCE}"])
-    result = distill.distill(cfg, examples)
+    cfg = lcm.load_config(None, [*overrides, f"model.init_from={teacher_dir}", f"lcm.guidance={GUIDANCE}"])
+    result = lcm.distill(cfg, examples)
     return nnx.merge(result.graphdef, result.state["target"], result.state["buffers"])
 
 

@@ -9,11 +9,11 @@ scheduler, float32 schedule included (see `DDPMSchedule`).
     run = jax.jit(lambda x_T: sampler.sample(model_fn, x_T, 20))     # model_fn(x, t) -> guided ε, shape of x
     latents = run(jax.random.normal(key, (1, 4, 128, 128)))
 """
+from pixart_jax.samplers.base import Sampler, table_row
 from pixart_jax.samplers.ddim import DDIM
 from pixart_jax.samplers.ddpm import LearnedVarianceDDPM
 from pixart_jax.samplers.dpm_solver import DPMSolverMultistep
 from pixart_jax.samplers.lcm import LCM
-from pixart_jax.samplers.loop import Sampler, table_row
 from pixart_jax.samplers.pcm import PCM
 from pixart_jax.samplers.registry import (
     SAMPLERS,

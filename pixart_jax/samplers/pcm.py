@@ -8,7 +8,7 @@ DDIMScheduler's "trailing" timesteps and TCDScheduler's, so diffusers' TCDSchedu
 """
 import dataclasses
 
-from pixart_jax.samplers.loop import check_steps
+from pixart_jax.samplers.base import check_steps
 from pixart_jax.samplers.phases import phase_timesteps
 from pixart_jax.samplers.tcd import TCD
 

@@ -6,11 +6,11 @@ import json
 import pathlib
 
 from pixart_jax.choices import choose
+from pixart_jax.samplers.base import Sampler
 from pixart_jax.samplers.ddim import DDIM
 from pixart_jax.samplers.ddpm import LearnedVarianceDDPM
 from pixart_jax.samplers.dpm_solver import DPMSolverMultistep
 from pixart_jax.samplers.lcm import LCM
-from pixart_jax.samplers.loop import Sampler
 from pixart_jax.samplers.pcm import PCM
 from pixart_jax.samplers.sa_solver import SASolver
 from pixart_jax.samplers.schedule import PIXART_SCHEDULE, DDPMSchedule

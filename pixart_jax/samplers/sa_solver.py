@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from pixart_jax.choices import choose
+from pixart_jax.samplers.base import Sampler, as_tables, check_steps, f32
 from pixart_jax.samplers.dpm_solver import SPACINGS, solver_timesteps
-from pixart_jax.samplers.loop import Sampler, as_tables, check_steps, f32
 from pixart_jax.samplers.prediction import check_prediction_type, denoise
 from pixart_jax.samplers.schedule import PIXART_SCHEDULE, DDPMSchedule
 

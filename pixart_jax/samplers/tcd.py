@@ -13,7 +13,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from pixart_jax.samplers.loop import Sampler, as_tables, check_steps, f32
+from pixart_jax.samplers.base import Sampler, as_tables, check_steps, f32
 from pixart_jax.samplers.phases import consistency_grid, evenly_spaced
 from pixart_jax.samplers.prediction import check_prediction_type, denoise
 from pixart_jax.samplers.schedule import PIXART_SCHEDULE, DDPMSchedule

@@ -1,13 +1,13 @@
-"""Control latents in PyTorch: control pixels (pixart_jax.control's fitted edge maps in [-1, 1]) through diffusers'
-AutoencoderKL with pixart_jax.control.control_latents' recipe, a posterior sample × the VAE's scaling factor (as
-the reference app). The posterior noise is the JAX pipeline's: jax.random from the call's seed (on the CPU), so
-one seed gives both backends the same control latents."""
+"""Control latents in PyTorch: control pixels (pixart_jax.pipelines.control's fitted edge maps in [-1, 1]) through
+diffusers' AutoencoderKL with pixart_jax.pipelines.control.control_latents' recipe, a posterior sample × the VAE's
+scaling factor (as the reference app). The posterior noise is the JAX pipeline's: jax.random from the call's seed (on
+the CPU), so one seed gives both backends the same control latents."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
 
-from pixart_jax.pipeline import shared_inputs_key
+from pixart_jax.pipelines.text_to_image import shared_inputs_key
 from pixart_jax.torch.loading import to_torch
 
 

@@ -12,13 +12,13 @@ from diffusers import PixArtTransformer2DModel
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 
-from pixart_jax.checkpoints import original_to_diffusers
-from pixart_jax.controlnet import RELEASED_COPIES
-from pixart_jax.controlnet_checkpoints import original_layout
-from pixart_jax.keymaps.controlnet import BASE_PREFIX as BASE
-from pixart_jax.keymaps.controlnet import BRANCH_PREFIX as CONTROL
-from pixart_jax.keymaps.controlnet import FIXED_SIZE_IGNORED_PREFIXES
+from pixart_jax.models.controlnet import RELEASED_COPIES
 from pixart_jax.torch.loading import assign, check_layout, empty_module, to_torch
+from pixart_jax.weights.controlnet import original_layout
+from pixart_jax.weights.keymaps.controlnet import BASE_PREFIX as BASE
+from pixart_jax.weights.keymaps.controlnet import BRANCH_PREFIX as CONTROL
+from pixart_jax.weights.keymaps.controlnet import FIXED_SIZE_IGNORED_PREFIXES
+from pixart_jax.weights.transformer import original_to_diffusers
 
 
 class ControlBlock(nn.Module):

@@ -1,4 +1,4 @@
-"""Weight-only int8 linears in PyTorch with the codes and scales of `pixart_jax.int8`: y = (x @ codesᵀ) · scale.
+"""Weight-only int8 linears in PyTorch with the codes and scales of `pixart_jax.models.int8`: y = (x @ codesᵀ) · scale.
 
 A plain dequantise-and-matmul that runs on any device (CPU included) and in any float dtype; on a GPU it trades a
 little speed for memory, which is what int8 T5 is for (T5-XXL's linears: 4.6 GB as codes, 9.2 GB in fp16).

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from accelerate import init_empty_weights
 
-from pixart_jax.weights import CheckpointError
+from pixart_jax.weights import WeightsError
 
 
 def empty_module(make):
@@ -29,7 +29,7 @@ def to_torch(array, device, dtype=None):
 
 
 def check_layout(module, shapes, where, aliases=()):
-    """A CheckpointError unless {key: shape} `shapes` fills exactly the parameters and persistent buffers of
+    """A WeightsError unless {key: shape} `shapes` fills exactly the parameters and persistent buffers of
     `module` (keys in `aliases` are filled by the caller). The message names every key and both shapes."""
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items() if k not in aliases}
     problems = [f"missing key {k!r} (expected shape {s})" for k, s in expected.items() if k not in shapes]
@@ -39,7 +39,7 @@ def check_layout(module, shapes, where, aliases=()):
                  for k, s in shapes.items() if k not in expected]
     if problems:
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise CheckpointError(f"{where} does not fit the model:\n  " + "\n  ".join(problems[:20]) + more)
+        raise WeightsError(f"{where} does not fit the model:\n  " + "\n  ".join(problems[:20]) + more)
 
 
 def assign(module, tensors, device):

@@ -4,9 +4,10 @@ same pipeline directory, for serving on GPUs (float16 included) with int8 T5 and
 Components: transformers' T5EncoderModel (float, or int8 with pixart_jax's codes), diffusers'
 PixArtTransformer2DModel and AutoencoderKL, and the diffusers scheduler that our sampler registry maps the
 directory's scheduler config to. What the two pipelines share is one code: argument checks and sizes
-(pixart_jax.pipeline), aspect-ratio bins, caption cleaning and tokenisation (pixart_jax.prompts), scheduler
-configs (pixart_jax.samplers), control images up to their VAE input (pixart_jax.control). Latents stay float32
-between steps, as in the JAX pipeline; the models compute in `dtype`.
+(pixart_jax.pipelines.text_to_image), aspect-ratio bins, caption cleaning and tokenisation
+(pixart_jax.pipelines.prompts), scheduler configs (pixart_jax.samplers), control images up to their VAE input
+(pixart_jax.pipelines.control). Latents stay float32 between steps, as in the JAX pipeline; the models compute in
+`dtype`.
 """
 import dataclasses
 import functools
@@ -20,20 +21,19 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from pixart_jax.checkpoints import default_null_caption, transformer_config
 from pixart_jax.choices import Int8Backend, TorchDType, choose
-from pixart_jax.config import PixArtConfig
-from pixart_jax.control import ControlKind, check_control_latents, control_request, control_rows
-from pixart_jax.controlnet_checkpoints import base_config
 from pixart_jax.images import cover_and_crop, pil_images
-from pixart_jax.pipeline import (
+from pixart_jax.models.transformer_config import PixArtConfig
+from pixart_jax.models.vae import VAEConfig
+from pixart_jax.pipelines.control import ControlKind, check_control_latents, control_request, control_rows
+from pixart_jax.pipelines.prompts import load_tokenizer, prompt_tokens
+from pixart_jax.pipelines.text_to_image import (
     ImagePipelineOutput,
     check_call,
     check_caption,
     check_pipeline_directory,
     prompt_count,
 )
-from pixart_jax.prompts import load_tokenizer, prompt_tokens
 from pixart_jax.samplers import from_scheduler_config, to_scheduler_config
 from pixart_jax.torch.control import encode_control
 from pixart_jax.torch.controlnet import PixArtControlNetTransformer, load_controlnet
@@ -41,7 +41,9 @@ from pixart_jax.torch.loading import release, to_torch
 from pixart_jax.torch.memory import MemoryStages
 from pixart_jax.torch.text_encoder import load_text_encoder
 from pixart_jax.torch.transformer import load_transformer
-from pixart_jax.vae import VAEConfig
+from pixart_jax.weights.controlnet import base_config
+from pixart_jax.weights.transformer import default_null_caption, transformer_config
+from pixart_jax.weights.vae import read_vae_config
 
 
 @dataclasses.dataclass
@@ -59,8 +61,8 @@ def diffusers_scheduler(path_or_dict, sampler=None, **options):
 
 
 def guide(out_uncond, out_cond, scale, channels=None):
-    """pixart_jax.guidance.guide on torch tensors: out_u + scale (out_c - out_u) on the first `channels` channels
-    (None: all), the rest from the conditional half."""
+    """pixart_jax.pipelines.guidance.guide on torch tensors: out_u + scale (out_c - out_u) on the first `channels`
+    channels (None: all), the rest from the conditional half."""
     guided = out_uncond + scale * (out_cond - out_uncond)
     if channels is None:
         return guided
@@ -125,7 +127,7 @@ class PixArtTorchPipeline:
         else:
             cfg, transformer = base_config(controlnet), functools.partial(load_controlnet, controlnet, None, device,
                                                                           dtype)
-        vae_config = VAEConfig.from_directory(path("vae"))
+        vae_config = read_vae_config(path("vae"))
         scheduler = diffusers_scheduler(path("scheduler"), sampler, **sampler_options)
         loaders = {
             "text_encoder": functools.partial(load_text_encoder, path("text_encoder"), device, dtype, int8,
@@ -342,7 +344,7 @@ class PixArtTorchPipeline:
 
 
 def _load_vae(directory, device, dtype):
-    VAEConfig.from_directory(directory)  # the same checks (and errors) as the JAX loader
+    read_vae_config(directory)  # the same checks (and errors) as the JAX loader
     vae = diffusers.AutoencoderKL.from_pretrained(directory, torch_dtype=dtype)
     return vae.to(device).eval().requires_grad_(False)
 

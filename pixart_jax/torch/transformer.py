@@ -4,9 +4,9 @@ converted through our key maps), with the checkpoint's null caption `y_embedding
 import torch
 from diffusers import PixArtTransformer2DModel
 
-from pixart_jax.checkpoints import diffusers_layout
 from pixart_jax.torch.loading import assign, check_layout, empty_module, to_torch
 from pixart_jax.weights.safetensors_io import tensor_spec
+from pixart_jax.weights.transformer import diffusers_layout
 
 
 def load_transformer(path, device="cpu", dtype=torch.float32, config=None):

@@ -14,10 +14,10 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pixart_jax.choices import AttentionKernel, DType, RematPolicy
-from pixart_jax.config import PRESETS
+from pixart_jax.models.transformer_config import PRESETS
+from pixart_jax.models.vae import LATENT_SCALE
 from pixart_jax.samplers import SamplerName
 from pixart_jax.samplers.prediction import PredictionType
-from pixart_jax.vae import LATENT_SCALE
 
 
 class ConfigError(ValueError):
@@ -39,7 +39,7 @@ RESUMABLE = ("workdir", "steps", "checkpoint_every", "on_mismatch", "mesh", "dis
 
 @dataclasses.dataclass
 class ModelConfig:
-    preset: str = "tiny"                    # a pixart_jax.config.PRESETS name
+    preset: str = "tiny"                    # a pixart_jax.models.transformer_config.PRESETS name
     init_from: Optional[str] = None         # a converted checkpoint to fine-tune from (any load_transformer layout)
     compute_dtype: DType = DType.float32    # matmul dtype; parameters stay fp32
     remat: RematPolicy = RematPolicy.none   # what the backward pass recomputes: none | block | dots
@@ -68,7 +68,7 @@ class MeshConfig:
     data: int = -1                          # -1: every device not used by fsdp
     fsdp: int = 1
     # logical parameter axis -> mesh axis (or null = replicated); the logical names are declared on each parameter
-    # where it is made (pixart_jax/transformer.py): layers, kernel_in, kernel_out, table
+    # where it is made (pixart_jax/models/transformer.py): layers, kernel_in, kernel_out, table
     rules: Dict[str, Optional[str]] = dataclasses.field(default_factory=lambda: {
         "layers": None, "kernel_in": "fsdp", "kernel_out": None, "table": None})
 

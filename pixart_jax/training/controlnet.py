@@ -21,8 +21,8 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from pixart_jax.choices import DType
-from pixart_jax.controlnet import RELEASED_COPIES, PixArtControlNet
-from pixart_jax.controlnet_checkpoints import load_controlnet, save_controlnet_jax
+from pixart_jax.models.controlnet import RELEASED_COPIES, PixArtControlNet
+from pixart_jax.models.vae import LATENT_SCALE, AutoencoderKL
 from pixart_jax.samplers.prediction import check_prediction_type
 from pixart_jax.training import config as config_lib
 from pixart_jax.training import loop
@@ -30,7 +30,7 @@ from pixart_jax.training.data import CONTROL_FIELDS, feature_batch_shapes, read_
 from pixart_jax.training.loss import diffusion_tables, draw_training_inputs, pixart_loss
 from pixart_jax.training.step import TrainStep, abstract_state, build_model, init_state, optimizer_update
 from pixart_jax.training.synthetic import synthetic_examples
-from pixart_jax.vae import LATENT_SCALE, AutoencoderKL
+from pixart_jax.weights.controlnet import load_controlnet, save_controlnet_jax
 
 BASE = "base"  # the frozen part of the model's parameter tree
 

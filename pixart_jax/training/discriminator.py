@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pixart_jax.models.transformer import Dense
 from pixart_jax.sharding import stack_axes
-from pixart_jax.transformer import Dense
 
 GROUPS = 32
 LEAKY_SLOPE = 0.01

@@ -14,7 +14,8 @@ image) in the 40-entry training table of `--resolution` (spec §3.6); the image 
 (spec §3.5, quirk 15) and unlike aspect-preserving resize + crop; RGB scaled to [-1, 1]; the VAE posterior
 mean/std (stored fp32); the T5 last hidden states of the twice-cleaned caption, 120 tokens, of which the valid
 ones are stored in bf16 (record format in pixart_jax/training/data.py). With `control` (canny or hed), also the
-VAE posterior of the resized image's edge map ([-1, 1], 3 channels: pixart_jax/control.py) for ControlNet training.
+VAE posterior of the resized image's edge map ([-1, 1], 3 channels: pixart_jax/pipelines/control.py) for ControlNet
+training.
 
 The encoders run data parallel: batches of one bucket, split along the batch axis over the local devices, the
 weights replicated. Output: `shard-NNNNN.array_record` + `shard-NNNNN.json` (finished when its index exists) and
@@ -37,14 +38,14 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 from PIL import Image
 from tqdm import tqdm
 
-from pixart_jax.aspect_ratios import TRAIN_TABLES, closest_bucket
 from pixart_jax.choices import DType
-from pixart_jax.control import ControlKind, control_pixels, edge_maps
-from pixart_jax.hed import load_hed
-from pixart_jax.prompts import MAX_LENGTH, load_tokenizer, preprocess, tokenize
-from pixart_jax.t5 import load_text_encoder
+from pixart_jax.pipelines.aspect_ratios import TRAIN_TABLES, closest_bucket
+from pixart_jax.pipelines.control import ControlKind, control_pixels, edge_maps
+from pixart_jax.pipelines.prompts import MAX_LENGTH, load_tokenizer, preprocess, tokenize
 from pixart_jax.training.data import MANIFEST, encode_example, finished_shards, shard_paths
-from pixart_jax.vae import load_vae
+from pixart_jax.weights.hed import load_hed
+from pixart_jax.weights.t5 import load_text_encoder
+from pixart_jax.weights.vae import load_vae
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # Settings that change the stored features: a resumed run must use the same ones.

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from pixart_jax import sharding
 from pixart_jax.training import config as config_lib
-from pixart_jax.training.checkpoint import Checkpoints, DamagedCheckpointsError, ResumeMismatchError
+from pixart_jax.training.checkpoints import Checkpoints, DamagedCheckpointsError, ResumeMismatchError
 from pixart_jax.training.data import feature_dataset, read_examples
 from pixart_jax.training.errors import RunError
 from pixart_jax.training.metrics import MetricsWriter

@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pixart_jax.models.vae import LATENT_SCALE
 from pixart_jax.samplers.prediction import denoise, training_target
 from pixart_jax.samplers.schedule import PIXART_SCHEDULE
-from pixart_jax.vae import LATENT_SCALE
 
 LN2 = float(np.log(2.0))
 

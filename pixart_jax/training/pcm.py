@@ -19,8 +19,8 @@ from pixart_jax.samplers import PCM
 from pixart_jax.training import config as config_lib
 from pixart_jax.training import loop
 from pixart_jax.training.discriminator import DiscriminatorHeads
-from pixart_jax.training.distill import ExportWeights, export
-from pixart_jax.training.lcd_loss import LossType
+from pixart_jax.training.lcm import ExportWeights, export
+from pixart_jax.training.lcm_loss import LossType
 from pixart_jax.training.pcm_step import (
     Adversarial,
     PCMStep,

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from pixart_jax.samplers.phases import phase_of_indices
 from pixart_jax.samplers.schedule import PIXART_SCHEDULE
-from pixart_jax.training.lcd_loss import ddim_jump, distance, lcd_tables, per_sample
+from pixart_jax.training.lcm_loss import ddim_jump, distance, lcm_tables, per_sample
 
 
 class PCMTables(NamedTuple):
@@ -32,7 +32,7 @@ class PCMTables(NamedTuple):
 def pcm_tables(num_ddim_timesteps=40, phases=4, schedule=PIXART_SCHEDULE):
     """The tables of an M = `phases` split of the N = `num_ddim_timesteps` grid."""
     edge, is_edge = phase_of_indices(schedule.num_train_timesteps, num_ddim_timesteps, phases)
-    return PCMTables(*lcd_tables(num_ddim_timesteps, schedule), edge=jnp.asarray(edge, jnp.int32),
+    return PCMTables(*lcm_tables(num_ddim_timesteps, schedule), edge=jnp.asarray(edge, jnp.int32),
                      is_edge=jnp.asarray(is_edge), adversarial_span=schedule.num_train_timesteps // phases)
 
 

@@ -16,11 +16,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pixart_jax import sharding
-from pixart_jax.guidance import Caption, guided_forward
+from pixart_jax.models.vae import LATENT_SCALE
+from pixart_jax.pipelines.guidance import Caption, guided_forward
 from pixart_jax.samplers.prediction import check_prediction_type
 from pixart_jax.training.discriminator import DiscriminatorHeads
-from pixart_jax.training.lcd_loss import lcm_guidance
-from pixart_jax.training.lcd_step import prediction_fn, unconditional_caption
+from pixart_jax.training.lcm_loss import lcm_guidance
+from pixart_jax.training.lcm_step import prediction_fn, unconditional_caption
 from pixart_jax.training.loss import diffusion_tables, draw_training_inputs, drop_captions
 from pixart_jax.training.pcm_loss import (
     adversarial_timesteps,
@@ -31,7 +32,6 @@ from pixart_jax.training.pcm_loss import (
     renoise,
 )
 from pixart_jax.training.step import TrainStep, abstract_state, init_state, optimizer_update, split_model
-from pixart_jax.vae import LATENT_SCALE
 
 
 class TeacherGuidance(enum.StrEnum):

@@ -11,7 +11,7 @@ from typing import Callable, Optional
 from omegaconf import OmegaConf
 
 from pixart_jax.training import config as config_lib
-from pixart_jax.training import controlnet, distill, loop, pcm
+from pixart_jax.training import controlnet, lcm, loop, pcm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +23,7 @@ class Program:
 
 PROGRAMS = {
     "pretrain": Program(config_lib.load_config, loop.Pretraining, None),
-    "lcm": Program(distill.load_config, distill.Distillation, "lcd"),
+    "lcm": Program(lcm.load_config, lcm.LCMDistillation, "lcm"),
     "controlnet": Program(controlnet.load_config, controlnet.ControlNetTraining, "controlnet"),
     "pcm": Program(pcm.load_config, pcm.PCMDistillation, "pcm"),
 }

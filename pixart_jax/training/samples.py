@@ -9,11 +9,11 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
-from pixart_jax.guidance import Caption, guide, guided_forward
 from pixart_jax.images import write_png
+from pixart_jax.models.vae import LATENT_SCALE
+from pixart_jax.pipelines.guidance import Caption, guide, guided_forward
 from pixart_jax.samplers import make_sampler
 from pixart_jax.sharding import replicated
-from pixart_jax.vae import LATENT_SCALE
 
 
 def image_grid(images, columns=None):
@@ -45,7 +45,7 @@ class SampleGrid:
         sampler = make_sampler(cfg.sampler, prediction_type=prediction_type)
         vae = None
         if cfg.vae:
-            from pixart_jax.vae import load_vae
+            from pixart_jax.weights.vae import load_vae
             vae = load_vae(cfg.vae)
         vae_def, vae_state = nnx.split(vae) if vae is not None else (None, None)
 

@@ -13,13 +13,13 @@ import optax
 from flax import nnx
 
 from pixart_jax import sharding
-from pixart_jax.checkpoints import load_transformer
 from pixart_jax.choices import DType
-from pixart_jax.config import PRESETS
+from pixart_jax.models.transformer import PixArtTransformer
+from pixart_jax.models.transformer_config import PRESETS
+from pixart_jax.models.vae import LATENT_SCALE
 from pixart_jax.samplers.prediction import check_prediction_type
 from pixart_jax.training.loss import diffusion_tables, draw_training_inputs, pixart_loss
-from pixart_jax.transformer import PixArtTransformer
-from pixart_jax.vae import LATENT_SCALE
+from pixart_jax.weights.transformer import load_transformer
 
 
 def build_model(model_cfg, seed):

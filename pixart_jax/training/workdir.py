@@ -8,10 +8,9 @@ import contextlib
 import fcntl
 import os
 
+from pixart_jax.files import FileError, check_writable
 from pixart_jax.training.config import ConfigError
 from pixart_jax.training.errors import RunError
-from pixart_jax.weights import CheckpointError
-from pixart_jax.weights.files import check_writable
 
 LOCK_NAME = ".lock"
 REPLACED_PREFIX = "replaced-"
@@ -30,7 +29,7 @@ def check_workdir(path: str) -> str:
         raise ConfigError(f"workdir {path} is not writable")
     try:
         check_writable(path)
-    except CheckpointError as e:
+    except FileError as e:
         raise ConfigError(f"workdir: {e}") from None
     return path
 

@@ -1,5 +1,6 @@
 """The one exception type every weight reader and key map raises."""
+from pixart_jax.files import FileError
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model; the message names the file/key/shapes."""
+class WeightsError(FileError):
+    """A weight file that cannot be read or does not fit the model; the message names the file/key/shapes."""

@@ -15,7 +15,7 @@ import dataclasses
 
 import numpy as np
 
-from pixart_jax.weights.errors import CheckpointError
+from pixart_jax.weights.errors import WeightsError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +76,7 @@ def import_weights(rules, source, expected, *, where="checkpoint", ignore=(), op
 
     source: {key: array}; expected: {our dotted path: shape}. Every expected path must be filled (except those
     in `optional`), every source key used (except those in `ignore`), every shape must fit; otherwise a
-    CheckpointError names the key and both shapes. Returns {our path: np.ndarray}.
+    WeightsError names the key and both shapes. Returns {our path: np.ndarray}.
     """
     out, used, problems = {}, set(), []
     for ours, templates, tag in leaf_rules(rules):
@@ -113,7 +113,7 @@ def import_weights(rules, source, expected, *, where="checkpoint", ignore=(), op
                  for k in unexpected]
     if problems:
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise CheckpointError(f"{where} does not fit the model:\n  " + "\n  ".join(problems[:20]) + more)
+        raise WeightsError(f"{where} does not fit the model:\n  " + "\n  ".join(problems[:20]) + more)
     return out
 
 

@@ -3,7 +3,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from pixart_jax.weights.errors import CheckpointError
+from pixart_jax.weights.errors import WeightsError
 
 
 def _dotted(path):
@@ -28,13 +28,13 @@ def build_model(make_model, arrays, where="checkpoint"):
     for path, var in nnx.to_flat_state(state):
         key, spec = _dotted(path), var.get_value()
         if key not in arrays:
-            raise CheckpointError(f"{where}: no value for parameter {key} (shape {tuple(spec.shape)})")
+            raise WeightsError(f"{where}: no value for parameter {key} (shape {tuple(spec.shape)})")
         value = np.asarray(arrays[key])
         if value.shape != tuple(spec.shape):
-            raise CheckpointError(f"{where}: parameter {key} has shape {value.shape}, model expects "
+            raise WeightsError(f"{where}: parameter {key} has shape {value.shape}, model expects "
                                   f"{tuple(spec.shape)}")
         filled[path] = var.replace(jax.numpy.asarray(value, dtype=spec.dtype))
     extra = sorted(set(arrays) - {_dotted(p) for p in filled})
     if extra:
-        raise CheckpointError(f"{where}: unexpected entries {extra[:10]} not part of the model")
+        raise WeightsError(f"{where}: unexpected entries {extra[:10]} not part of the model")
     return nnx.merge(graphdef, nnx.from_flat_state(filled))

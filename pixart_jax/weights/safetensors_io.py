@@ -11,7 +11,7 @@ import struct
 import ml_dtypes
 import numpy as np
 
-from pixart_jax.weights.errors import CheckpointError
+from pixart_jax.weights.errors import WeightsError
 
 DTYPES = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
@@ -28,13 +28,13 @@ def read_header(path):
         raw = f.read(8)
         size = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
         if not 0 < size <= MAX_HEADER:
-            raise CheckpointError(f"{path} is not a safetensors file (bad header size)")
+            raise WeightsError(f"{path} is not a safetensors file (bad header size)")
         try:
             header = json.loads(f.read(size))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path} is not a safetensors file (header is not JSON: {e})") from None
+            raise WeightsError(f"{path} is not a safetensors file (header is not JSON: {e})") from None
     if not isinstance(header, dict):
-        raise CheckpointError(f"{path} is not a safetensors file (header is not a mapping)")
+        raise WeightsError(f"{path} is not a safetensors file (header is not a mapping)")
     metadata = header.pop("__metadata__", None) or {}
     return header, metadata, 8 + size
 
@@ -42,7 +42,7 @@ def read_header(path):
 def _entry(path, name, info, size):
     """(dtype, shape, begin, end) of header entry `name`, checked against the `size` bytes of the data section."""
     def bad(problem):
-        return CheckpointError(f"{path}: tensor {name!r} {problem} (the file is damaged or not safetensors)")
+        return WeightsError(f"{path}: tensor {name!r} {problem} (the file is damaged or not safetensors)")
 
     if not isinstance(info, dict):
         raise bad(f"has a header entry that is not a mapping: {info!r}")
@@ -103,7 +103,7 @@ class LazyTensors(collections.abc.Mapping):
         with open(path, "rb") as f:
             f.seek(start + begin)
             if f.readinto(memoryview(data)) != data.size:
-                raise CheckpointError(f"{path} is truncated: tensor {name!r} ends past the end of the file")
+                raise WeightsError(f"{path} is truncated: tensor {name!r} ends past the end of the file")
         return data.view(dtype).reshape(shape)
 
     def __iter__(self):
@@ -135,7 +135,7 @@ def write_safetensors(path, specs, produce, metadata=None):
     for name, (dtype, shape) in specs.items():
         dtype = np.dtype(dtype)
         if dtype not in NAMES:
-            raise CheckpointError(f"cannot store tensor {name!r} of dtype {dtype} in safetensors")
+            raise WeightsError(f"cannot store tensor {name!r} of dtype {dtype} in safetensors")
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         header[name] = {"dtype": NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
@@ -150,7 +150,7 @@ def write_safetensors(path, specs, produce, metadata=None):
             for name, (dtype, shape) in specs.items():
                 array = np.require(produce(name), requirements="C")
                 if array.dtype != np.dtype(dtype) or array.shape != tuple(shape):
-                    raise CheckpointError(f"tensor {name!r} is {array.dtype} {array.shape}, its header entry says "
+                    raise WeightsError(f"tensor {name!r} is {array.dtype} {array.shape}, its header entry says "
                                           f"{np.dtype(dtype)} {tuple(shape)}")
                 f.write(array.tobytes())
         os.replace(tmp, path)

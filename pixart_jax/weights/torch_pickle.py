@@ -13,7 +13,7 @@ import zlib
 import ml_dtypes
 import numpy as np
 
-from pixart_jax.weights.errors import CheckpointError
+from pixart_jax.weights.errors import WeightsError
 
 STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
@@ -74,11 +74,11 @@ def load_pth(path: str):
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint (not a torch.save zip archive: {e})") from None
+        raise WeightsError(f"{path} is not a PyTorch checkpoint (not a torch.save zip archive: {e})") from None
     with archive:
         pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
         if len(pickles) != 1:
-            raise CheckpointError(f"{path} is not a PyTorch checkpoint (no single data.pkl in the archive)")
+            raise WeightsError(f"{path} is not a PyTorch checkpoint (no single data.pkl in the archive)")
         prefix = pickles[0][: -len("/data.pkl")]
         try:
             with archive.open(pickles[0]) as f:
@@ -86,7 +86,7 @@ def load_pth(path: str):
         # a damaged archive (bad CRC, truncated or corrupt entries) or a pickle that is not a state dict
         except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile, zlib.error,
                 OSError) as e:
-            raise CheckpointError(f"{path}: cannot read the checkpoint: {e}") from None
+            raise WeightsError(f"{path}: cannot read the checkpoint: {e}") from None
 
 
 class _Global:
