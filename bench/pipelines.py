@@ -22,7 +22,7 @@ from bench.common import print_table, timed_pair
 from pixart_jax.images import resize_and_crop, to_numpy
 from pixart_jax.models.transformer_config import PixArtConfig
 from pixart_jax.pipelines.text_to_image import PixArtPipeline
-from tests.reference_pipeline import TINY_T5, build_pipeline
+from pixart_jax.testing.reference_pipeline import TINY_T5, build_pipeline
 
 SD_VAE = dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4, sample_size=512,
               down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)

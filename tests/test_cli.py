@@ -6,8 +6,8 @@ import numpy as np
 from PIL import Image
 
 from pixart_jax.cli import main as cli
-from tests.commands import run_cli
-from tests.files import read_only_folder
+from tests.helpers.commands import run_cli
+from tests.helpers.files import read_only_folder
 
 
 def test_sample_random_writes_a_png(tmp_path):

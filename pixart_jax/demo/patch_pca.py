@@ -3,7 +3,7 @@
 An image (B, 3, H, W) in [-1, 1] is cut into p×p patches; each patch (3·p·p values) is encoded as its top K
 principal components, giving latents (B, K, H/p, W/p). Decoding maps the components back through the
 orthonormal basis. Shapes images compress well: at p = 16 (one latent cell per 3×3 position cell), K = 32 of 768
-components keep colour, size and position of every image and the kind of 87 % (tests/test_patch_pca.py; 64
+components keep colour, size and position of every image and the kind of 87 % (tests/demo/test_patch_pca.py; 64
 components: 97 %). Diffusion in the K-dimensional space is far cheaper to learn than in pixels, and fewer channels
 learn where to put the shape sooner (teacher position accuracy after 2,000 steps: 78 % at K = 32, 11 % at 64).
 

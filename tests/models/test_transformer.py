@@ -1,0 +1,203 @@
+"""Parity of PixArtTransformer with diffusers' PixArtTransformer2DModel (random weights, real on-disk layouts)."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+import jax.numpy as jnp  # noqa: E402
+
+from pixart_jax.testing.random_weights import redraw  # noqa: E402
+from pixart_jax.weights import transformer as transformer_weights  # noqa: E402
+from pixart_jax.weights.nnx_state import flat_arrays  # noqa: E402
+from tests.helpers.parity import rel_error  # noqa: E402
+
+TINY = dict(num_attention_heads=2, attention_head_dim=24, in_channels=4, out_channels=8, num_layers=2,
+            caption_channels=32, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+            activation_fn="gelu-approximate", attention_bias=True, cross_attention_dim=48)
+VARIANTS = {  # micro-conditioned (MS-like, interpolation scale 2) and plain (fixed-size 256/512-like)
+    "ms": dict(sample_size=16, use_additional_conditions=True, interpolation_scale=2),
+    "plain": dict(sample_size=16, use_additional_conditions=False),
+}
+
+
+def reference_model(seed, **config):
+    model = diffusers.PixArtTransformer2DModel(**config)
+    return redraw(model, seed).eval()
+
+
+def inputs(batch, h, w, tokens=8, caption=32, seed=0):
+    rng = np.random.default_rng(seed)
+    mask = np.ones((batch, tokens), np.float32)
+    mask[0, 3:] = 0  # first sample: 3 valid tokens, the rest padding
+    return dict(latents=rng.standard_normal((batch, 4, h, w)).astype(np.float32),
+                timestep=np.linspace(999, 1, batch).round().astype(np.float32),
+                encoder_hidden_states=rng.standard_normal((batch, tokens, caption)).astype(np.float32),
+                encoder_attention_mask=mask,
+                resolution=np.tile(np.array([[8.0 * h, 8.0 * w]], np.float32), (batch, 1)),
+                aspect_ratio=np.full((batch, 1), h / w, np.float32))
+
+
+def run_reference(model, x, use_mask=True, micro=True):
+    t = {k: torch.from_numpy(v) for k, v in x.items()}
+    added = {"resolution": t["resolution"], "aspect_ratio": t["aspect_ratio"]} if micro else None
+    with torch.no_grad():
+        return model(t["latents"], encoder_hidden_states=t["encoder_hidden_states"], timestep=t["timestep"],
+                     added_cond_kwargs=added, encoder_attention_mask=t["encoder_attention_mask"] if use_mask
+                     else None, return_dict=False)[0].numpy()
+
+
+def run_ours(model, x, use_mask=True, micro=True):
+    return np.asarray(model(x["latents"], x["timestep"], x["encoder_hidden_states"],
+                            x["encoder_attention_mask"] if use_mask else None,
+                            x["resolution"] if micro else None, x["aspect_ratio"] if micro else None))
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def saved(request, tmp_path_factory):
+    ref = reference_model(1, **TINY, **VARIANTS[request.param])
+    path = tmp_path_factory.mktemp(request.param) / "transformer"
+    ref.save_pretrained(path, safe_serialization=True)
+    return request.param, ref, path
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 16), (2, 8, 12), (3, 12, 6), (1, 4, 20)])
+@pytest.mark.parametrize("use_mask", [True, False])
+def test_tiny_parity(saved, shape, use_mask):
+    variant, ref, path = saved
+    micro = variant == "ms"
+    ours = transformer_weights.load_transformer(str(path))
+    x = inputs(*shape)
+    expected = run_reference(ref, x, use_mask, micro)
+    assert rel_error(run_ours(ours, x, use_mask, micro), expected) <= 1e-5
+
+
+def original_layout(diffusers_sd, y_embedding):
+    """The original repo's state dict, built from diffusers' keys by the mapping of spec §4.4 (reversed)."""
+    sd = {"pos_embed": torch.zeros(1, 64, 48), "y_embedder.y_embedding": y_embedding}
+    plain = {"pos_embed.proj": "x_embedder.proj", "caption_projection.linear_1": "y_embedder.y_proj.fc1",
+             "caption_projection.linear_2": "y_embedder.y_proj.fc2",
+             "adaln_single.emb.timestep_embedder.linear_1": "t_embedder.mlp.0",
+             "adaln_single.emb.timestep_embedder.linear_2": "t_embedder.mlp.2",
+             "adaln_single.emb.resolution_embedder.linear_1": "csize_embedder.mlp.0",
+             "adaln_single.emb.resolution_embedder.linear_2": "csize_embedder.mlp.2",
+             "adaln_single.emb.aspect_ratio_embedder.linear_1": "ar_embedder.mlp.0",
+             "adaln_single.emb.aspect_ratio_embedder.linear_2": "ar_embedder.mlp.2",
+             "adaln_single.linear": "t_block.1", "proj_out": "final_layer.linear",
+             "scale_shift_table": "final_layer.scale_shift_table"}
+    block = {"scale_shift_table": "scale_shift_table", "attn1.to_out.0": "attn.proj",
+             "attn2.to_q": "cross_attn.q_linear", "attn2.to_out.0": "cross_attn.proj",
+             "ff.net.0.proj": "mlp.fc1", "ff.net.2": "mlp.fc2"}
+    for key, value in diffusers_sd.items():
+        if key.startswith("transformer_blocks."):
+            _, i, rest = key.split(".", 2)
+            for src, dst in block.items():
+                if rest.startswith(src):
+                    sd[f"blocks.{i}.{dst}{rest[len(src):]}"] = value
+        else:
+            module, leaf = key.rsplit(".", 1) if key != "scale_shift_table" else (key, "")
+            sd[plain[module] + ("." + leaf if leaf else "")] = value
+    for i in range(TINY["num_layers"]):
+        b = f"transformer_blocks.{i}"
+        for leaf in ("weight", "bias"):
+            sd[f"blocks.{i}.attn.qkv.{leaf}"] = torch.cat([diffusers_sd[f"{b}.attn1.to_{n}.{leaf}"] for n in "qkv"])
+            sd[f"blocks.{i}.cross_attn.kv_linear.{leaf}"] = torch.cat(
+                [diffusers_sd[f"{b}.attn2.to_{n}.{leaf}"] for n in "kv"])
+    return sd
+
+
+@pytest.fixture(scope="module")
+def original_pth(tmp_path_factory):
+    ref = reference_model(2, **TINY, **VARIANTS["ms"])
+    y_embedding = torch.randn(8, 32, generator=torch.Generator().manual_seed(3)) / np.sqrt(32)
+    path = tmp_path_factory.mktemp("orig") / "PixArt-tiny.pth"
+    torch.save({"state_dict": original_layout(ref.state_dict(), y_embedding)}, path)
+    config = transformer_weights.PixArtConfig.from_diffusers(dict(ref.config)).replace(max_tokens=8)
+    return ref, str(path), config, y_embedding.numpy()
+
+
+def test_original_pth_matches_diffusers(original_pth):
+    ref, path, config, y_embedding = original_pth
+    ours = transformer_weights.load_transformer(path, config=config)
+    x = inputs(2, 8, 12)
+    assert rel_error(run_ours(ours, x), run_reference(ref, x)) <= 1e-5
+    np.testing.assert_array_equal(np.asarray(ours.y_embedding[...]), y_embedding)
+
+
+def test_export_round_trips_bit_exact(original_pth, tmp_path):
+    ref, path, config, _ = original_pth
+    ours = transformer_weights.load_transformer(path, config=config)
+    params = {k: np.asarray(v) for k, v in flat_arrays(ours).items()}
+    transformer_weights.save_original(ours, str(tmp_path / "again.pth"))
+    transformer_weights.save_original(ours, str(tmp_path / "again.safetensors"))
+    transformer_weights.save_jax(ours, str(tmp_path / "jax"))
+    for p in ("again.pth", "again.safetensors", "jax"):
+        back = flat_arrays(transformer_weights.load_transformer(str(tmp_path / p), config=config))
+        assert back.keys() == params.keys()
+        for k in params:
+            np.testing.assert_array_equal(np.asarray(back[k]), params[k], err_msg=f"{p}: {k}")
+    reread = torch.load(tmp_path / "again.pth")["state_dict"]
+    original = torch.load(path)["state_dict"]
+    assert set(reread) == set(original) - {"pos_embed"}
+    assert all(torch.equal(reread[k], original[k]) for k in reread)
+
+
+def test_exported_diffusers_directory_loads_in_diffusers(original_pth, tmp_path):
+    ref, path, config, _ = original_pth
+    model = transformer_weights.load_transformer(path, config=config)
+    transformer_weights.save_diffusers(model, str(tmp_path / "transformer"))
+    reloaded = diffusers.PixArtTransformer2DModel.from_pretrained(tmp_path / "transformer").eval()
+    x = inputs(2, 16, 8)
+    np.testing.assert_array_equal(run_reference(reloaded, x), run_reference(ref, x))
+
+
+def test_bf16_compute_close_to_fp32(saved):
+    _, _, path = saved
+    x = inputs(2, 8, 12)
+    micro = saved[0] == "ms"
+    fp32 = run_ours(transformer_weights.load_transformer(str(path)), x, micro=micro)
+    bf16_model = transformer_weights.load_transformer(str(path), dtype=jnp.bfloat16)
+    assert bf16_model.t_block.kernel.dtype == jnp.float32  # parameters stay fp32
+    assert rel_error(run_ours(bf16_model, x, micro=micro), fp32) <= 3e-2  # bf16 has an 8-bit mantissa
+
+
+@pytest.mark.slow
+def test_full_size_xl2_1024_ms_parity(tmp_path):
+    """The real PixArt-XL-2-1024-MS size (611M parameters) at a 256x256 image (32x32 latent), batch 2."""
+    config = transformer_weights.PixArtConfig().to_diffusers()
+    config.pop("_class_name")
+    ref = reference_model(4, **config)
+    assert sum(p.numel() for p in ref.parameters()) == 611_349_152
+    ref.save_pretrained(tmp_path / "transformer", safe_serialization=True)
+    x = inputs(2, 32, 32, tokens=120, caption=4096)
+    x["encoder_attention_mask"][1, 20:] = 0
+    expected = run_reference(ref, x)
+    del ref
+    ours = transformer_weights.load_transformer(str(tmp_path / "transformer"))
+    err = rel_error(run_ours(ours, x), expected)
+    print(f"XL/2-1024-MS rel error {err:.2e}")
+    assert err <= 1e-5
+
+
+@pytest.mark.parametrize("h,w,b,s", [(16, 16, 16, 1.0), (32, 32, 32, 1.0), (64, 64, 64, 2.0), (32, 128, 64, 2.0)])
+def test_pos_embed_matches_diffusers(h, w, b, s):
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed
+
+    from pixart_jax.models.embeddings import sincos_pos_embed
+
+    ref = get_2d_sincos_pos_embed(1152, (h, w), interpolation_scale=s, base_size=b).numpy()
+    np.testing.assert_allclose(sincos_pos_embed(1152, h, w, b, s), ref, atol=1e-6)
+
+
+def test_timestep_and_size_embeddings_match_diffusers(saved):
+    variant, ref, path = saved
+    if variant != "ms":
+        pytest.skip("size embedders exist only in micro-conditioned models")
+    ours = transformer_weights.load_transformer(str(path))
+    t = np.array([0.0, 1.0, 499.5, 999.0, 250.0, 3.0, 700.0, 999.0, 0.0], np.float32)
+    hw = np.array([[h, w] for h in (512, 1024, 2048) for w in (512, 1024, 2048)], np.float32)
+    ar = np.array([[a] for a in (0.25, 1.0, 4.0) * 3], np.float32)
+    with torch.no_grad():
+        expected = ref.adaln_single.emb(torch.from_numpy(t), torch.from_numpy(hw), torch.from_numpy(ar),
+                                        batch_size=9, hidden_dtype=torch.float32).numpy()
+    assert rel_error(ours.condition(t, hw, ar), expected) <= 1e-5
