@@ -123,7 +123,7 @@ def train(cfg: config_lib.TrainConfig, examples=None, program=Pretraining) -> Ru
     workdir = check_workdir(cfg.workdir)
     if examples is None:
         check_data_source(cfg.data.source)
-    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
+    mesh = config_lib.make_mesh(cfg.mesh)
     if cfg.data.batch_size % mesh.size or cfg.data.batch_size % jax.process_count():
         raise config_lib.ConfigError(f"data.batch_size {cfg.data.batch_size} must be divisible by the {mesh.size} "
                                      f"devices and the {jax.process_count()} processes")
@@ -195,8 +195,8 @@ def _run(cfg, workdir, examples, program, mesh):
             grad_norm = float(np.mean([m["grad_norm"] for m in host]))
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 raise NonFiniteLossError(
-                    f"loss is {loss} (gradient norm {grad_norm}) at step {step}: stopping without saving. The "
-                    f"newest good checkpoint is step {max(ckpts.steps(), default='none')} in {ckpts.directory}")
+                    f"loss is {loss} (gradient norm {grad_norm}) at step {step}: stopping without saving. "
+                    f"{ckpts.newest()}")
             now = time.perf_counter()
             steps_per_s = 1.0 / max(now - clock[0], 1e-9)
             clock[0] = now
