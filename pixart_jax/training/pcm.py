@@ -127,7 +127,8 @@ class PCMDistillation(loop.Pretraining):
 
 def exported_sampler(cfg):
     """The sampler of the distilled model: phase-edge jumps on its training grid (sampled with M steps)."""
-    return PCM(original_inference_steps=cfg.pcm.num_ddim_timesteps, prediction_type=cfg.model.prediction_type)
+    return PCM(original_inference_steps=cfg.pcm.num_ddim_timesteps, prediction_type=cfg.model.prediction_type,
+               phases=cfg.pcm.phases)
 
 
 def distill(cfg, examples=None):
