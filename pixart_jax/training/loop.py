@@ -3,8 +3,8 @@
 Reads top to bottom: hosts -> config, workdir, data source and mesh checks -> the workdir lock -> model and train
 state -> data -> resume from the newest checkpoint in WORKDIR (refusing one saved with other settings) -> the loop.
 Re-running the same command on the same workdir resumes the run exactly (weights, optimizer, EMA, RNG and data
-order). SIGTERM saves a checkpoint and exits; a non-finite loss or state stops the run without saving, so the last
-good checkpoint stays the newest.
+order). SIGTERM or SIGINT (Ctrl-C) saves a checkpoint and exits; a non-finite loss or state stops the run without
+saving, so the last good checkpoint stays the newest.
 """
 import dataclasses
 import math
@@ -46,15 +46,16 @@ class NonFiniteLossError(RunError):
 
 
 class Preemption:
-    """Turns SIGTERM into a request to save and stop. Several processes agree on it at a step boundary every
-    `check_every` steps (a host round trip that waits for the step in flight)."""
+    """Turns SIGTERM and SIGINT (Ctrl-C) into a request to save and stop. Several processes agree on it at a step
+    boundary every `check_every` steps (a host round trip that waits for the step in flight)."""
 
     def __init__(self, check_every=1):
         self._flag, self._check_every = False, check_every
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self.name = "a stop signal to another process"   # the signal's name once this process gets one
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum, frame):
-        self._flag = True
+        self._flag, self.name = True, signal.Signals(signum).name
 
     def requested(self, step):
         if jax.process_count() == 1:
@@ -64,7 +65,8 @@ class Preemption:
         return bool(multihost_utils.process_allgather(np.int32(self._flag)).any())
 
     def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def initialize_distributed(dist):
@@ -232,7 +234,7 @@ def _run(cfg, workdir, examples, program, mesh):
                         save_png(grid, os.path.join(workdir, "samples", f"step_{done:07d}.png"))
                         writer.image(done, "samples", grid)
                 if preempted:
-                    print(f"SIGTERM: saved checkpoint {done} in {ckpts.directory}; exiting", flush=True)
+                    print(f"{preemption.name}: saved checkpoint {done} in {ckpts.directory}; exiting", flush=True)
                     break
             else:
                 preempted = False
