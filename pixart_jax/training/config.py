@@ -1,8 +1,9 @@
 """Training configuration: typed dataclasses read through OmegaConf structured configs.
 
 `load_config("configs/tiny.yaml", ["workdir=runs/tiny", "steps=8"])` merges the YAML file and the dotted
-overrides onto the schema below. Unknown keys, wrong types and missing required values (`workdir`, `steps`,
-`checkpoint_every`, `seed`) raise `ConfigError` before anything is built or compiled.
+overrides onto the schema below. Unknown keys, wrong types, missing required values (`workdir`, `steps`,
+`checkpoint_every`, `seed`), non-finite numbers and values outside RANGES raise `ConfigError` before anything is
+built or compiled.
 """
 import dataclasses
 import enum
