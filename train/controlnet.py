@@ -9,8 +9,12 @@ WORKDIR/export/controlnet (`pixart_jax.load_controlnet` reads it).
 """
 import sys
 
-from pixart_jax.training.command import run_program
-from pixart_jax.training.controlnet import load_config, train
+from train.signals import exit_on_stop_signals
+
+exit_on_stop_signals(__name__)  # first: a SIGTERM or SIGINT while the imports below run exits 75
+
+from pixart_jax.training.command import run_program  # noqa: E402
+from pixart_jax.training.controlnet import load_config, train  # noqa: E402
 
 
 def main(argv=None):

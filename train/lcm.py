@@ -8,8 +8,12 @@ WORKDIR/export/transformer, with an LCMScheduler config in WORKDIR/export/schedu
 """
 import sys
 
-from pixart_jax.training.command import run_program
-from pixart_jax.training.lcm import distill, load_config
+from train.signals import exit_on_stop_signals
+
+exit_on_stop_signals(__name__)  # first: a SIGTERM or SIGINT while the imports below run exits 75
+
+from pixart_jax.training.command import run_program  # noqa: E402
+from pixart_jax.training.lcm import distill, load_config  # noqa: E402
 
 
 def main(argv=None):

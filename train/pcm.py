@@ -10,8 +10,12 @@ that samples the trained phases (`pixart-jax generate --scheduler pcm --steps M`
 """
 import sys
 
-from pixart_jax.training.command import run_program
-from pixart_jax.training.pcm import distill, load_config
+from train.signals import exit_on_stop_signals
+
+exit_on_stop_signals(__name__)  # first: a SIGTERM or SIGINT while the imports below run exits 75
+
+from pixart_jax.training.command import run_program  # noqa: E402
+from pixart_jax.training.pcm import distill, load_config  # noqa: E402
 
 
 def main(argv=None):

@@ -6,6 +6,7 @@ A topology is `GENERATION:AxB[xC]` (chips along each axis, e.g. `v5e:2x4`) or a 
 megacore device). `CHIPS` holds each generation's HBM per chip, the one place those sizes live.
 """
 import dataclasses
+import importlib.util
 import math
 import os
 import re
@@ -60,8 +61,7 @@ class Topology:
 
     def devices(self) -> list:
         """Compile-only devices of this slice (needs libtpu)."""
-        # compile-only devices touch no TPU: let several planning processes load libtpu at once
-        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+        _quiet_libtpu(self.slice_name)
         try:
             from jax.experimental import topologies
             first, second = (int(n) for n in self.grid.split("x")[:2])
@@ -69,8 +69,18 @@ class Topology:
             return topologies.get_topology_desc(self.name, platform="tpu", chip_config_name=self.chip.chip_config,
                                                 chips_per_host_bounds=bounds).devices
         except (ImportError, RuntimeError) as e:
-            raise TopologyError(f"cannot build TPU topology {self.name}: {e}. Compiling for a TPU on this machine "
-                                f"needs libtpu: pip install 'pixart-jax[tpu]'") from None
+            missing = importlib.util.find_spec("libtpu") is None
+            raise TopologyError(f"cannot build TPU topology {self.name}: {e}" + (
+                ". Compiling for a TPU on this machine needs libtpu: pip install 'pixart-jax[tpu]'" if missing
+                else "")) from None
+
+
+def _quiet_libtpu(accelerator_type):
+    """Sets what libtpu otherwise asks the (absent) TPU VM's metadata server for, before it loads, so that planning
+    prints no warnings about this machine: compile-only devices touch no TPU. Values already set are kept."""
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")   # several planning processes may load libtpu at once
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", accelerator_type)
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 
 
 def parse_topology(name: str) -> Topology:
@@ -89,4 +99,6 @@ def parse_topology(name: str) -> Topology:
                                 f"{[f'{generation}-{c * chip.cores_per_chip}' for c in _GRIDS[chip.dims]]}")
     elif grid.count("x") + 1 != chip.dims:
         raise TopologyError(f"{generation} slices have {chip.dims} dimensions, got {grid!r} in {name!r}")
+    elif not all(int(n) for n in grid.split("x")):
+        raise TopologyError(f"a slice has at least one chip along each axis, got {grid!r} in {name!r}")
     return Topology(generation, grid)

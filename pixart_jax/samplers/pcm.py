@@ -7,6 +7,7 @@ to s_0 = 0 (ᾱ_0, as diffusers' DDIM with set_alpha_to_one=False). On N = 40 wi
 DDIMScheduler's "trailing" timesteps and TCDScheduler's, so diffusers' TCDScheduler at γ = 0 samples a PCM exactly.
 """
 import dataclasses
+from typing import Optional
 
 from pixart_jax.samplers.base import check_steps
 from pixart_jax.samplers.phases import phase_timesteps
@@ -16,11 +17,22 @@ from pixart_jax.samplers.tcd import TCD
 @dataclasses.dataclass(frozen=True)
 class PCM(TCD):
     """The PCM sampler: `steps` = the number of phases M the model was distilled with, on the
-    `original_inference_steps`-point grid (PixArt: N = 40); `gamma` as TCD's (0: deterministic)."""
+    `original_inference_steps`-point grid (PixArt: N = 40); `gamma` as TCD's (0: deterministic). `phases`: that M,
+    when known (a distilled model's exported scheduler config records it); another number of steps is refused."""
 
     original_inference_steps: int = 40
     gamma: float = 0.0
+    phases: Optional[int] = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.phases is not None:
+            phase_timesteps(self.schedule.num_train_timesteps, self.original_inference_steps, check_steps(self.phases))
 
     def timesteps(self, steps):
         """τ_{N-1}, then the phase edges s_{M-1} … s_1, descending."""
-        return phase_timesteps(self.schedule.num_train_timesteps, self.original_inference_steps, check_steps(steps))
+        steps = check_steps(steps)
+        if self.phases is not None and steps != self.phases:
+            raise ValueError(f"this PCM model was distilled with {self.phases} phases: sample it with {self.phases} "
+                             f"steps, got {steps}")
+        return phase_timesteps(self.schedule.num_train_timesteps, self.original_inference_steps, steps)

@@ -37,6 +37,8 @@ SCHEDULER_CLASSES = {"DPMSolverMultistepScheduler": SamplerName.dpm, "DDIMSchedu
 # M ∈ {1, 2, 4, 8}: TCDScheduler at γ = 0) and named in this private key, which diffusers ignores.
 WRITTEN_AS = {SamplerName.pcm: "TCDScheduler"}
 SAMPLER_KEY = "_pixart_jax_sampler"
+# Sampler fields diffusers has no key for, written (when set) under these private keys, which diffusers ignores.
+PRIVATE_KEYS = {SamplerName.pcm: {"phases": "_pixart_jax_phases"}}
 CONFIG_NAME = "scheduler_config.json"
 DIFFUSERS_VERSION = "0.42.1"  # the diffusers release whose formats and defaults we reproduce and write
 
@@ -105,10 +107,10 @@ def from_scheduler_config(path_or_dict: str | dict, sampler: str | None = None, 
     diffusers has no class of its own for: "pcm"), or else `_class_name` (DPMSolverMultistepScheduler → "dpm",
     DDIMScheduler → "ddim", LCMScheduler → "lcm", TCDScheduler → "tcd", SASolverScheduler → "sa"). As with
     diffusers' `from_config`, keys the chosen sampler does not know are ignored and missing keys take diffusers'
-    defaults for that class. The schedule is held in float32 as diffusers does (see `DDPMSchedule`). `options`
-    override dataclass fields (e.g. eta=, convention=). ValueError for an unknown class or a setting we do not
-    implement (prediction_type "sample", thresholding, Karras sigmas, …); prediction_type "epsilon" and
-    "v_prediction" are honoured.
+    defaults for that class; PRIVATE_KEYS (a PCM's phase count) are read back. The schedule is held in float32 as
+    diffusers does (see `DDPMSchedule`). `options` override dataclass fields (e.g. eta=, convention=). ValueError
+    for an unknown class or a setting we do not implement (prediction_type "sample", thresholding, Karras sigmas,
+    …); prediction_type "epsilon" and "v_prediction" are honoured.
     """
     config = load_scheduler_config(path_or_dict)
     class_name = config.get("_class_name")
@@ -122,6 +124,7 @@ def from_scheduler_config(path_or_dict: str | dict, sampler: str | None = None, 
             raise ValueError(f"{class_name or 'scheduler config'}: {key}={config[key]!r} is not supported "
                              f"(only {required!r})")
     values = {key: config.get(key, default) for key, default in _DEFAULTS[kind].items()}
+    values.update({field: config[key] for field, key in PRIVATE_KEYS.get(kind, {}).items() if key in config})
     schedule = DDPMSchedule(**{key: values.pop(key) for key in _SCHEDULE_KEYS}, dtype="float32")
     return SAMPLERS[kind](schedule=schedule, **{**values, **options})
 
@@ -139,8 +142,11 @@ def to_scheduler_config(sampler: Sampler) -> dict:
               **({SAMPLER_KEY: kind.value} if kind in WRITTEN_AS else {}),
               **{key: getattr(sampler.schedule, key) for key in _SCHEDULE_KEYS}}
     config.update({key: getattr(sampler, key) for key in _DEFAULTS[kind] if key not in _SCHEDULE_KEYS})
+    private = PRIVATE_KEYS.get(kind, {})
+    config.update({key: getattr(sampler, field) for field, key in private.items()
+                   if getattr(sampler, field) is not None})
     for field in dataclasses.fields(sampler):
-        if field.name not in config and field.name != "schedule" and getattr(sampler, field.name) != field.default:
+        if field.name not in {*config, *private, "schedule"} and getattr(sampler, field.name) != field.default:
             raise ValueError(f"{type(sampler).__name__}.{field.name}={getattr(sampler, field.name)!r} cannot be "
                              "written in a diffusers scheduler config")
     return {**config, **_REQUIRED[kind]}

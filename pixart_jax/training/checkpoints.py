@@ -118,6 +118,13 @@ class Checkpoints:
         """The steps of the complete checkpoints, oldest first."""
         return sorted(self._manager.all_steps())
 
+    def newest(self):
+        """A sentence naming the newest checkpoint (where a re-run resumes), or saying that none was saved yet."""
+        steps = self.steps()
+        if not steps:
+            return f"No checkpoint was saved yet in {self.directory}: re-running starts from step 0"
+        return f"The newest good checkpoint is step {steps[-1]} in {self.directory}"
+
     def save(self, step, state, data_iterator, config):
         """Starts saving checkpoint `step` (returns once the arrays are copied off the device; the write goes on
         in the background). `config` is a JSON-able dict. A state holding NaN or Inf is never saved:
@@ -126,8 +133,8 @@ class Checkpoints:
         if bad:
             raise NonFiniteStateError(
                 f"the state after step {step} has NaN/Inf values in {len(bad)} of {len(jax.tree.leaves(state))} "
-                f"arrays ({', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}): stopping without saving. The "
-                f"newest good checkpoint is step {max(self.steps(), default='none')} in {self.directory}")
+                f"arrays ({', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}): stopping without saving. "
+                f"{self.newest()}")
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=grain.checkpoint.CheckpointSave(_IteratorSnapshot(data_iterator)),

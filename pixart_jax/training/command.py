@@ -3,8 +3,8 @@
 Exit codes: 0 finished; 2 bad config (also an unusable workdir or data source), before anything is built; 3
 stopped by an error (NaN/Inf loss or state, checkpoints saved with other settings or that none can be read, the
 workdir in use by another run, another process count, a checkpoint that cannot be loaded or written); 75 stopped
-by SIGTERM after saving a checkpoint (EX_TEMPFAIL: a scheduler re-queues it; re-running resumes). Errors are one
-line on stderr.
+by SIGTERM or SIGINT (Ctrl-C) after saving a checkpoint, or at once outside the training loop (train/signals.py)
+(EX_TEMPFAIL: a scheduler re-queues it; re-running resumes). Errors are one line on stderr.
 """
 import os
 import sys

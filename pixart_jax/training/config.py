@@ -1,8 +1,9 @@
 """Training configuration: typed dataclasses read through OmegaConf structured configs.
 
 `load_config("configs/tiny.yaml", ["workdir=runs/tiny", "steps=8"])` merges the YAML file and the dotted
-overrides onto the schema below. Unknown keys, wrong types and missing required values (`workdir`, `steps`,
-`checkpoint_every`, `seed`) raise `ConfigError` before anything is built or compiled.
+overrides onto the schema below. Unknown keys, wrong types, missing required values (`workdir`, `steps`,
+`checkpoint_every`, `seed`), non-finite numbers and values outside RANGES raise `ConfigError` before anything is
+built or compiled.
 """
 import dataclasses
 import enum
@@ -13,11 +14,14 @@ import yaml
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pixart_jax import sharding
 from pixart_jax.choices import AttentionKernel, DType, RematPolicy
 from pixart_jax.models.transformer_config import PRESETS
 from pixart_jax.models.vae import LATENT_SCALE
 from pixart_jax.samplers import SamplerName
 from pixart_jax.samplers.prediction import PredictionType
+from pixart_jax.training import ranges
+from pixart_jax.weights.transformer import transformer_config
 
 
 class ConfigError(ValueError):
@@ -35,6 +39,33 @@ class OnMismatch(enum.StrEnum):
 # Every other setting changes what a checkpoint holds or how training continues from it.
 RESUMABLE = ("workdir", "steps", "checkpoint_every", "on_mismatch", "mesh", "distributed", "logging", "sample",
              "checkpoint", "model.init_from", "model.remat")
+
+# The allowed values of the numeric settings whose range is plain (ranges.py's interval notation; a program's
+# section, "lcm.", "pcm.", "controlnet.", applies where the config has it). Every float setting must be finite.
+RANGES = {
+    "steps": "[1, inf)", "checkpoint_every": "[1, inf)", "seed": f"[0, {2 ** 32 - 1}]",
+    "model.caption_dropout": "[0, 1]",
+    "optimizer.lr": "[0, inf)", "optimizer.weight_decay": "[0, inf)", "optimizer.eps": "[0, inf)",
+    "optimizer.b1": "[0, 1)", "optimizer.b2": "[0, 1)", "optimizer.grad_clip": "(0, inf)",
+    "optimizer.warmup_steps": "[0, inf)", "optimizer.grad_accum_steps": "[1, inf)", "optimizer.ema_rate": "[0, 1]",
+    "mesh.data": "[-1, inf)", "mesh.fsdp": "[1, inf)",
+    "data.batch_size": "[1, inf)", "data.synthetic_examples": "[1, inf)", "data.latent_scale": "(0, inf)",
+    "logging.log_every": "[1, inf)",
+    "sample.every": "[0, inf)", "sample.steps": "[1, inf)", "sample.guidance_scale": "[0, inf)",
+    "sample.num_images": "[1, inf)",
+    "checkpoint.max_to_keep": "[1, inf)", "checkpoint.preemption_check_every": "[1, inf)",
+    "distributed.num_processes": "[1, inf)", "distributed.process_id": "[0, inf)",
+    "lcm.guidance": "[0, inf)", "lcm.huber_c": "(0, inf)", "lcm.target_decay": "[0, 1]",
+    "pcm.guidance_min": "[0, inf)", "pcm.guidance_max": "[0, inf)", "pcm.null_caption_prob": "[0, 1]",
+    "pcm.target_decay": "[0, 1]", "pcm.huber_c": "(0, inf)", "pcm.adversarial_weight": "[0, inf)",
+    "pcm.discriminator.lr": "[0, inf)", "pcm.discriminator.b1": "[0, 1)", "pcm.discriminator.b2": "[0, 1)",
+    "pcm.discriminator.eps": "[0, inf)", "pcm.discriminator.weight_decay": "[0, inf)",
+    "pcm.discriminator.grad_clip": "(0, inf)",
+    "controlnet.copies": "[1, inf)",
+}
+
+# Config sections renamed since: the old name -> what a config that still has it is told.
+RENAMED_SECTIONS = {"lcd": "the `lcd:` section is now `lcm:` (LCM distillation: python -m train.lcm); rename it"}
 
 
 @dataclasses.dataclass
@@ -131,38 +162,45 @@ class TrainConfig:
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
 
 
-def check(cfg):
-    problems = []
+def check(cfg, problems=(), what="training"):
+    """`cfg` if it is usable, else a ConfigError listing its problems: the caller's (`problems`, from the checks of
+    the program `what` names), the settings outside RANGES and those no range expresses."""
+    problems = [*problems, *ranges.problems(_flat(to_dict(cfg)), RANGES)]
     if cfg.model.preset not in PRESETS:
         problems.append(f"model.preset {cfg.model.preset!r} is not one of {sorted(PRESETS)}")
-    if cfg.data.latent_scale <= 0:
-        problems.append("data.latent_scale must be > 0")
-    for name in ("steps", "checkpoint_every", "data.batch_size", "optimizer.grad_accum_steps",
-                 "checkpoint.max_to_keep", "checkpoint.preemption_check_every", "logging.log_every"):
-        if OmegaConf.select(OmegaConf.structured(cfg), name) < 1:
-            problems.append(f"{name} must be at least 1")
-    if not 0 <= cfg.model.caption_dropout <= 1:
-        problems.append("model.caption_dropout must be in [0, 1]")
-    if not 0 <= cfg.optimizer.ema_rate <= 1:
-        problems.append("optimizer.ema_rate must be in [0, 1]")
-    if cfg.optimizer.warmup_steps < 0:
-        problems.append("optimizer.warmup_steps must be >= 0")
+    if cfg.mesh.data == 0:
+        problems.append("mesh.data must be -1 (every device mesh.fsdp leaves) or at least 1")
     unknown = sorted(set(cfg.mesh.rules.values()) - {None, "data", "fsdp"})
     if unknown:
         problems.append(f"mesh.rules map onto unknown mesh axes {unknown} (mesh axes: data, fsdp)")
     if problems:
-        raise ConfigError("invalid training config: " + "; ".join(problems))
+        raise ConfigError(f"invalid {what} config: " + "; ".join(problems))
     return cfg
 
 
 def check_program(cfg, problems, what):
-    """A ConfigError listing a training program's own `problems` (and a set sample.every: sample grids are drawn
-    by pre-training only), else `check(cfg)`; `what` names the program ("LCD", "ControlNet")."""
+    """`check(cfg)` with a training program's own `problems` (and a set sample.every: sample grids are drawn by
+    pre-training only); `what` names the program ("LCD", "ControlNet")."""
     if cfg.sample.every:
         problems = [*problems, f"sample.every must be 0: sample grids are not drawn during {what} training"]
-    if problems:
-        raise ConfigError(f"invalid {what} config: " + "; ".join(problems))
-    return check(cfg)
+    return check(cfg, problems, what)
+
+
+def model_depth(model_cfg):
+    """The depth of the transformer `model_cfg` describes: its preset's, or its `init_from` checkpoint's (None if
+    that cannot be read: loading it says why)."""
+    try:
+        return (transformer_config(model_cfg.init_from) if model_cfg.init_from else PRESETS[model_cfg.preset]).depth
+    except (KeyError, ValueError):
+        return None
+
+
+def make_mesh(mesh_cfg):
+    """The config's ("data", "fsdp") mesh over every device; a ConfigError when its sizes do not fit them."""
+    try:
+        return sharding.make_mesh(mesh_cfg.data, mesh_cfg.fsdp)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def load_config(path=None, overrides=(), schema=None, validate=None):
@@ -178,6 +216,9 @@ def load_config(path=None, overrides=(), schema=None, validate=None):
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
+        renamed = RENAMED_SECTIONS.get(str(getattr(e, "full_key", None)).split(".")[0])
+        if renamed:
+            raise ConfigError(f"{renamed}{f' (in {path})' if path else ''}") from None
         raise ConfigError(f"invalid training config{f' {path}' if path else ''}: {e}") from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from None

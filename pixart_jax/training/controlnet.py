@@ -47,7 +47,10 @@ class ControlNetTrainConfig(config_lib.TrainConfig):
 
 
 def _check(cfg):
-    problems = ["controlnet.copies must be at least 1"] if cfg.controlnet.copies < 1 else []
+    depth = None if cfg.controlnet.init_from else config_lib.model_depth(cfg.model)
+    problems = []
+    if depth is not None and cfg.controlnet.copies >= depth:
+        problems.append(f"controlnet.copies must be at most the base's depth - 1 = {depth - 1}")
     return config_lib.check_program(cfg, problems, "ControlNet")
 
 

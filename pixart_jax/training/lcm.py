@@ -60,8 +60,6 @@ class LCMTrainConfig(config_lib.TrainConfig):
 
 def _check(cfg):
     problems = []
-    if not 0 <= cfg.lcm.target_decay <= 1:
-        problems.append("lcm.target_decay must be in [0, 1]")
     if cfg.lcm.num_ddim_timesteps < 1 or 1000 % cfg.lcm.num_ddim_timesteps:
         problems.append("lcm.num_ddim_timesteps must divide 1000")
     if cfg.lcm.null_caption == "t5" and not cfg.lcm.text_encoder:

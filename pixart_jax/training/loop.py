@@ -3,8 +3,8 @@
 Reads top to bottom: hosts -> config, workdir, data source and mesh checks -> the workdir lock -> model and train
 state -> data -> resume from the newest checkpoint in WORKDIR (refusing one saved with other settings) -> the loop.
 Re-running the same command on the same workdir resumes the run exactly (weights, optimizer, EMA, RNG and data
-order). SIGTERM saves a checkpoint and exits; a non-finite loss or state stops the run without saving, so the last
-good checkpoint stays the newest.
+order). SIGTERM or SIGINT (Ctrl-C) saves a checkpoint and exits; a non-finite loss or state stops the run without
+saving, so the last good checkpoint stays the newest.
 """
 import dataclasses
 import math
@@ -46,15 +46,16 @@ class NonFiniteLossError(RunError):
 
 
 class Preemption:
-    """Turns SIGTERM into a request to save and stop. Several processes agree on it at a step boundary every
-    `check_every` steps (a host round trip that waits for the step in flight)."""
+    """Turns SIGTERM and SIGINT (Ctrl-C) into a request to save and stop. Several processes agree on it at a step
+    boundary every `check_every` steps (a host round trip that waits for the step in flight)."""
 
     def __init__(self, check_every=1):
         self._flag, self._check_every = False, check_every
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self.name = "a stop signal to another process"   # the signal's name once this process gets one
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum, frame):
-        self._flag = True
+        self._flag, self.name = True, signal.Signals(signum).name
 
     def requested(self, step):
         if jax.process_count() == 1:
@@ -64,7 +65,8 @@ class Preemption:
         return bool(multihost_utils.process_allgather(np.int32(self._flag)).any())
 
     def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def initialize_distributed(dist):
@@ -123,7 +125,7 @@ def train(cfg: config_lib.TrainConfig, examples=None, program=Pretraining) -> Ru
     workdir = check_workdir(cfg.workdir)
     if examples is None:
         check_data_source(cfg.data.source)
-    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
+    mesh = config_lib.make_mesh(cfg.mesh)
     if cfg.data.batch_size % mesh.size or cfg.data.batch_size % jax.process_count():
         raise config_lib.ConfigError(f"data.batch_size {cfg.data.batch_size} must be divisible by the {mesh.size} "
                                      f"devices and the {jax.process_count()} processes")
@@ -195,8 +197,8 @@ def _run(cfg, workdir, examples, program, mesh):
             grad_norm = float(np.mean([m["grad_norm"] for m in host]))
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 raise NonFiniteLossError(
-                    f"loss is {loss} (gradient norm {grad_norm}) at step {step}: stopping without saving. The "
-                    f"newest good checkpoint is step {max(ckpts.steps(), default='none')} in {ckpts.directory}")
+                    f"loss is {loss} (gradient norm {grad_norm}) at step {step}: stopping without saving. "
+                    f"{ckpts.newest()}")
             now = time.perf_counter()
             steps_per_s = 1.0 / max(now - clock[0], 1e-9)
             clock[0] = now
@@ -232,7 +234,7 @@ def _run(cfg, workdir, examples, program, mesh):
                         save_png(grid, os.path.join(workdir, "samples", f"step_{done:07d}.png"))
                         writer.image(done, "samples", grid)
                 if preempted:
-                    print(f"SIGTERM: saved checkpoint {done} in {ckpts.directory}; exiting", flush=True)
+                    print(f"{preemption.name}: saved checkpoint {done} in {ckpts.directory}; exiting", flush=True)
                     break
             else:
                 preempted = False

@@ -74,9 +74,6 @@ def _check(cfg):
         problems.append(f"pcm.phases must be in [1, pcm.num_ddim_timesteps = {pcm.num_ddim_timesteps}]")
     if not pcm.guidance_min <= pcm.guidance_max:
         problems.append("pcm.guidance_min must be <= pcm.guidance_max")
-    for name in ("null_caption_prob", "target_decay"):
-        if not 0 <= getattr(pcm, name) <= 1:
-            problems.append(f"pcm.{name} must be in [0, 1]")
     if pcm.export == ExportWeights.target and pcm.target != PCMTarget.ema:
         problems.append("pcm.export 'target' needs pcm.target 'ema' (the stop-gradient student has no copy): "
                         "set pcm.export=student")
@@ -130,7 +127,8 @@ class PCMDistillation(loop.Pretraining):
 
 def exported_sampler(cfg):
     """The sampler of the distilled model: phase-edge jumps on its training grid (sampled with M steps)."""
-    return PCM(original_inference_steps=cfg.pcm.num_ddim_timesteps, prediction_type=cfg.model.prediction_type)
+    return PCM(original_inference_steps=cfg.pcm.num_ddim_timesteps, prediction_type=cfg.model.prediction_type,
+               phases=cfg.pcm.phases)
 
 
 def distill(cfg, examples=None):

@@ -27,6 +27,9 @@ def hbm(output, row):
 def test_the_tiny_pretraining_step_fits_a_v5e_slice():
     result = run_module("train.plan", CONFIGS / "tiny.yaml", "topology=v5e:2x2", "mesh.fsdp=2", "workdir=unused")
     assert result.returncode == 0, result.stderr[-2000:]
+    # libtpu is told this machine is no TPU VM: none of its warnings about one, nor their source-location trace
+    assert not re.search("TPU_ACCELERATOR_TYPE|TPU_WORKER_HOSTNAMES|Source Location Trace", result.stderr), \
+        result.stderr
     out = result.stdout
     assert "pretrain step of" in out and "on v5e:2x2 (v5e-4: 4 x TPU v5 lite, 16 GiB HBM each), mesh data=2 x fsdp=2" \
         in out
@@ -73,10 +76,12 @@ def test_a_step_that_does_not_fit_exits_1():
     ([], "name the slice: topology="),
     (["topology=v5e-4", "mesh.fsdp=3"], "mesh.fsdp=3 does not divide the 4 devices of v5e:2x2"),
     (["topology=v5e-4", "program=pcm-nope"], "program 'pcm-nope' is not one of"),
+    (["topology=v5e:0x4"], "error: a slice has at least one chip along each axis, got '0x4' in 'v5e:0x4'\n"),
 ])
 def test_bad_plans_exit_2_naming_the_problem(args, message):
     result = run_module("train.plan", CONFIGS / "tiny.yaml", *args)
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    assert "libtpu" not in result.stderr  # installed: the problem is the config or topology
 
 
 def tiny_plan(*overrides, topology="v5e:2x2"):

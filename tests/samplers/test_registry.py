@@ -16,6 +16,7 @@ from pixart_jax.samplers import (
     to_scheduler_config,
 )
 from pixart_jax.samplers.schedule import DDPMSchedule
+from pixart_jax.training import pcm as pcm_training
 
 FLOAT32_PIXART = DDPMSchedule(dtype="float32")
 SAMPLERS = [
@@ -28,6 +29,7 @@ SAMPLERS = [
     TCD(schedule=FLOAT32_PIXART, original_inference_steps=40, prediction_type="v_prediction"),
     PCM(schedule=FLOAT32_PIXART),
     PCM(schedule=FLOAT32_PIXART, original_inference_steps=50, prediction_type="v_prediction"),
+    PCM(schedule=FLOAT32_PIXART, phases=3),
     SASolver(schedule=FLOAT32_PIXART),
     SASolver(schedule=FLOAT32_PIXART, predictor_order=3, corrector_order=1, algorithm_type="noise_prediction",
              timestep_spacing="trailing", prediction_type="v_prediction"),
@@ -79,3 +81,18 @@ def test_a_pcm_config_is_a_tcd_config_that_names_the_pcm_sampler():
     assert config["_class_name"] == "TCDScheduler" and config["_pixart_jax_sampler"] == "pcm"
     assert config["original_inference_steps"] == 40
     assert from_scheduler_config(config, sampler="tcd") == TCD(schedule=FLOAT32_PIXART, original_inference_steps=40)
+
+
+def test_a_distilled_pcm_exports_its_phase_count(tmp_path):
+    """train.pcm with pcm.phases=3 exports a scheduler config that samples 3 phases and refuses other step
+    counts (which would jump between edges the model was not trained on)."""
+    cfg = pcm_training.load_config(None, ["workdir=w", "steps=1", "checkpoint_every=1", "seed=0",
+                                          "model.caption_dropout=0", "pcm.phases=3"])
+    save_scheduler_config(pcm_training.exported_sampler(cfg), tmp_path / "export" / "scheduler")
+    sampler = from_scheduler_config(tmp_path / "export")
+    assert sampler == PCM(schedule=FLOAT32_PIXART, phases=3)
+    assert json.loads((tmp_path / "export" / "scheduler" / "scheduler_config.json").read_text())[
+        "_pixart_jax_phases"] == 3
+    assert sampler.timesteps(3).tolist() == PCM().timesteps(3).tolist() == [999, 649, 324]
+    with pytest.raises(ValueError, match="this PCM model was distilled with 3 phases: sample it with 3 steps, got 4"):
+        sampler.timesteps(4)

@@ -134,7 +134,7 @@ def test_pcm_command_resumes_exactly_and_exports(tmp_path, capsys):
     assert exported[0].cfg.depth == 2
     assert max_diff(jax.tree.leaves(split_model(exported[0])[1]), jax.tree.leaves(split_model(exported[1])[1])) == 0
     sampler = from_scheduler_config(str(resumed / "export"))
-    assert sampler == PCM(schedule=sampler.schedule) and sampler.timesteps(4).tolist() == [999, 749, 499, 249]
+    assert sampler == PCM(schedule=sampler.schedule, phases=4) and sampler.timesteps(4).tolist() == [999, 749, 499, 249]
 
 
 @pytest.mark.parametrize("override, message", [

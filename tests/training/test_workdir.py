@@ -19,6 +19,7 @@ from pixart_jax.training.loop import train
 from pixart_jax.training.workdir import LOCK_NAME, WorkdirBusyError
 from tests.helpers.commands import ROOT, start_module
 from tests.helpers.files import read_only_folder, snapshot, write_snapshot
+from train.controlnet import main as controlnet_main
 from train.lcm import main as lcm_main
 from train.pretrain import main
 
@@ -120,6 +121,22 @@ def test_bad_config_workdir_or_data_source_stop_before_anything_is_written(tmp_p
     assert (tmp_path / "file").read_text() == "mine"
 
 
+@pytest.mark.parametrize("program, override, message", [
+    (main, "mesh.fsdp=3", "mesh.fsdp=3 does not divide the 8 devices"),
+    (main, "mesh.fsdp=16", "mesh.fsdp=16 does not divide the 8 devices"),
+    (main, "mesh.fsdp=0", "invalid training config: mesh.fsdp must be at least 1, got 0"),
+    (main, "mesh.data=3", "mesh data=3 x fsdp=1 needs 3 devices, there are 8"),
+    (main, "seed=99999999999999999999", "seed must be in [0, 4294967295], got 99999999999999999999"),
+    (main, "optimizer.lr=nan", "optimizer.lr must be a finite number, got nan"),
+    (lcm_main, "lcm.guidance=nan", "lcm.guidance must be a finite number, got nan"),
+    (controlnet_main, "controlnet.copies=2", "controlnet.copies must be at most the base's depth - 1 = 1"),
+], ids=lambda v: v.__module__ if callable(v) else None)
+def test_settings_that_cannot_run_stop_before_anything_is_built(program, override, message, tmp_path, capsys):
+    assert run(tmp_path / "run", "steps=1", "checkpoint_every=1", override, program=program) == 2
+    assert one_line(capsys).endswith(message)
+    assert not (tmp_path / "run").exists()  # no workdir, no lock
+
+
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast")
 def test_a_nonfinite_state_is_never_saved(tmp_path, capsys):
     """The loss of a step comes from the weights before its update: an lr that overflows float32 keeps it finite
@@ -129,7 +146,8 @@ def test_a_nonfinite_state_is_never_saved(tmp_path, capsys):
     err = one_line(capsys)
     assert re.search(r"the state after step 1 has NaN/Inf values in \d+ of \d+ arrays \(ema/.*stopping without", err)
     assert not list((tmp_path / "checkpoints").iterdir())
-    with pytest.raises(NonFiniteStateError, match="newest good checkpoint is step none"):
+    assert err.endswith(f"No checkpoint was saved yet in {tmp_path / 'checkpoints'}: re-running starts from step 0")
+    with pytest.raises(NonFiniteStateError, match="No checkpoint was saved yet in"):
         train(load_config(TINY, [f"workdir={tmp_path}", *QUICK, *overrides]))
 
 
