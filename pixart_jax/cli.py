@@ -264,14 +264,8 @@ def inspect(args):
     print("\n".join(describe(args.path)))
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="pixart-jax", description="PixArt-α / PixArt-δ in JAX")
-    commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("demo", help=demo.__doc__)
-    p.add_argument("--quick", action="store_true",
-                   help="a short run (about 1 minute) that checks the whole path; its scores mean nothing")
-    p.add_argument("--out", default="out/demo", help="output directory (grid.png, scores.json, models)")
-    p.set_defaults(run=demo)
+def _add_generate(commands):
+    """The parser of `generate`."""
     p = commands.add_parser("generate", help=generate.__doc__)
     p.add_argument("--model", required=True, help="pipeline directory (model_index.json, transformer/, ...)")
     p.add_argument("--prompt", required=True, action="append", help="repeat for several prompts")
@@ -307,6 +301,16 @@ def main(argv=None):
                    help="edge map of the control image: canny, hed (needs --hed), none (it already is one)")
     p.add_argument("--hed", help="ControlNetHED.pth, the HED network's weights (for --control hed; JAX backend)")
     p.set_defaults(run=generate)
+
+
+def _add_commands(commands):
+    """Every command's parser, in the order `pixart-jax --help` lists them."""
+    p = commands.add_parser("demo", help=demo.__doc__)
+    p.add_argument("--quick", action="store_true",
+                   help="a short run (about 1 minute) that checks the whole path; its scores mean nothing")
+    p.add_argument("--out", default="out/demo", help="output directory (grid.png, scores.json, models)")
+    p.set_defaults(run=demo)
+    _add_generate(commands)
     p = commands.add_parser("quantize-t5", help=quantize_t5.__doc__)
     p.add_argument("--src", required=True, help="a Hugging Face T5 folder (a pipeline's text_encoder/)")
     p.add_argument("--dst", required=True, help="output folder: use it as a pipeline's text_encoder/ with --int8")
@@ -337,6 +341,12 @@ def main(argv=None):
     p.add_argument("--out", default="out/random.png")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(run=sample_random)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="pixart-jax", description="PixArt-α / PixArt-δ in JAX")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_commands(commands)
     args, args.extra = parser.parse_known_args(argv)
     if args.extra and args.command != "plan":  # only plan passes options through (to the training config)
         parser.error(f"unrecognized arguments: {' '.join(args.extra)}")

@@ -81,21 +81,30 @@ PLAIN_CONTROL = ("control_image and control_latents need a ControlNet-Transforme
                  "PixArtTorchPipeline.from_pretrained(..., controlnet=PATH)")
 
 
+@dataclasses.dataclass(frozen=True)
+class ComponentConfigs:
+    """What a pipeline knows of the transformer and VAE it loads per call (low_memory): the transformer's
+    PixArtConfig (its base's, for a ControlNet), the VAE's config, and whether the transformer is a
+    ControlNet-Transformer."""
+    cfg: PixArtConfig
+    vae_config: VAEConfig
+    controlnet: bool = False
+
+
 class PixArtTorchPipeline:
     """transformer (PixArtTransformer2DModel, or a PixArtControlNetTransformer: then each call takes a control
     image), text_encoder (T5EncoderModel), tokenizer, vae (AutoencoderKL) and a diffusers scheduler on `device`.
     Components are read at every call (`pipe.transformer = other` takes effect). With `loaders` ({component: () ->
-    module}) a component that is None is loaded for its stage and freed after it (low_memory); `cfg`, `vae_config`
-    and `has_controlnet` then describe the transformer and VAE without loading them."""
+    module}) a component that is None is loaded for its stage and freed after it (low_memory); `configs` then
+    describe the transformer and VAE without loading them."""
 
     def __init__(self, transformer, text_encoder, tokenizer, vae, scheduler, *, device="cpu", dtype=torch.float32,
-                 loaders=None, cfg: PixArtConfig | None = None, vae_config: VAEConfig | None = None,
-                 has_controlnet: bool = False):
+                 loaders=None, configs: ComponentConfigs | None = None):
         self.transformer, self.text_encoder, self.tokenizer, self.vae = transformer, text_encoder, tokenizer, vae
         self.scheduler = scheduler
         self.device, self.dtype = check_device(device), dtype
         self.loaders = dict(loaders or {})
-        self._cfg, self._vae_config, self._has_controlnet = cfg, vae_config, has_controlnet
+        self.configs = configs
         self._default_null = None
 
     @classmethod
@@ -136,28 +145,27 @@ class PixArtTorchPipeline:
         }
         resident = {name: None if low_memory else load() for name, load in loaders.items()}
         return cls(**resident, tokenizer=load_tokenizer(path("tokenizer")), scheduler=scheduler, device=device,
-                   dtype=dtype, loaders=loaders, cfg=cfg, vae_config=vae_config,
-                   has_controlnet=controlnet is not None)
+                   dtype=dtype, loaders=loaders, configs=ComponentConfigs(cfg, vae_config, controlnet is not None))
 
     @property
     def cfg(self):
         """The transformer's PixArtConfig."""
         if self.transformer is not None:
             return PixArtConfig.from_diffusers(dict(self.transformer.config))
-        return self._cfg
+        return self.configs.cfg
 
     @property
     def has_controlnet(self):
         """Whether the transformer (loaded or not) is a ControlNet-Transformer, whose calls take a control."""
         if self.transformer is not None:
             return isinstance(self.transformer, PixArtControlNetTransformer)
-        return self._has_controlnet
+        return self.configs.controlnet
 
     @property
     def vae_scale_factor(self):
         if self.vae is not None:
             return 2 ** (len(self.vae.config.block_out_channels) - 1)
-        return self._vae_config.spatial_factor
+        return self.configs.vae_config.spatial_factor
 
     def _use(self, name, run):
         """run(component): the resident component, or (low_memory) one loaded for this call and freed after."""
