@@ -110,6 +110,7 @@ def _control(args):
 
 
 def _check_seed(seed):
+    """A UsageError for a --seed out of [0, 2**32 - 1], before anything is built."""
     try:
         check_seed(seed, "--seed")
     except ValueError as e:
@@ -158,6 +159,7 @@ def _torch_pipeline(args, device):
 
 
 def _check_jax_options(args):
+    """The JAX backend's compute DType; a ValueError for a torch-only option."""
     for flag, value in (("--device", args.device), ("--low-memory", args.low_memory),
                         ("--memory-report", args.memory_report)):
         if value:
