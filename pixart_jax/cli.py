@@ -16,17 +16,27 @@ from pixart_jax.images import grid, write_png
 from pixart_jax.models.transformer import PixArtTransformer
 from pixart_jax.models.transformer_config import PRESETS
 from pixart_jax.models.vae import AutoencoderKL, VAEConfig
-from pixart_jax.pipelines.control import ControlKind, read_image
+from pixart_jax.pipelines.control import ControlKind, control_request
 from pixart_jax.pipelines.controlnet import PixArtControlNetPipeline
-from pixart_jax.pipelines.text_to_image import PixArtPipeline
+from pixart_jax.pipelines.request import GenerationRequest
+from pixart_jax.pipelines.text_to_image import PixArtPipeline, check_pipeline_directory
 from pixart_jax.samplers import DDIM, SamplerName
+from pixart_jax.seeds import check_seed
 from pixart_jax.training.errors import RunError
+from pixart_jax.weights.controlnet import base_config
 from pixart_jax.weights.controlnet import detect_format as controlnet_format
 from pixart_jax.weights.conversion import LAYOUTS, describe
 from pixart_jax.weights.conversion import convert as convert_checkpoint
 from pixart_jax.weights.t5_int8 import export_int8_t5
+from pixart_jax.weights.transformer import transformer_config
+from pixart_jax.weights.vae import read_vae_config
 
 TINY_VAE = VAEConfig(block_out_channels=(32, 32, 32, 32), layers_per_block=1)
+
+
+class UsageError(ValueError):
+    """A command-line value out of range or unusable on this machine, found before any work: exit code 2, as
+    argparse's own errors."""
 
 
 class CompileClock:
@@ -43,11 +53,11 @@ class CompileClock:
 jax.monitoring.register_event_duration_secs_listener(CompileClock.listen)
 
 
-def timed_call(pipe, **kwargs):
-    """(images, compile seconds, run seconds, output) of one pipeline call."""
+def timed_call(run):
+    """(images, compile seconds, run seconds, output) of one pipeline call, `run()`."""
     CompileClock.seconds = 0.0
     start = time.perf_counter()
-    output = pipe(**kwargs)
+    output = run()
     total = time.perf_counter() - start
     return output.images, CompileClock.seconds, total - CompileClock.seconds, output
 
@@ -82,39 +92,82 @@ def save_images(images, out):
     return paths
 
 
-def _control_arguments(args):
-    """The control keywords of a --controlnet call ({} without one), checked before anything loads."""
+def _control(args):
+    """The ControlRequest of a --controlnet call (None without one), checked before anything loads."""
     if args.controlnet is None:
         if args.control_image is not None:
             raise ValueError("--control-image needs --controlnet (a PixArt ControlNet checkpoint)")
-        return {}
+        return None
     if args.control_image is None:
         raise ValueError("--controlnet needs --control-image (the image whose edges the output follows)")
     if args.backend == "torch" and (args.control == ControlKind.hed or args.hed is not None):
         raise ValueError("--control hed and --hed are for the JAX backend (the PyTorch path has no HED network)")
     if args.control == ControlKind.hed and args.hed is None:
         raise ValueError("--control hed needs --hed (the HED network's ControlNetHED.pth)")
-    read_image(args.control_image)  # a missing or unreadable image fails here
+    control = control_request(args.control_image, args.control)  # a missing or unreadable image fails here
     controlnet_format(args.controlnet)  # a path that is no ControlNet directory fails here
-    return {"control_image": args.control_image, "control": args.control}
+    return control
 
 
-def _torch_pipeline(args):
-    from pixart_jax.torch import PixArtTorchPipeline  # imported on use: only this backend needs torch
+def _check_seed(seed):
+    """A UsageError for a --seed out of [0, 2**32 - 1], before anything is built."""
+    try:
+        check_seed(seed, "--seed")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _request(args, control):
+    """The GenerationRequest of the command's values, checked against the model's config files alone (nothing is
+    loaded): a UsageError for a value out of range."""
+    try:
+        request = GenerationRequest(
+            prompt=tuple(args.prompt), negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
+            guidance_scale=args.guidance, height=args.height, width=args.width, num_images_per_prompt=args.num_images,
+            seed=args.seed, eta=args.eta, control=control)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    check_pipeline_directory(args.model)
+    cfg = (base_config(args.controlnet) if args.controlnet
+           else transformer_config(os.path.join(args.model, "transformer")))
+    vae_scale = read_vae_config(os.path.join(args.model, "vae")).spatial_factor
+    try:
+        request.sizes(cfg, vae_scale)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return request
+
+
+def _torch_device(args):
+    """The torch device of --device (default cpu): a UsageError for one this torch or machine lacks."""
+    from pixart_jax.torch.devices import check_device  # imported on use: only this backend needs torch
 
     device = args.device or "cpu"
+    try:
+        return check_device(device)
+    except ValueError as e:
+        raise UsageError(f"--device {device}: {e}") from None
+
+
+def _torch_pipeline(args, device):
+    from pixart_jax.torch import PixArtTorchPipeline
+
     pipe = PixArtTorchPipeline.from_pretrained(args.model, device=device, dtype=args.dtype, int8=args.int8,
                                                low_memory=args.low_memory, sampler=args.scheduler,
                                                int8_backend=args.int8_backend, controlnet=args.controlnet)
-    return pipe, type(pipe.scheduler).__name__, device
+    return pipe, type(pipe.scheduler).__name__, str(device)
 
 
-def _jax_pipeline(args):
+def _check_jax_options(args):
+    """The JAX backend's compute DType; a ValueError for a torch-only option."""
     for flag, value in (("--device", args.device), ("--low-memory", args.low_memory),
                         ("--memory-report", args.memory_report)):
         if value:
             raise ValueError(f"{flag} is for --backend torch")
-    dtype = choose(DType, str(args.dtype), "--dtype of the JAX backend")
+    return choose(DType, str(args.dtype), "--dtype of the JAX backend")
+
+
+def _jax_pipeline(args, dtype):
     if args.controlnet:
         pipe = PixArtControlNetPipeline.from_pretrained(args.model, args.controlnet, hed=args.hed, dtype=dtype.jax,
                                                         sampler=args.scheduler, int8=args.int8)
@@ -126,16 +179,16 @@ def _jax_pipeline(args):
 def generate(args):
     """Text-to-image with a PixArt pipeline directory in the diffusers layout (with --controlnet: guided by the
     edges of a control image)."""
+    _check_seed(args.seed)
     check_output(args.out, len(args.prompt) * args.num_images, args.overwrite)
-    control = _control_arguments(args)
+    torch_backend = args.backend == "torch"
+    option = _torch_device(args) if torch_backend else _check_jax_options(args)
+    request = _request(args, _control(args))
     start = time.perf_counter()
-    pipe, sampler, device = (_torch_pipeline if args.backend == "torch" else _jax_pipeline)(args)
+    pipe, sampler, device = (_torch_pipeline if torch_backend else _jax_pipeline)(args, option)
     print(f"loaded {args.model} in {time.perf_counter() - start:.1f} s ({sampler})")
     extra = {"memory_report": True} if args.memory_report else {}
-    images, compile_s, run_s, output = timed_call(
-        pipe, prompt=args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
-        guidance_scale=args.guidance, height=args.height, width=args.width, seed=args.seed,
-        num_images_per_prompt=args.num_images, eta=args.eta, **extra, **control)
+    images, compile_s, run_s, output = timed_call(lambda: pipe.generate(request, **extra))
     for path in save_images(images, args.out):
         print(f"wrote {path}")
     print(f"{len(images)} image(s) {images[0].size[0]}x{images[0].size[1]}, {args.steps} steps: compile "
@@ -153,8 +206,9 @@ def quantize_t5(args):
 
 def sample_random(args):
     """DDIM with a tiny randomly initialised PixArt and VAE: checks the install end to end in seconds."""
+    _check_seed(args.seed)
     if args.size < 16 or args.size % 16:
-        raise ValueError(f"--size must be a positive multiple of 16, got {args.size}")
+        raise UsageError(f"--size must be a positive multiple of 16, got {args.size}")
     check_output(args.out, 1, args.overwrite)
     key_model, key_vae, key_text = jax.random.split(jax.random.key(args.seed), 3)
     cfg = PRESETS["tiny"]
@@ -164,10 +218,10 @@ def sample_random(args):
     pipe = PixArtPipeline(transformer=model, text_encoder=None, tokenizer=None,
                           vae=AutoencoderKL(TINY_VAE, rngs=nnx.Rngs(key_vae)), sampler=DDIM())
     caption = jax.random.normal(key_text, (1, cfg.max_tokens, cfg.caption_channels))
-    mask = jnp.ones(caption.shape[:2])
-    images, compile_s, run_s, _ = timed_call(pipe, prompt_embeds=caption, prompt_attention_mask=mask,
-                                          num_inference_steps=args.steps, guidance_scale=1.0, height=args.size,
-                                          width=args.size, seed=args.seed, use_resolution_binning=False)
+    request = GenerationRequest(prompt_embeds=caption, prompt_attention_mask=jnp.ones(caption.shape[:2]),
+                                num_inference_steps=args.steps, guidance_scale=1.0, height=args.size, width=args.size,
+                                seed=args.seed, use_resolution_binning=False)
+    images, compile_s, run_s, _ = timed_call(lambda: pipe.generate(request))
     save_images(images, args.out)
     print(f"wrote {args.out} ({args.size}x{args.size}, {args.steps} DDIM steps): compile {compile_s:.1f} s, "
           f"run {run_s:.2f} s on {jax.devices()[0].platform}")
@@ -212,14 +266,8 @@ def inspect(args):
     print("\n".join(describe(args.path)))
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="pixart-jax", description="PixArt-α / PixArt-δ in JAX")
-    commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("demo", help=demo.__doc__)
-    p.add_argument("--quick", action="store_true",
-                   help="a short run (about 1 minute) that checks the whole path; its scores mean nothing")
-    p.add_argument("--out", default="out/demo", help="output directory (grid.png, scores.json, models)")
-    p.set_defaults(run=demo)
+def _add_generate(commands):
+    """The parser of `generate`."""
     p = commands.add_parser("generate", help=generate.__doc__)
     p.add_argument("--model", required=True, help="pipeline directory (model_index.json, transformer/, ...)")
     p.add_argument("--prompt", required=True, action="append", help="repeat for several prompts")
@@ -255,6 +303,16 @@ def main(argv=None):
                    help="edge map of the control image: canny, hed (needs --hed), none (it already is one)")
     p.add_argument("--hed", help="ControlNetHED.pth, the HED network's weights (for --control hed; JAX backend)")
     p.set_defaults(run=generate)
+
+
+def _add_commands(commands):
+    """Every command's parser, in the order `pixart-jax --help` lists them."""
+    p = commands.add_parser("demo", help=demo.__doc__)
+    p.add_argument("--quick", action="store_true",
+                   help="a short run (about 1 minute) that checks the whole path; its scores mean nothing")
+    p.add_argument("--out", default="out/demo", help="output directory (grid.png, scores.json, models)")
+    p.set_defaults(run=demo)
+    _add_generate(commands)
     p = commands.add_parser("quantize-t5", help=quantize_t5.__doc__)
     p.add_argument("--src", required=True, help="a Hugging Face T5 folder (a pipeline's text_encoder/)")
     p.add_argument("--dst", required=True, help="output folder: use it as a pipeline's text_encoder/ with --int8")
@@ -285,11 +343,20 @@ def main(argv=None):
     p.add_argument("--out", default="out/random.png")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(run=sample_random)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="pixart-jax", description="PixArt-α / PixArt-δ in JAX")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_commands(commands)
     args, args.extra = parser.parse_known_args(argv)
     if args.extra and args.command != "plan":  # only plan passes options through (to the training config)
         parser.error(f"unrecognized arguments: {' '.join(args.extra)}")
     try:
         return args.run(args) or 0
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     # bad input (WeightsError included), unwritable paths, a demo run that cannot resume: one clear line
     except (ValueError, OSError, RunError) as e:
         print(f"error: {e}", file=sys.stderr)

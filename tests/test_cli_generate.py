@@ -54,13 +54,13 @@ def test_generate_with_the_consistency_samplers(model_dir, tmp_path, scheduler, 
 
 def test_generate_bad_input_is_one_clear_line(model_dir, tmp_path):
     run = generate("--model", model_dir, "--prompt", "x", "--steps", "0", "--out", str(tmp_path / "x.png"))
-    assert run.returncode == 1 and run.stderr.strip() == "error: num_inference_steps must be a positive integer, got 0"
+    assert run.returncode == 2 and run.stderr.strip() == "error: num_inference_steps must be a positive integer, got 0"
     run = generate("--model", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "x.png"))
     assert run.returncode == 1 and "is not a PixArt pipeline directory" in run.stderr
     assert not (tmp_path / "x.png").exists()
     run = generate("--model", model_dir, "--prompt", "x", "--scheduler", "tcd", "--eta", "2", "--out",
                    str(tmp_path / "x.png"))
-    assert run.returncode == 1 and run.stderr.strip() == "error: eta must be in [0, 1], got 2.0"
+    assert run.returncode == 2 and run.stderr.strip() == "error: eta must be in [0, 1], got 2.0"
 
 
 def test_generate_with_the_torch_backend_int8_low_memory(model_dir, tmp_path):
@@ -106,13 +106,14 @@ def test_backend_options_are_checked(model_dir, tmp_path, capsys):
 
 
 def test_zero_sizes_and_nan_guidance_are_one_line_errors(model_dir, tmp_path, capsys):
-    """0 is not "default" and NaN guidance is not "unguided": each is refused before any compute."""
+    """0 is not "default" and NaN guidance is not "unguided": each is refused before any compute (exit code 2: a
+    value out of range)."""
     from pixart_jax.cli import main
 
     for args, message in ((["--height", "0"], "height must be a positive multiple of 8, got 0 "),
                           (["--width", "0"], "width must be a positive multiple of 8, got 0 "),
                           (["--guidance", "nan"], "guidance_scale must be a finite number >= 0, got nan")):
-        assert main(["generate", "--model", model_dir, "--prompt", "x", "--out", str(tmp_path / "x.png"), *args]) == 1
+        assert main(["generate", "--model", model_dir, "--prompt", "x", "--out", str(tmp_path / "x.png"), *args]) == 2
         out, err = capsys.readouterr()
         assert err.startswith(f"error: {message}") and "\n" not in err.strip() and "denoising" not in err, err
     assert not (tmp_path / "x.png").exists()

@@ -91,11 +91,11 @@ def control_latents(vae, pixels, key):
     return vae.scaling_factor * AutoencoderKL.sample(*vae.encode(pixels), key)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ControlRequest:
-    """One pipeline call's control (both backends): images (a list of (H, W, 3) uint8) with their edge-map kind, or
-    ready `latents` (1 or one per prompt, C, h, w), as given."""
-    images: list | None
+    """One pipeline call's control (both backends): images (a tuple of (H, W, 3) uint8) with their edge-map kind,
+    or ready `latents` (1 or one per prompt, C, h, w), as given."""
+    images: tuple | None
     kind: ControlKind
     latents: object = None
 
@@ -114,26 +114,28 @@ class ControlRequest:
         return control_pixels(edge_maps(images, self.kind, hed))
 
 
-def control_request(control_image, control, latents, prompts, channels, hed_error=None) -> ControlRequest:
-    """The ControlRequest of a call's control arguments (see PixArtControlNetPipeline.__call__), checked before any
-    compute: a ValueError for anything wrong. `channels`: the transformer's latent channels; `hed_error`: the
-    message for control "hed" where no HED network is there (None: it is)."""
-    if (control_image is None) == (latents is None):
-        raise ValueError("pass either control_image or control_latents")
+def control_request(control_image, control=ControlKind.canny, latents=None) -> ControlRequest | None:
+    """The ControlRequest of a call's control arguments (see PixArtControlNetPipeline.__call__; None when neither
+    an image nor latents are given): the images read, the kind checked, a ValueError for anything wrong. Their
+    count and shapes are checked against the prompts and the model by pixart_jax.pipelines.request."""
+    if control_image is None and latents is None:
+        return None
+    if control_image is not None and latents is not None:
+        raise ValueError("pass either control_image or control_latents, not both")
     kind = choose(ControlKind, control, "control")
     if latents is not None:
-        latents = latents if hasattr(latents, "shape") else np.asarray(latents, np.float32)
-        shape = tuple(latents.shape)
-        if len(shape) != 4 or shape[1] != channels or shape[0] not in (1, prompts):
-            raise ValueError(f"control_latents must have shape (1 or {prompts} prompts, {channels}, h, w), got "
-                             f"{shape}")
-        return ControlRequest(None, kind, latents)
-    if kind == ControlKind.hed and hed_error:
-        raise ValueError(hed_error)
+        return ControlRequest(None, kind, latents if hasattr(latents, "shape") else np.asarray(latents, np.float32))
     images = control_image if isinstance(control_image, (list, tuple)) else [control_image]
-    if len(images) not in (1, prompts):
-        raise ValueError(f"pass one control image or one per prompt ({prompts}), got {len(images)}")
-    return ControlRequest([read_image(image) for image in images], kind)
+    return ControlRequest(tuple(read_image(image) for image in images), kind)
+
+
+def check_control(request: ControlRequest | None, hed_error: str | None):
+    """What a ControlNet pipeline needs of a call's control: one, and (`hed_error`, the message where no HED
+    network is there; None: it is) the HED network for control images of kind "hed"."""
+    if request is None:
+        raise ValueError("pass either control_image or control_latents")
+    if request.kind == ControlKind.hed and request.images is not None and hed_error:
+        raise ValueError(hed_error)
 
 
 def check_control_latents(shape, channels, height, width, vae_scale):

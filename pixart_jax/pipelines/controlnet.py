@@ -22,14 +22,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pixart_jax.models.controlnet import PixArtControlNet
-from pixart_jax.pipelines.control import (
-    ControlKind,
-    check_control_latents,
-    control_latents,
-    control_request,
-    control_rows,
-)
-from pixart_jax.pipelines.text_to_image import PixArtPipeline, check_pipeline_directory, load_components, prompt_count
+from pixart_jax.pipelines.control import ControlKind, check_control, control_latents, control_rows
+from pixart_jax.pipelines.text_to_image import PixArtPipeline, check_pipeline_directory, load_components
 from pixart_jax.weights.controlnet import load_controlnet
 from pixart_jax.weights.hed import load_hed
 
@@ -45,7 +39,6 @@ class PixArtControlNetPipeline(PixArtPipeline):
 
     def __post_init__(self):
         super().__post_init__()
-        self._control = None  # this call's ControlRequest while it runs
         self._edges = nnx.jit(lambda hed, pixels: hed(pixels))
         self._encode = nnx.jit(control_latents)
 
@@ -67,26 +60,22 @@ class PixArtControlNetPipeline(PixArtPipeline):
         the image already is one) at the binned size; or `control_latents` (1 or one per prompt, C, h, w), already
         VAE-encoded and scaled. height and width default to the control image's size (rounded down to multiples
         of 8), which the output then has."""
+        return super().__call__(prompt, control_image=control_image, control=control,
+                                control_latents=control_latents, **kwargs)
+
+    def _check_control(self, control):
+        """A ControlNet-Transformer, a control, and the HED network for control images of kind "hed"."""
         if not isinstance(self.transformer, PixArtControlNet):
             raise ValueError(f"the transformer is a {type(self.transformer).__name__}, not a PixArtControlNet: load "
                              "one with pixart_jax.load_controlnet")
-        self._control = control_request(control_image, control, control_latents,
-                                        prompt_count(prompt, kwargs.get("prompt_embeds")),
-                                        self.transformer.cfg.in_channels, None if self.hed else HED_MISSING)
-        kwargs["height"], kwargs["width"] = self._control.size(kwargs.get("height"), kwargs.get("width"),
-                                                               self.vae_scale_factor)
-        try:
-            return super().__call__(prompt, **kwargs)
-        finally:
-            self._control = None
+        check_control(control, None if self.hed else HED_MISSING)
 
-    def _shared_inputs(self, prompts, per_prompt, height, width, key):
-        """{"control": (prompts · per_prompt, C, h, w)} scaled control latents at the binned size."""
-        request = self._control
-        if request.latents is None:
-            pixels = request.pixels(height, width, lambda pixels: self._edges(self.hed, pixels))
+    def _shared_inputs(self, request, sizes, key):
+        """{"control": (images, C, h, w)} scaled control latents at the binned size."""
+        control = request.control
+        if control.latents is None:
+            pixels = control.pixels(sizes.height, sizes.width, lambda pixels: self._edges(self.hed, pixels))
             latents = self._encode(self.vae, pixels, key)
         else:
-            latents = jnp.asarray(request.latents, jnp.float32)
-        check_control_latents(latents.shape, self.transformer.cfg.in_channels, height, width, self.vae_scale_factor)
-        return {"control": latents[control_rows(latents.shape[0], prompts, per_prompt)]}
+            latents = jnp.asarray(control.latents, jnp.float32)
+        return {"control": latents[control_rows(latents.shape[0], request.prompts, request.num_images_per_prompt)]}

@@ -1,7 +1,8 @@
 """Text-to-image: `PixArtPipeline`, with the diffusers `PixArtAlphaPipeline` call signature and behaviour.
 
-The denoising loop (classifier-free guidance batched in one forward), the VAE decode and the resize-back of
-resolution binning run in one jitted function that compiles once per (shapes, steps, sampler, guidance on/off).
+A call's arguments become one GenerationRequest (pixart_jax.pipelines.request), checked before any compute;
+`generate(request)` runs it. The denoising loop, the VAE decode and the resize-back of resolution binning run in one
+jitted function (pixart_jax.pipelines.loop) that compiles once per (shapes, steps, sampler, guidance on/off).
 Components are read at every call, so `pipe.transformer = other` (as diffusers users do) takes effect.
 
 The batch runs data-parallel over the local devices (as many as divide it evenly): the images are split, the
@@ -9,35 +10,34 @@ weights replicated, or with `fsdp` > 1 the transformer's weights sharded over gr
 that do not fit one device). The images do not depend on the number of devices.
 """
 import dataclasses
-import math
 import os
-import secrets
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
 from pixart_jax import sharding
 from pixart_jax.files import read_json
-from pixart_jax.images import resize_and_crop, to_numpy, to_pil
-from pixart_jax.pipelines.aspect_ratios import TEST_TABLES, bin_size
-from pixart_jax.pipelines.guidance import Caption, guide, guided_forward
+from pixart_jax.images import to_numpy, to_pil
+from pixart_jax.pipelines.control import ControlKind, control_request
+from pixart_jax.pipelines.guidance import Caption
+from pixart_jax.pipelines.loop import LoopInputs, LoopSpec, run_loop
 from pixart_jax.pipelines.memory import check_fits, compiled_bytes
 from pixart_jax.pipelines.prompts import encode_prompt, load_tokenizer
+from pixart_jax.pipelines.request import GenerationRequest, NullCaption, OutputType
 from pixart_jax.samplers import from_scheduler_config
+from pixart_jax.seeds import random_seed
 from pixart_jax.weights import WeightsError
 from pixart_jax.weights.t5 import load_text_encoder
 from pixart_jax.weights.transformer import load_transformer
 from pixart_jax.weights.vae import load_vae
 
 PIPELINE_CLASSES = ("PixArtAlphaPipeline",)
-BIN_TABLES = {128: TEST_TABLES[1024], 64: TEST_TABLES[512], 32: TEST_TABLES[256]}  # by transformer sample_size
-OUTPUT_TYPES = ("pil", "np", "latent")
-NULL_CAPTIONS = ("negative_prompt", "y_embedding")
 FSDP_RULES = {"kernel_in": "fsdp"}  # the transformer's kernels split along their input dim, as in training
+PLAIN_CONTROL = ("control_image and control_latents need a ControlNet-Transformer: use PixArtControlNetPipeline "
+                 "(pixart_jax.load_controlnet)")
 
 
 @dataclasses.dataclass
@@ -67,9 +67,7 @@ class PixArtPipeline:
 
     def __post_init__(self):
         self._bar = None  # this pipeline's progress bar while a call runs
-        self._generate = jax.jit(self._generate_fn, static_argnames=(
-            "graphdef", "steps", "sampler", "guided", "guidance_channels", "denoised_only", "out_size", "decode",
-            "progress"))
+        self._loop = jax.jit(self._generate_fn, static_argnames=("graphdef", "spec"))
 
     @classmethod
     def from_pretrained(cls, directory: str, dtype=jnp.float32, sampler: str | None = None, int8: bool = False,
@@ -90,27 +88,17 @@ class PixArtPipeline:
         if self._bar is not None:
             self._bar.update()
 
-    def _generate_fn(self, state, latents, cond, uncond, resolution, aspect_ratio, guidance_scale, key, shared, *,
-                     graphdef, steps, sampler, guided, guidance_channels, denoised_only, out_size, decode, progress):
+    def _generate_fn(self, state, inputs, *, graphdef, spec):
         transformer, vae = nnx.merge(graphdef, state)
-        channels = sampler.model_output_shape(latents.shape)[1]
+        return run_loop(transformer, vae, inputs, spec, self._tick)
 
-        def model_fn(x, t):
-            if progress:
-                jax.debug.callback(self._tick)
-            if not guided:
-                return transformer(x, t, cond.embeds, cond.mask, resolution, aspect_ratio, **shared)[:, :channels]
-            out_uncond, out_cond = guided_forward(transformer, x, t, cond, uncond, resolution=resolution,
-                                                  aspect_ratio=aspect_ratio, **shared)
-            # the variance channels of a learned-sigma model come from the conditional half
-            return guide(out_uncond, out_cond, guidance_scale, guidance_channels or latents.shape[1])[:, :channels]
-
-        noise_key = key if sampler.needs_noise(steps) else None
-        latents = sampler.sample(model_fn, latents, steps, key=noise_key, return_denoised=denoised_only)
-        if not decode:
-            return latents
-        images = vae.decode(latents / vae.scaling_factor)
-        return resize_and_crop(images, *out_size)
+    def lower(self, inputs: LoopInputs, spec: LoopSpec) -> jax.stages.Lowered:
+        """The jitted loop lowered for `inputs` (arrays or jax.ShapeDtypeStructs with their shardings) with the
+        current transformer and VAE (abstract ones too: planning compiles it for a TPU slice); call it inside
+        jax.set_mesh of the mesh the inputs and weights are placed on. Its compiled form runs on
+        (nnx.state((transformer, vae)), inputs)."""
+        graphdef, state = nnx.split((self.transformer, self.vae))
+        return self._loop.lower(state, inputs, graphdef=graphdef, spec=spec)
 
     def __call__(self, prompt: str | list[str] | None = None, negative_prompt: str = "",
                  num_inference_steps: int = 20, guidance_scale: float = 4.5, height: int | None = None,
@@ -119,68 +107,87 @@ class PixArtPipeline:
                  prompt_embeds=None, prompt_attention_mask=None, negative_prompt_embeds=None,
                  negative_prompt_attention_mask=None, null_caption: str = "negative_prompt",
                  guidance_channels: int | None = None, eta: float = 0.0, progress: bool = True,
-                 return_dict: bool = True):
-        """Generates images; arguments as diffusers' PixArtAlphaPipeline, plus `seed` (the initial noise and any
-        sampler noise come from jax.random.key(seed); random when None), `null_caption`: "negative_prompt"
-        (T5 of the negative prompt, as diffusers) or "y_embedding" (the checkpoint's null caption with the
-        prompt's mask, as the original repo), and `guidance_channels`: None guides every ε channel (a learned
-        variance comes from the conditional half), 3 reproduces the original repo's IDDPM sampling, which guides
-        only ε channels 0-2. `eta` is, as in diffusers, DDIM's η and TCD's / PCM's γ for this call (it replaces
-        the sampler's own; other samplers ignore it). Returns an ImagePipelineOutput whose `images` are a list of
-        PIL images, an (N, H, W, 3) array in [0, 1] or the (N, 4, h, w) latents; with return_dict=False the tuple
-        (images,)."""
-        cfg = self.transformer.cfg
-        scale = self.vae_scale_factor
-        (height, width), out_size = check_call(
-            cfg, scale, prompt=prompt, prompt_embeds=prompt_embeds, steps=num_inference_steps,
-            guidance_scale=guidance_scale, height=height, width=width, output_type=output_type,
-            null_caption=null_caption, num_images_per_prompt=num_images_per_prompt,
-            guidance_channels=guidance_channels, use_resolution_binning=use_resolution_binning, eta=eta)
-        sampler = self.sampler.with_eta(eta)
-        tokens = (height // scale // cfg.patch_size) * (width // scale // cfg.patch_size)
+                 return_dict: bool = True, control_image=None, control: str = ControlKind.canny,
+                 control_latents=None):
+        """Generates images; arguments as diffusers' PixArtAlphaPipeline, plus `seed` (an integer in [0, 2**32 - 1]:
+        the initial noise and any sampler noise come from jax.random.key(seed); random when None), `null_caption`:
+        "negative_prompt" (T5 of the negative prompt, as diffusers) or "y_embedding" (the checkpoint's null caption
+        with the prompt's mask, as the original repo), and `guidance_channels`: None guides every ε channel (a
+        learned variance comes from the conditional half), 3 reproduces the original repo's IDDPM sampling, which
+        guides only ε channels 0-2. `eta` is, as in diffusers, DDIM's η and TCD's / PCM's γ for this call (it
+        replaces the sampler's own; other samplers ignore it). The control arguments are
+        PixArtControlNetPipeline's. Returns an ImagePipelineOutput whose `images` are a list of PIL images, an
+        (N, H, W, 3) array in [0, 1] or the (N, 4, h, w) latents; with return_dict=False the tuple (images,)."""
+        request = GenerationRequest(
+            prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, height=height, width=width, num_images_per_prompt=num_images_per_prompt,
+            seed=seed, latents=latents, output_type=output_type, use_resolution_binning=use_resolution_binning,
+            clean_caption=clean_caption, prompt_embeds=prompt_embeds, prompt_attention_mask=prompt_attention_mask,
+            negative_prompt_embeds=negative_prompt_embeds,
+            negative_prompt_attention_mask=negative_prompt_attention_mask, null_caption=null_caption,
+            guidance_channels=guidance_channels, eta=eta,
+            control=control_request(control_image, control, control_latents))
+        return self.generate(request, progress=progress, return_dict=return_dict)
+
+    def generate(self, request: GenerationRequest, *, progress: bool = True, return_dict: bool = True):
+        """Runs one GenerationRequest (what __call__ does with its arguments); a ValueError before any compute for
+        a request this pipeline cannot run."""
+        sizes = self._sizes(request)
+        spec = LoopSpec(request.num_inference_steps, self.sampler.with_eta(request.eta), request.guided,
+                        sizes.out_size, request.guidance_channels, request.decoded, progress)
+        inputs, mesh = self._inputs(request, sizes)
+        with jax.set_mesh(mesh):
+            # compiled ahead (jit's caches make a second call with the same shapes reuse it) to check its memory
+            compiled = self.lower(inputs, spec).compile()
+        n = sizes.latent_shape[0]
+        check_fits(compiled_bytes(compiled), f"generating {n} image(s) of {sizes.out_size[0]}x{sizes.out_size[1]}")
+        with tqdm(total=spec.steps, desc="denoising", disable=not progress) as self._bar, jax.set_mesh(mesh):
+            try:
+                result = jax.block_until_ready(compiled(nnx.state((self.transformer, self.vae)), inputs))
+            finally:
+                self._bar = None
+        if request.decoded:
+            result = to_numpy(result) if request.output_type == OutputType.np else to_pil(result)
+        return ImagePipelineOutput(result) if return_dict else (result,)
+
+    def _sizes(self, request):
+        """request.sizes for this pipeline's transformer and VAE, after its control is checked, with the host memory
+        tracing will take checked."""
+        self._check_control(request.control)
+        cfg, scale = self.transformer.cfg, self.vae_scale_factor
+        sizes = request.sizes(cfg, scale)
+        tokens = (sizes.height // scale // cfg.patch_size) * (sizes.width // scale // cfg.patch_size)
         # tracing builds the (tokens, hidden) float64 position table on the host (about twice that at its peak)
-        check_fits(2 * 8 * tokens * cfg.hidden_size, f"the position embedding of {height}x{width} ({tokens:,} "
-                   "tokens)", jax.devices("cpu")[0])
-        guided = guidance_scale > 1.0
-        cond, uncond = self._embeddings(guided, prompt, negative_prompt, clean_caption, null_caption, prompt_embeds,
-                                        prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask)
-        prompts = cond.embeds.shape[0]
-        n = prompts * num_images_per_prompt
-        cond, uncond = (Caption(*(jnp.repeat(a, num_images_per_prompt, axis=0) for a in c)) for c in (cond, uncond))
-        root = jax.random.key(secrets.randbits(31) if seed is None else seed)
+        check_fits(2 * 8 * tokens * cfg.hidden_size, f"the position embedding of {sizes.height}x{sizes.width} "
+                   f"({tokens:,} tokens)", jax.devices("cpu")[0])
+        return sizes
+
+    def _check_control(self, control):
+        """A plain PixArt takes no control."""
+        if control is not None:
+            raise ValueError(PLAIN_CONTROL)
+
+    def _inputs(self, request, sizes):
+        """(LoopInputs placed on the batch's mesh, that mesh): T5 runs here, the noise is drawn here."""
+        cond, uncond = self._embeddings(request)
+        per_prompt = request.num_images_per_prompt
+        cond, uncond = (Caption(*(jnp.repeat(a, per_prompt, axis=0) for a in c)) for c in (cond, uncond))
+        root = jax.random.key(random_seed() if request.seed is None else request.seed)
         key_latents, key_sampler = jax.random.split(root)
-        shape = (n, cfg.in_channels, height // scale, width // scale)
+        latents = request.latents
         if latents is None:
-            latents = jax.random.normal(key_latents, shape, jnp.float32)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+            latents = jax.random.normal(key_latents, sizes.latent_shape, jnp.float32)
+        n = sizes.latent_shape[0]
         resolution = aspect_ratio = None
-        if cfg.micro_conditions:
-            resolution = jnp.tile(jnp.array([[height, width]], jnp.float32), (n, 1))
-            aspect_ratio = jnp.full((n, 1), height / width, jnp.float32)
-        shared = self._shared_inputs(prompts, num_images_per_prompt, height, width, shared_inputs_key(root))
+        if self.transformer.cfg.micro_conditions:
+            resolution = jnp.tile(jnp.array([[sizes.height, sizes.width]], jnp.float32), (n, 1))
+            aspect_ratio = jnp.full((n, 1), sizes.height / sizes.width, jnp.float32)
+        shared = self._shared_inputs(request, sizes, shared_inputs_key(root))
         mesh = self.mesh(n)
-        graphdef, state = nnx.split((self.transformer, self.vae))
         rows = jax.device_put((jnp.asarray(latents, jnp.float32), cond, uncond, resolution, aspect_ratio),
                               sharding.batch_sharding(mesh))
         shared = jax.device_put(shared, sharding.batch_sharding(mesh))
-        args = (state, *rows, jnp.float32(guidance_scale), key_sampler, shared)
-        with jax.set_mesh(mesh):
-            # compiled ahead (jit's caches make a second call with the same shapes reuse it) to check its memory
-            compiled = self._generate.lower(
-                *args, graphdef=graphdef, steps=num_inference_steps, sampler=sampler, guided=guided,
-                guidance_channels=guidance_channels, denoised_only=num_inference_steps == 1, out_size=out_size,
-                decode=output_type != "latent", progress=progress).compile()
-        check_fits(compiled_bytes(compiled), f"generating {n} image(s) of {out_size[0]}x{out_size[1]}")
-        with tqdm(total=num_inference_steps, desc="denoising", disable=not progress) as self._bar, \
-                jax.set_mesh(mesh):
-            try:
-                result = jax.block_until_ready(compiled(*args))
-            finally:
-                self._bar = None
-        if output_type != "latent":
-            result = to_numpy(result) if output_type == "np" else to_pil(result)
-        return ImagePipelineOutput(result) if return_dict else (result,)
+        return LoopInputs(*rows, jnp.float32(request.guidance_scale), key_sampler, shared), mesh
 
     def mesh(self, batch):
         """The ("data", "fsdp") mesh a batch of `batch` images runs on, with the weights placed on it (once: placed
@@ -191,102 +198,33 @@ class PixArtPipeline:
         sharding.place(self.vae, mesh)
         return mesh
 
-    def _shared_inputs(self, prompts, per_prompt, height, width, key):
-        """Extra model inputs of one call, the same in both guidance halves ({name: (prompts · per_prompt, ...)} at
-        the binned height and width; `key` for any randomness): none for a plain PixArt."""
+    def _shared_inputs(self, request, sizes, key):
+        """Extra model inputs of one call, the same in both guidance halves ({name: (images, ...)} at the binned
+        size; `key` for any randomness): none for a plain PixArt."""
         return {}
 
-    def _embeddings(self, guided, prompt, negative_prompt, clean_caption, null_caption, embeds, mask, neg_embeds,
-                    neg_mask):
-        """(cond, uncond) Captions: encoded prompts, or the given embeddings checked against the transformer.
-        Without guidance the negative prompt is not encoded (uncond is cond: the loop never reads it)."""
-        cfg = self.transformer.cfg
-        if embeds is None:
-            null = self.transformer.y_embedding[...] if null_caption == "y_embedding" else None
+    def _embeddings(self, request):
+        """(cond, uncond) Captions: encoded prompts, or the given embeddings (checked by request.sizes). Without
+        guidance the negative prompt is not encoded (uncond is cond: the loop never reads it)."""
+        transformer = self.transformer
+        if request.prompt_embeds is None:
+            null = transformer.y_embedding[...] if request.null_caption == NullCaption.y_embedding else None
             embeds, mask, neg_embeds, neg_mask = encode_prompt(
-                prompt, negative_prompt, tokenizer=self.tokenizer, text_encoder=self.text_encoder,
-                max_length=cfg.max_tokens, clean_caption=clean_caption, null_embedding=null,
-                do_classifier_free_guidance=guided)
+                request.prompt, request.negative_prompt, tokenizer=self.tokenizer, text_encoder=self.text_encoder,
+                max_length=transformer.cfg.max_tokens, clean_caption=request.clean_caption, null_embedding=null,
+                do_classifier_free_guidance=request.guided)
             cond = Caption(embeds, mask)
-            return cond, (Caption(neg_embeds, neg_mask) if guided else cond)
-        expected = (cfg.max_tokens, cfg.caption_channels)
-        cond = _checked_caption(embeds, mask, expected, "prompt_embeds", "prompt_attention_mask")
-        if neg_embeds is None:
-            null = jnp.broadcast_to(self.transformer.y_embedding[...], cond.embeds.shape)
-            return cond, Caption(null, cond.mask)
-        uncond = _checked_caption(neg_embeds, neg_mask, expected, "negative_prompt_embeds",
-                                  "negative_prompt_attention_mask")
-        if uncond.embeds.shape[0] != cond.embeds.shape[0]:
-            raise ValueError(f"negative_prompt_embeds has batch {uncond.embeds.shape[0]}, prompt_embeds "
-                             f"{cond.embeds.shape[0]}")
-        return cond, uncond
-
-
-def check_call(cfg, vae_scale, *, prompt, prompt_embeds, steps, guidance_scale, height, width, output_type,
-               null_caption, num_images_per_prompt, guidance_channels, use_resolution_binning, eta=0.0):
-    """Checks a pipeline call's arguments (both backends) before any compute; returns the (height, width) the image
-    is generated at (binned) and the (height, width) it is returned at. `cfg` is the transformer's PixArtConfig."""
-    if height is None:
-        height = cfg.sample_size * vae_scale
-    if width is None:
-        width = cfg.sample_size * vae_scale
-    if prompt_embeds is None:
-        prompts = [prompt] if isinstance(prompt, str) else prompt
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"num_inference_steps must be a positive integer, got {steps!r}")
-    if not math.isfinite(guidance_scale) or guidance_scale < 0:
-        raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
-    if not 0 <= eta <= 1:
-        raise ValueError(f"eta must be in [0, 1], got {eta}")
-    for name, value in (("height", height), ("width", width)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0 or value % 8:
-            raise ValueError(f"{name} must be a positive multiple of 8, got {value!r} "
-                             f"(height x width: {height!r}x{width!r})")
-    if output_type not in OUTPUT_TYPES:
-        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-    if null_caption not in NULL_CAPTIONS:
-        raise ValueError(f"null_caption must be one of {NULL_CAPTIONS}, got {null_caption!r}")
-    if num_images_per_prompt < 1:
-        raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
-    if guidance_channels is not None and not 1 <= guidance_channels <= cfg.in_channels:
-        raise ValueError(f"guidance_channels must be None or in [1, {cfg.in_channels}], got {guidance_channels}")
-    out_size = (height, width)
-    if use_resolution_binning:
-        if cfg.sample_size not in BIN_TABLES:
-            raise ValueError(f"resolution binning needs a transformer sample_size in {sorted(BIN_TABLES)}, "
-                             f"this one has {cfg.sample_size}: pass use_resolution_binning=False")
-        height, width = bin_size(height, width, BIN_TABLES[cfg.sample_size])
-    multiple = vae_scale * cfg.patch_size
-    if height % multiple or width % multiple:
-        raise ValueError(f"height and width must be multiples of {multiple} (VAE factor {vae_scale} x patch "
-                         f"{cfg.patch_size}) without resolution binning, got {height}x{width}")
-    return (height, width), out_size
-
-
-def prompt_count(prompt, prompt_embeds) -> int:
-    """How many prompts a call has: the rows of `prompt_embeds` when given, else the prompt strings."""
-    if prompt_embeds is not None:
-        return len(prompt_embeds)
-    return 1 if isinstance(prompt, str) else len(prompt or ())
+            return cond, (Caption(neg_embeds, neg_mask) if request.guided else cond)
+        cond = _caption(request.prompt_embeds, request.prompt_attention_mask)
+        if request.negative_prompt_embeds is None:
+            return cond, Caption(jnp.broadcast_to(transformer.y_embedding[...], cond.embeds.shape), cond.mask)
+        return cond, _caption(request.negative_prompt_embeds, request.negative_prompt_attention_mask)
 
 
 def shared_inputs_key(root):
     """The key of a call's shared inputs (the control image's posterior noise) from its root key,
     jax.random.key(seed); the PyTorch path draws that noise from it too, so one seed gives both the same."""
     return jax.random.fold_in(root, 1)
-
-
-def check_caption(embeds_shape, mask_shape, expected, name, mask_name):
-    """Checks given caption features (B, L, C) against the transformer's expected (L, C) and their mask (B, L)."""
-    if len(embeds_shape) != 3 or tuple(embeds_shape[1:]) != expected:
-        raise ValueError(f"{name} must have shape (batch, {expected[0]}, {expected[1]}) for this transformer, "
-                         f"got {tuple(embeds_shape)}")
-    if mask_shape is None:
-        raise ValueError(f"{name} needs {mask_name} (batch, {expected[0]}) of 0/1: which tokens are real")
-    if tuple(mask_shape) != tuple(embeds_shape[:2]):
-        raise ValueError(f"{mask_name} must have shape {tuple(embeds_shape[:2])}, got {tuple(mask_shape)}")
 
 
 def check_pipeline_directory(directory):
@@ -309,7 +247,5 @@ def load_components(directory, dtype=jnp.float32, sampler=None, int8=False, **sa
                 sampler=from_scheduler_config(path("scheduler"), sampler=sampler, **sampler_options))
 
 
-def _checked_caption(embeds, mask, expected, name, mask_name):
-    """Caption(embeds, mask) as float32 after check_caption."""
-    check_caption(np.shape(embeds), None if mask is None else np.shape(mask), expected, name, mask_name)
+def _caption(embeds, mask):
     return Caption(jnp.asarray(embeds, jnp.float32), jnp.asarray(mask, jnp.float32))

@@ -15,6 +15,7 @@ from pixart_jax.models.transformer import PixArtTransformer
 from pixart_jax.models.transformer_config import PRESETS
 from pixart_jax.models.vae import SD_VAE, AutoencoderKL
 from pixart_jax.pipelines.guidance import Caption
+from pixart_jax.pipelines.loop import LoopInputs, LoopSpec
 from pixart_jax.pipelines.text_to_image import FSDP_RULES, PixArtPipeline
 from pixart_jax.planning.plan import Plan, compile_plan
 from pixart_jax.planning.topologies import Topology
@@ -43,14 +44,13 @@ def plan_pipeline(preset: str, topology: Topology, *, images=None, steps=20, sam
     caption = Caption(row(cfg.max_tokens, cfg.caption_channels), row(cfg.max_tokens))
     micro = (row(2), row(1)) if cfg.micro_conditions else (None, None)
     size = cfg.sample_size * vae.spatial_factor
-    graphdef, state = nnx.split((transformer, vae))
     scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=sharding.replicated(mesh))
+    spec = LoopSpec(steps=int(steps), sampler=pipe.sampler, guided=float(guidance) > 1, out_size=(size, size))
     with jax.set_mesh(mesh):
         key = jax.eval_shape(lambda: jax.random.key(0))
-        lowered = pipe._generate.lower(
-            state, row(cfg.in_channels, cfg.sample_size, cfg.sample_size), caption, caption, *micro, scalar,
-            jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding.replicated(mesh)), {}, graphdef=graphdef,
-            steps=int(steps), sampler=pipe.sampler, guided=float(guidance) > 1, guidance_channels=None,
-            denoised_only=int(steps) == 1, out_size=(size, size), decode=True, progress=False)
+        key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding.replicated(mesh))
+        inputs = LoopInputs(row(cfg.in_channels, cfg.sample_size, cfg.sample_size), caption, caption, *micro, scalar,
+                            key, {})
+        lowered = pipe.lower(inputs, spec)
         weights = {"transformer": nnx.to_pure_dict(nnx.state(transformer)), "vae": nnx.to_pure_dict(nnx.state(vae))}
         return compile_plan(lowered, topology, mesh, weights)

@@ -3,8 +3,8 @@ same pipeline directory, for serving on GPUs (float16 included) with int8 T5 and
 
 Components: transformers' T5EncoderModel (float, or int8 with pixart_jax's codes), diffusers'
 PixArtTransformer2DModel and AutoencoderKL, and the diffusers scheduler that our sampler registry maps the
-directory's scheduler config to. What the two pipelines share is one code: argument checks and sizes
-(pixart_jax.pipelines.text_to_image), aspect-ratio bins, caption cleaning and tokenisation
+directory's scheduler config to. What the two pipelines share is one code: the call as a checked GenerationRequest
+and its sizes (pixart_jax.pipelines.request), aspect-ratio bins, caption cleaning and tokenisation
 (pixart_jax.pipelines.prompts), scheduler configs (pixart_jax.samplers), control images up to their VAE input
 (pixart_jax.pipelines.control). Latents stay float32 between steps, as in the JAX pipeline; the models compute in
 `dtype`.
@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import inspect
 import os
-import secrets
 
 import diffusers
 import numpy as np
@@ -25,18 +24,15 @@ from pixart_jax.choices import Int8Backend, TorchDType, choose
 from pixart_jax.images import cover_and_crop, pil_images
 from pixart_jax.models.transformer_config import PixArtConfig
 from pixart_jax.models.vae import VAEConfig
-from pixart_jax.pipelines.control import ControlKind, check_control_latents, control_request, control_rows
+from pixart_jax.pipelines.control import ControlKind, check_control, control_request, control_rows
 from pixart_jax.pipelines.prompts import load_tokenizer, prompt_tokens
-from pixart_jax.pipelines.text_to_image import (
-    ImagePipelineOutput,
-    check_call,
-    check_caption,
-    check_pipeline_directory,
-    prompt_count,
-)
+from pixart_jax.pipelines.request import GenerationRequest, NullCaption, OutputType
+from pixart_jax.pipelines.text_to_image import ImagePipelineOutput, check_pipeline_directory
 from pixart_jax.samplers import from_scheduler_config, to_scheduler_config
+from pixart_jax.seeds import random_seed
 from pixart_jax.torch.control import encode_control
 from pixart_jax.torch.controlnet import PixArtControlNetTransformer, load_controlnet
+from pixart_jax.torch.devices import check_device
 from pixart_jax.torch.loading import release, to_torch
 from pixart_jax.torch.memory import MemoryStages
 from pixart_jax.torch.text_encoder import load_text_encoder
@@ -81,23 +77,34 @@ def resize_and_crop(images, height, width):
 
 HED_MISSING = ("control 'hed' is for the JAX pipeline (the PyTorch path has no HED network): use "
                "PixArtControlNetPipeline, or pass an edge map with control='none' or control_latents")
+PLAIN_CONTROL = ("control_image and control_latents need a ControlNet-Transformer: load one with "
+                 "PixArtTorchPipeline.from_pretrained(..., controlnet=PATH)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ComponentConfigs:
+    """What a pipeline knows of the transformer and VAE it loads per call (low_memory): the transformer's
+    PixArtConfig (its base's, for a ControlNet), the VAE's config, and whether the transformer is a
+    ControlNet-Transformer."""
+    cfg: PixArtConfig
+    vae_config: VAEConfig
+    controlnet: bool = False
 
 
 class PixArtTorchPipeline:
     """transformer (PixArtTransformer2DModel, or a PixArtControlNetTransformer: then each call takes a control
     image), text_encoder (T5EncoderModel), tokenizer, vae (AutoencoderKL) and a diffusers scheduler on `device`.
     Components are read at every call (`pipe.transformer = other` takes effect). With `loaders` ({component: () ->
-    module}) a component that is None is loaded for its stage and freed after it (low_memory); `cfg`, `vae_config`
-    and `has_controlnet` then describe the transformer and VAE without loading them."""
+    module}) a component that is None is loaded for its stage and freed after it (low_memory); `configs` then
+    describe the transformer and VAE without loading them."""
 
     def __init__(self, transformer, text_encoder, tokenizer, vae, scheduler, *, device="cpu", dtype=torch.float32,
-                 loaders=None, cfg: PixArtConfig | None = None, vae_config: VAEConfig | None = None,
-                 has_controlnet: bool = False):
+                 loaders=None, configs: ComponentConfigs | None = None):
         self.transformer, self.text_encoder, self.tokenizer, self.vae = transformer, text_encoder, tokenizer, vae
         self.scheduler = scheduler
-        self.device, self.dtype = torch.device(device), dtype
+        self.device, self.dtype = check_device(device), dtype
         self.loaders = dict(loaders or {})
-        self._cfg, self._vae_config, self._has_controlnet = cfg, vae_config, has_controlnet
+        self.configs = configs
         self._default_null = None
 
     @classmethod
@@ -118,6 +125,7 @@ class PixArtTorchPipeline:
         the directory's, as PixArtControlNetPipeline.from_pretrained.
         """
         check_pipeline_directory(directory)
+        device = check_device(device)
         dtype = choose(TorchDType, str(dtype).removeprefix("torch."), "dtype").torch
         int8_backend = choose(Int8Backend, int8_backend, "int8_backend")
         path = functools.partial(os.path.join, directory)
@@ -137,28 +145,27 @@ class PixArtTorchPipeline:
         }
         resident = {name: None if low_memory else load() for name, load in loaders.items()}
         return cls(**resident, tokenizer=load_tokenizer(path("tokenizer")), scheduler=scheduler, device=device,
-                   dtype=dtype, loaders=loaders, cfg=cfg, vae_config=vae_config,
-                   has_controlnet=controlnet is not None)
+                   dtype=dtype, loaders=loaders, configs=ComponentConfigs(cfg, vae_config, controlnet is not None))
 
     @property
     def cfg(self):
         """The transformer's PixArtConfig."""
         if self.transformer is not None:
             return PixArtConfig.from_diffusers(dict(self.transformer.config))
-        return self._cfg
+        return self.configs.cfg
 
     @property
     def has_controlnet(self):
         """Whether the transformer (loaded or not) is a ControlNet-Transformer, whose calls take a control."""
         if self.transformer is not None:
             return isinstance(self.transformer, PixArtControlNetTransformer)
-        return self._has_controlnet
+        return self.configs.controlnet
 
     @property
     def vae_scale_factor(self):
         if self.vae is not None:
             return 2 ** (len(self.vae.config.block_out_channels) - 1)
-        return self._vae_config.spatial_factor
+        return self.configs.vae_config.spatial_factor
 
     def _use(self, name, run):
         """run(component): the resident component, or (low_memory) one loaded for this call and freed after."""
@@ -188,91 +195,89 @@ class PixArtTorchPipeline:
         With a ControlNet-Transformer: `control_image`, `control` ("canny" or "none"; "hed" is JAX-only) or
         `control_latents`, as PixArtControlNetPipeline.__call__ (the posterior noise of the control image's VAE
         encoding as the JAX pipeline draws it from `seed`)."""
-        cfg, scale = self.cfg, self.vae_scale_factor
-        request = self._control_request(control_image, control, control_latents, prompt, prompt_embeds)
-        if request is not None:
-            height, width = request.size(height, width, scale)
-        (height, width), out_size = check_call(
-            cfg, scale, prompt=prompt, prompt_embeds=prompt_embeds, steps=num_inference_steps,
-            guidance_scale=guidance_scale, height=height, width=width, output_type=output_type,
-            null_caption=null_caption, num_images_per_prompt=num_images_per_prompt,
-            guidance_channels=guidance_channels, use_resolution_binning=use_resolution_binning, eta=eta)
-        if request is not None and request.latents is not None:
-            check_control_latents(request.latents.shape, cfg.in_channels, height, width, scale)
-        expected = (cfg.max_tokens, cfg.caption_channels)
-        if prompt_embeds is not None:
-            check_caption(prompt_embeds.shape, _shape(prompt_attention_mask), expected, "prompt_embeds",
-                          "prompt_attention_mask")
-            if negative_prompt_embeds is not None:
-                check_caption(negative_prompt_embeds.shape, _shape(negative_prompt_attention_mask), expected,
-                              "negative_prompt_embeds", "negative_prompt_attention_mask")
-                if negative_prompt_embeds.shape[0] != prompt_embeds.shape[0]:
-                    raise ValueError(f"negative_prompt_embeds has batch {negative_prompt_embeds.shape[0]}, "
-                                     f"prompt_embeds {prompt_embeds.shape[0]}")
-        batch = prompt_count(prompt, prompt_embeds)
-        n = batch * num_images_per_prompt
-        shape = (n, cfg.in_channels, height // scale, width // scale)
-        if latents is not None and tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        request = GenerationRequest(
+            prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, height=height, width=width, num_images_per_prompt=num_images_per_prompt,
+            seed=seed, latents=latents, output_type=output_type, use_resolution_binning=use_resolution_binning,
+            clean_caption=clean_caption, prompt_embeds=prompt_embeds, prompt_attention_mask=prompt_attention_mask,
+            negative_prompt_embeds=negative_prompt_embeds,
+            negative_prompt_attention_mask=negative_prompt_attention_mask, null_caption=null_caption,
+            guidance_channels=guidance_channels, eta=eta,
+            control=control_request(control_image, control, control_latents))
+        return self.generate(request, progress=progress, return_dict=return_dict, memory_report=memory_report)
+
+    def generate(self, request: GenerationRequest, *, progress: bool = True, return_dict: bool = True,
+                 memory_report: bool = False):
+        """Runs one GenerationRequest (what __call__ does with its arguments); a ValueError before anything is
+        loaded for a request this pipeline cannot run."""
+        sizes = self._sizes(request)
         stages = MemoryStages(self.device, memory_report)
-        if prompt_embeds is None:
-            with stages.stage("encode"):
-                cond, uncond = self._encode(prompt, negative_prompt, clean_caption, null_caption)
-        else:
-            cond = (self._tensor(prompt_embeds), self._tensor(prompt_attention_mask))
-            uncond = None if negative_prompt_embeds is None else (
-                self._tensor(negative_prompt_embeds), self._tensor(negative_prompt_attention_mask))
-        cond = tuple(a.repeat_interleave(num_images_per_prompt, 0) for a in cond)
-        if uncond is not None:
-            uncond = tuple(a.repeat_interleave(num_images_per_prompt, 0) for a in uncond)
-        seed = secrets.randbits(31) if seed is None else seed
+        captions = self._captions(request, stages)
+        seed = random_seed() if request.seed is None else request.seed
         generator = torch.Generator("cpu").manual_seed(seed)
+        latents = request.latents
         if latents is None:
-            latents = torch.randn(shape, generator=generator, dtype=torch.float32)
+            latents = torch.randn(sizes.latent_shape, generator=generator, dtype=torch.float32)
         latents = self._tensor(latents)
-        control = None if request is None else self._control(request, batch, num_images_per_prompt, height, width,
-                                                             seed, stages)
+        control = None if request.control is None else self._control(request, sizes, seed, stages)
         with stages.stage("denoise"):
             result = self._use("transformer", lambda transformer: self._denoise(
-                transformer, latents, cond, uncond, num_inference_steps, guidance_scale, guidance_channels,
-                (height, width), eta, generator, progress, control))
-        if output_type != "latent":
+                transformer, latents, captions, request, (sizes.height, sizes.width), generator, control, progress))
+        if request.decoded:
             with stages.stage("decode"):
-                result = self._use("vae", lambda vae: self._decode(vae, result, out_size))
-            result = result if output_type == "np" else pil_images(result)
+                result = self._use("vae", lambda vae: self._decode(vae, result, sizes.out_size))
+            result = result if request.output_type == OutputType.np else pil_images(result)
         memory = stages.stages if memory_report else None
         return TorchPipelineOutput(result, memory) if return_dict else (result,)
 
-    def _control_request(self, control_image, control, latents, prompt, prompt_embeds):
-        """The call's ControlRequest (None with a plain transformer); a ValueError for a control that is wrong."""
+    def _sizes(self, request):
+        """request.sizes for this transformer and VAE, after its control is checked (one exactly with a
+        ControlNet-Transformer)."""
         if not self.has_controlnet:
-            if control_image is not None or latents is not None:
-                raise ValueError("control_image and control_latents need a ControlNet-Transformer: load one with "
-                                 "PixArtTorchPipeline.from_pretrained(..., controlnet=PATH)")
-            return None
-        return control_request(control_image, control, latents, prompt_count(prompt, prompt_embeds),
-                               self.cfg.in_channels, HED_MISSING)
+            if request.control is not None:
+                raise ValueError(PLAIN_CONTROL)
+        else:
+            check_control(request.control, HED_MISSING)
+        return request.sizes(self.cfg, self.vae_scale_factor)
 
-    def _control(self, request, prompts, per_prompt, height, width, seed, stages):
-        """(prompts · per_prompt, C, h, w) float32 control latents at the binned size: the given ones, or the
-        control images' (fitted, edge maps, VAE-encoded) in a "control" stage."""
-        latents = request.latents
+    def _captions(self, request, stages):
+        """(cond, uncond) as (embeds, mask) per image (uncond None: the transformer's null caption): the prompts
+        encoded in an "encode" stage, or the given embeddings."""
+        if request.prompt_embeds is None:
+            with stages.stage("encode"):
+                cond, uncond = self._encode(request)
+        else:
+            cond = (self._tensor(request.prompt_embeds), self._tensor(request.prompt_attention_mask))
+            uncond = None if request.negative_prompt_embeds is None else (
+                self._tensor(request.negative_prompt_embeds), self._tensor(request.negative_prompt_attention_mask))
+        per_prompt = request.num_images_per_prompt
+        cond = tuple(a.repeat_interleave(per_prompt, 0) for a in cond)
+        if uncond is not None:
+            uncond = tuple(a.repeat_interleave(per_prompt, 0) for a in uncond)
+        return cond, uncond
+
+    def _control(self, request, sizes, seed, stages):
+        """(images, C, h, w) float32 control latents at the binned size: the given ones, or the control images'
+        (fitted, edge maps, VAE-encoded) in a "control" stage."""
+        latents = request.control.latents
         if latents is None:
             with stages.stage("control"):
-                pixels = request.pixels(height, width)
+                pixels = request.control.pixels(sizes.height, sizes.width)
                 latents = self._use("vae", lambda vae: encode_control(vae, pixels, seed))
         latents = self._tensor(latents)
-        return latents[torch.from_numpy(control_rows(len(latents), prompts, per_prompt)).to(self.device)]
+        rows = control_rows(len(latents), request.prompts, request.num_images_per_prompt)
+        return latents[torch.from_numpy(rows).to(self.device)]
 
     def _tensor(self, value):
         return torch.as_tensor(np.asarray(value) if not torch.is_tensor(value) else value,
                                dtype=torch.float32).to(self.device)
 
-    def _encode(self, prompt, negative_prompt, clean_caption, null_caption):
+    def _encode(self, request):
         """(cond, uncond) as (embeds float32 (B, L, C), mask (B, L)); uncond None: the null caption with the
         prompts' mask (resolved with the transformer, which holds it)."""
-        tokens = prompt_tokens(prompt, negative_prompt, tokenizer=self.tokenizer, max_length=self.cfg.max_tokens,
-                               clean_caption=clean_caption, negatives=null_caption != "y_embedding")
+        tokens = prompt_tokens(request.prompt, request.negative_prompt, tokenizer=self.tokenizer,
+                               max_length=self.cfg.max_tokens, clean_caption=request.clean_caption,
+                               negatives=request.null_caption != NullCaption.y_embedding)
         ids, mask = tokens.ids, tokens.mask
         if tokens.negative_ids is not None:  # one encoder call for both branches, as the JAX pipeline
             ids, mask = np.concatenate([ids, tokens.negative_ids]), np.concatenate([mask, tokens.negative_mask])
@@ -299,24 +304,15 @@ class PixArtTorchPipeline:
         return to_torch(self._default_null, self.device)
 
     @torch.inference_mode()
-    def _denoise(self, transformer, latents, cond, uncond, steps, guidance_scale, guidance_channels, size, eta,
-                 generator, progress, control=None):
-        if uncond is None:
-            uncond = (self._null_caption(transformer).expand_as(cond[0]), cond[1])
-        guided = guidance_scale > 1.0
-        embeds, mask = (torch.cat([u, c]) for u, c in zip(uncond, cond)) if guided else cond
-        embeds = embeds.to(self.dtype)
-        rows = embeds.shape[0]
-        added = {"resolution": None, "aspect_ratio": None}
-        if transformer.config.use_additional_conditions:
-            added = {"resolution": torch.tensor([size], dtype=torch.float32, device=self.device).repeat(rows, 1),
-                     "aspect_ratio": torch.full((rows, 1), size[0] / size[1], device=self.device)}
-        extra = {}
-        if control is not None:  # the same control latents in both guidance halves
-            extra["control_latents"] = (torch.cat([control, control]) if guided else control).to(self.dtype)
+    def _denoise(self, transformer, latents, captions, request, size, generator, control, progress):
+        """The denoising loop: the final latents (float32) of `latents` under request's steps, guidance and η, at
+        the binned (height, width) `size`; `control` the control latents per image (None: no ControlNet)."""
+        steps, guided, scale = request.num_inference_steps, request.guided, request.guidance_scale
+        inputs = self._model_inputs(transformer, captions, guided, size, control)
+        rows = inputs["encoder_hidden_states"].shape[0]
         scheduler = self.scheduler
         # diffusers' pipeline passes its eta to every scheduler whose step takes one (DDIM's η, TCD's γ)
-        step_options = {"eta": eta} if "eta" in inspect.signature(scheduler.step).parameters else {}
+        step_options = {"eta": request.eta} if "eta" in inspect.signature(scheduler.step).parameters else {}
         scheduler.set_timesteps(steps, device=self.device)
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(0)
@@ -324,16 +320,32 @@ class PixArtTorchPipeline:
         for t in tqdm(scheduler.timesteps, desc="denoising", disable=not progress):
             model_in = scheduler.scale_model_input(x, t)
             model_in = torch.cat([model_in, model_in]) if guided else model_in
-            out = transformer(model_in.to(self.dtype), encoder_hidden_states=embeds, encoder_attention_mask=mask,
-                              timestep=t.expand(rows).to(self.device), added_cond_kwargs=added,
-                              return_dict=False, **extra)[0].float()
+            out = transformer(model_in.to(self.dtype), timestep=t.expand(rows).to(self.device), return_dict=False,
+                              **inputs)[0].float()
             if guided:
-                out = guide(*out.chunk(2), guidance_scale, guidance_channels)
+                out = guide(*out.chunk(2), scale, request.guidance_channels)
             step = scheduler.step(out[:, :x.shape[1]], t, x, **step_options, generator=generator,
                                   return_dict=False)
             # one step returns its denoised estimate, as diffusers' pipeline (and ours) do
             x = step[1] if steps == 1 and len(step) > 1 else step[0]
         return x.float()
+
+    def _model_inputs(self, transformer, captions, guided, size, control):
+        """The transformer's keyword inputs besides the latents and timestep, [uncond, cond] when `guided`."""
+        cond, uncond = captions
+        if uncond is None:
+            uncond = (self._null_caption(transformer).expand_as(cond[0]), cond[1])
+        embeds, mask = (torch.cat([u, c]) for u, c in zip(uncond, cond)) if guided else cond
+        rows = embeds.shape[0]
+        added = {"resolution": None, "aspect_ratio": None}
+        if transformer.config.use_additional_conditions:
+            added = {"resolution": torch.tensor([size], dtype=torch.float32, device=self.device).repeat(rows, 1),
+                     "aspect_ratio": torch.full((rows, 1), size[0] / size[1], device=self.device)}
+        inputs = dict(encoder_hidden_states=embeds.to(self.dtype), encoder_attention_mask=mask,
+                      added_cond_kwargs=added)
+        if control is not None:  # the same control latents in both guidance halves
+            inputs["control_latents"] = (torch.cat([control, control]) if guided else control).to(self.dtype)
+        return inputs
 
     @torch.inference_mode()
     def _decode(self, vae, latents, out_size):
@@ -347,7 +359,3 @@ def _load_vae(directory, device, dtype):
     read_vae_config(directory)  # the same checks (and errors) as the JAX loader
     vae = diffusers.AutoencoderKL.from_pretrained(directory, torch_dtype=dtype)
     return vae.to(device).eval().requires_grad_(False)
-
-
-def _shape(value):
-    return None if value is None else tuple(value.shape)

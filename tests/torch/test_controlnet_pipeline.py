@@ -66,7 +66,7 @@ def max_diff(a, b):
 
 def test_same_control_latents_and_images_as_the_jax_pipeline(model, torch_pipe):
     images = [edges_image(), edges_image(4, 24)]  # one per prompt
-    request = control_request(images, "canny", None, 2, 4)
+    request = control_request(images, "canny")
     pixels = request.pixels(64, 64)
     ours = encode_control(torch_pipe.vae, pixels, 0).numpy()
     jax_pipe = PixArtControlNetPipeline.from_pretrained(*model)
