@@ -15,6 +15,7 @@ from pixart_jax.models.transformer import PixArtTransformer
 from pixart_jax.models.transformer_config import PRESETS, PixArtConfig
 from pixart_jax.pipelines.controlnet import PixArtControlNetPipeline
 from pixart_jax.pipelines.prompts import encode_prompt
+from pixart_jax.pipelines.request import GenerationRequest
 from pixart_jax.pipelines.text_to_image import PixArtPipeline
 from pixart_jax.samplers.registry import from_scheduler_config, make_sampler, to_scheduler_config
 from pixart_jax.weights.controlnet import load_controlnet, save_controlnet, save_controlnet_jax
@@ -25,8 +26,8 @@ from pixart_jax.weights.t5_int8 import export_int8_t5
 from pixart_jax.weights.transformer import load_transformer, save_diffusers, save_jax, save_original
 from pixart_jax.weights.vae import load_vae
 
-__all__ = ["PRESETS", "ControlNetConfig", "FileError", "PixArtConfig", "PixArtControlNet", "PixArtControlNetPipeline",
-           "PixArtPipeline", "PixArtTransformer", "WeightsError", "encode_prompt", "export_int8_t5",
-           "from_scheduler_config", "load_controlnet", "load_hed", "load_text_encoder", "load_transformer", "load_vae",
-           "make_sampler", "save_controlnet", "save_controlnet_jax", "save_diffusers", "save_jax", "save_original",
-           "to_scheduler_config"]
+__all__ = ["PRESETS", "ControlNetConfig", "FileError", "GenerationRequest", "PixArtConfig", "PixArtControlNet",
+           "PixArtControlNetPipeline", "PixArtPipeline", "PixArtTransformer", "WeightsError", "encode_prompt",
+           "export_int8_t5", "from_scheduler_config", "load_controlnet", "load_hed", "load_text_encoder",
+           "load_transformer", "load_vae", "make_sampler", "save_controlnet", "save_controlnet_jax", "save_diffusers",
+           "save_jax", "save_original", "to_scheduler_config"]
