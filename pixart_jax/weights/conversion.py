@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from pixart_jax.files import check_destination, read_json
+from pixart_jax.files import check_apart, check_destination, read_json
 from pixart_jax.models.transformer_config import PRESETS
 from pixart_jax.weights import WeightsError
 from pixart_jax.weights import controlnet as controlnet_weights
@@ -69,7 +69,9 @@ def convert(src, dst, to, config=None, overwrite=False):
     into_folder = to == "original" and not dst.endswith(ORIGINAL_SUFFIXES)  # dst/<variant>.pth, beside what is there
     if into_folder and os.path.exists(dst) and not (os.path.isdir(dst) and os.access(dst, os.W_OK | os.X_OK)):
         raise WeightsError(f"cannot write into {dst}: it is {'not writable' if os.path.isdir(dst) else 'a file'}")
-    if not into_folder:
+    if into_folder:
+        check_apart(dst, (src,))
+    else:
         check_destination(dst, directory=to != "original", overwrite=overwrite, keep=(src,))
     model = transformer_weights.load_transformer(src, config=config)
     if to == "original":
