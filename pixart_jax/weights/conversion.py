@@ -18,7 +18,7 @@ from pixart_jax.weights import transformer as transformer_weights
 from pixart_jax.weights.files import read_state_dict, read_weights
 from pixart_jax.weights.keymaps.controlnet import is_controlnet_config, is_controlnet_state_dict
 from pixart_jax.weights.nnx_state import flat_arrays
-from pixart_jax.weights.safetensors_io import read_header
+from pixart_jax.weights.safetensors_io import LazyTensors
 
 LAYOUTS = ("diffusers", "original", "jax")
 ORIGINAL_SUFFIXES = (".pth", ".safetensors")
@@ -42,7 +42,7 @@ def is_controlnet(path: str) -> bool:
         return os.path.isfile(config) and is_controlnet_config(read_json(config))
     if not os.path.isfile(path):
         return False
-    return is_controlnet_state_dict(read_header(path)[0] if path.endswith(".safetensors") else read_state_dict(path))
+    return is_controlnet_state_dict(LazyTensors([path]) if path.endswith(".safetensors") else read_state_dict(path))
 
 
 def convert_controlnet(src, dst, to, config=None, overwrite=False):
