@@ -1,4 +1,4 @@
-"""Files the library reads and writes whatever they hold: JSON, and destinations written atomically without
+"""Files the library reads and writes whatever they hold: JSON, and files and folders written atomically without
 replacing anything a user had (the folder we wrote carries an OWNER_MARK listing its entries)."""
 import contextlib
 import json
@@ -58,18 +58,23 @@ def check_writable(path: str) -> str:
     return parent
 
 
-def check_destination(dst: str, *, directory: bool, overwrite: bool = False, keep=()) -> None:
-    """Refuses, with a FileError naming the reason, to write `dst` (a folder if `directory`, else a file) where
-    that could lose something: when it exists and is or overlaps one of the paths in `keep` (the sources: refused
-    even with `overwrite`), is of the other kind, or (without `overwrite`) is a file or a folder pixart-jax did not
-    write; or when its folder cannot be written."""
-    check_writable(dst)
-    if not os.path.lexists(dst):
-        return
-    for source in keep:
+def check_apart(dst: str, sources) -> None:
+    """A FileError if `dst` is, holds or lies inside one of `sources` (whether or not it exists yet)."""
+    for source in sources:
         if _overlaps(dst, source):
             raise FileError(f"refusing to write {dst}: it is, holds or lies inside the source {source}, which "
-                                  "writing there would destroy; choose another destination")
+                            "writing there would destroy; choose another destination")
+
+
+def check_destination(dst: str, *, directory: bool, overwrite: bool = False, keep=()) -> None:
+    """Refuses, with a FileError naming the reason, to write `dst` (a folder if `directory`, else a file) where
+    that could lose something: when it is, holds or lies inside one of the paths in `keep` (the sources: refused
+    even with `overwrite`, and even when `dst` does not exist yet); when it exists and is of the other kind, or
+    (without `overwrite`) is a file or a folder pixart-jax did not write; or when its folder cannot be written."""
+    check_writable(dst)
+    check_apart(dst, keep)
+    if not os.path.lexists(dst):
+        return
     if directory != os.path.isdir(dst):
         kind, wanted = ("a folder", "a file") if os.path.isdir(dst) else ("a file", "a folder")
         raise FileError(f"refusing to write {dst}: it is {kind}, and the output is {wanted}")
@@ -119,3 +124,34 @@ def atomic_directory(dst: str, *, overwrite: bool = False, keep=()):
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
+
+
+def _fsync(path):
+    """Flushes `path` (a file, or a folder: the entries just renamed in it) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(dst: str, *, overwrite: bool = False, keep=()):
+    """Yields a new path beside `dst` to write; on success the file there is flushed to disk and becomes `dst`, on
+    failure it is removed and an existing `dst` stays as it was. `dst` is checked first (`check_destination`: an
+    existing file is replaced only with `overwrite`; never a folder, nor anything overlapping `keep`), and again
+    just before it is replaced. Its folder is created if needed."""
+    dst = os.path.abspath(dst)
+    check_destination(dst, directory=False, overwrite=overwrite, keep=keep)
+    parent, base = os.path.dirname(dst), os.path.basename(dst)
+    os.makedirs(parent, exist_ok=True)
+    tmp = _fresh_name(parent, base, "tmp")
+    try:
+        yield tmp
+        _fsync(tmp)
+        check_destination(dst, directory=False, overwrite=overwrite, keep=keep)
+        os.replace(tmp, dst)
+        _fsync(parent)
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)

@@ -1,11 +1,12 @@
 """Image processing of the pipelines: bilinear resizing (PyTorch's `interpolate(mode="bilinear",
 align_corners=False)` and OpenCV's INTER_LINEAR when enlarging), the resize-back of resolution binning and output
 conversion."""
-import os
 
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
+
+from pixart_jax.files import atomic_file
 
 
 def _bilinear_matrix(n_in, n_out):
@@ -73,13 +74,7 @@ def grid(images, columns=None):
 
 
 def write_png(image, path):
-    """Saves a PIL image as PNG at `path` (creating its folder) through a temporary file, so `path` is never a
-    partial image."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
+    """Saves a PIL image as PNG at `path` (creating its folder, replacing a file there) through `atomic_file`, so
+    `path` is never a partial image."""
+    with atomic_file(path, overwrite=True) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -2,6 +2,7 @@
 `PixArt.py` `get_2d_sincos_pos_embed`; diffusers `models/embeddings.py`)."""
 import jax.numpy as jnp
 import numpy as np
+from einops import rearrange
 
 
 def sincos_1d(positions, dim):
@@ -33,12 +34,9 @@ def timestep_features(t, dim=256, max_period=10000.0):
 
 def patchify(x, p):
     """(B, C, H, W) latents -> (B, h*w, p, p, C) patches in row-major token order."""
-    b, c, hh, ww = x.shape
-    h, w = hh // p, ww // p
-    return x.reshape(b, c, h, p, w, p).transpose(0, 2, 4, 3, 5, 1).reshape(b, h * w, p, p, c)
+    return rearrange(x, "b c (h p) (w q) -> b (h w) p q c", p=p, q=p)
 
 
 def unpatchify(tokens, h, w, p, c):
     """(B, h*w, p*p*c) with (row-in-patch, col-in-patch, channel) order -> (B, c, h*p, w*p)."""
-    b = tokens.shape[0]
-    return tokens.reshape(b, h, w, p, p, c).transpose(0, 5, 1, 3, 2, 4).reshape(b, c, h * p, w * p)
+    return rearrange(tokens, "b (h w) (p q c) -> b c (h p) (w q)", h=h, w=w, p=p, q=p, c=c)

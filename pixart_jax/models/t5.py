@@ -12,6 +12,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from einops import rearrange
 from flax import nnx
 
 from pixart_jax.models.attention import attention
@@ -96,11 +97,10 @@ class SelfAttention(nnx.Module):
         self.o = _linear(inner, cfg.d_model, dtype, param_dtype, int8, rngs)
 
     def __call__(self, x, position_bias, mask):
-        b, n, _ = x.shape
-        q, k, v = (proj(x).reshape(b, n, self.heads, self.head_dim) for proj in (self.q, self.k, self.v))
+        q, k, v = (rearrange(proj(x), "b n (h d) -> b n h d", h=self.heads) for proj in (self.q, self.k, self.v))
         # T5 folds the 1/sqrt(d) scaling into its initialisation: the logits are unscaled.
         out = attention(q, k, v, mask=mask, bias=position_bias, scale=1.0)
-        return self.o(out.reshape(b, n, self.heads * self.head_dim))
+        return self.o(rearrange(out, "b n h d -> b n (h d)"))
 
 
 class FeedForward(nnx.Module):
@@ -163,7 +163,7 @@ class T5Encoder(nnx.Module):
         buckets = relative_position_buckets(length, self.cfg.relative_attention_num_buckets,
                                             self.cfg.relative_attention_max_distance)
         table = self.relative_attention_bias.embedding[...].astype(jnp.float32)
-        return jnp.transpose(table[buckets], (2, 0, 1))[None]
+        return rearrange(table[buckets], "q k h -> 1 h q k")
 
     def __call__(self, input_ids, attention_mask=None):
         precision = "highest" if self.dtype == jnp.float32 else "default"

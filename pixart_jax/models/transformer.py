@@ -16,6 +16,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from einops import rearrange
 from flax import nnx
 
 from pixart_jax.choices import AttentionKernel, RematPolicy, choose
@@ -104,9 +105,8 @@ class SelfAttention(nnx.Module):
         self.proj = Dense(d, d, dtype, rngs=rngs)
 
     def __call__(self, x, kernel=AttentionKernel.auto):
-        b, n, d = x.shape
-        q, k, v = jnp.split(self.qkv(x).reshape(b, n, 3 * self.heads, d // self.heads), 3, axis=2)
-        return self.proj(attention(q, k, v, kernel=kernel).reshape(b, n, d))
+        q, k, v = rearrange(self.qkv(x), "b n (qkv h d) -> qkv b n h d", qkv=3, h=self.heads)
+        return self.proj(rearrange(attention(q, k, v, kernel=kernel), "b n h d -> b n (h d)"))
 
 
 class CrossAttention(nnx.Module):
@@ -120,10 +120,9 @@ class CrossAttention(nnx.Module):
         self.proj = Dense(d, d, dtype, zeros, rngs=rngs)
 
     def __call__(self, x, context, mask):
-        b, n, d = x.shape
-        q = self.q(x).reshape(b, n, self.heads, d // self.heads)
-        k, v = jnp.split(self.kv(context).reshape(b, context.shape[1], 2 * self.heads, d // self.heads), 2, 2)
-        return self.proj(attention(q, k, v, mask=mask).reshape(b, n, d))
+        q = rearrange(self.q(x), "b n (h d) -> b n h d", h=self.heads)
+        k, v = rearrange(self.kv(context), "b m (kv h d) -> kv b m h d", kv=2, h=self.heads)
+        return self.proj(rearrange(attention(q, k, v, mask=mask), "b n h d -> b n (h d)"))
 
 
 class PixArtBlock(nnx.Module):

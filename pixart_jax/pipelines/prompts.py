@@ -109,8 +109,11 @@ def load_tokenizer(directory: str):
     """The T5 SentencePiece tokenizer of a local `tokenizer/` folder (`spiece.model` and/or `tokenizer.json`).
 
     Only local files are read, never the network: a folder without either file is a WeightsError naming it
-    (transformers would otherwise take the path for a hub model id, or build a tokenizer with no vocabulary)."""
-    if not any(os.path.isfile(os.path.join(directory, name)) for name in TOKENIZER_FILES):
+    (transformers would otherwise take the path for a hub model id, or build a tokenizer with no vocabulary), and
+    so is a file transformers cannot read."""
+    present = [os.path.join(directory, name) for name in TOKENIZER_FILES
+               if os.path.isfile(os.path.join(directory, name))]
+    if not present:
         if not os.path.isdir(directory):
             raise WeightsError(f"tokenizer folder {directory} does not exist (tokenizers are read from local "
                                   "files only)")
@@ -122,7 +125,11 @@ def load_tokenizer(directory: str):
         os.environ.setdefault(switch, "1")
     from transformers import T5Tokenizer  # imported on use: transformers takes seconds to import
 
-    return T5Tokenizer.from_pretrained(directory, local_files_only=True)
+    try:
+        return T5Tokenizer.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:  # not JSON, not SentencePiece, ...
+        raise WeightsError(f"{' and '.join(present)} cannot be read as a T5 tokenizer (damaged, or of another "
+                           f"kind): {type(e).__name__}: {e}") from None
 
 
 def train_tokenizer(texts, directory, vocab_size=90, model_type="unigram"):

@@ -6,6 +6,7 @@ import json
 import pathlib
 
 from pixart_jax.choices import choose
+from pixart_jax.files import atomic_file
 from pixart_jax.samplers.base import Sampler
 from pixart_jax.samplers.ddim import DDIM
 from pixart_jax.samplers.ddpm import LearnedVarianceDDPM
@@ -156,8 +157,6 @@ def save_scheduler_config(sampler: Sampler, directory: str) -> str:
     """Writes `to_scheduler_config(sampler)` as DIRECTORY/scheduler_config.json (what diffusers and
     `from_scheduler_config` read); returns the file's path."""
     path = pathlib.Path(directory) / CONFIG_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(to_scheduler_config(sampler), indent=2))
-    tmp.replace(path)
+    with atomic_file(path, overwrite=True) as tmp, open(tmp, "w") as f:
+        json.dump(to_scheduler_config(sampler), f, indent=2)
     return str(path)

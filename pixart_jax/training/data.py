@@ -22,6 +22,7 @@ import os
 import struct
 import sys
 import threading
+import warnings
 
 import grain
 import ml_dtypes
@@ -99,6 +100,33 @@ def decode_example(record):
     return example
 
 
+def _warn_unindexed(directory, shards):
+    """One warning naming the record files in `directory` that have no index (an interrupted shard: skipped)."""
+    named = {os.path.basename(shard_paths(directory, number)[0]) for number in shards}
+    unindexed = sorted(name for name in os.listdir(directory)
+                       if name.startswith(SHARD_PREFIX) and name.endswith(".array_record") and name not in named)
+    if unindexed:
+        listed = "; ".join(f"{name}: it has no index {name[:-len('.array_record')]}.json" for name in unindexed)
+        warnings.warn(f"{directory}: skipping {listed} (an interrupted shard, which re-running "
+                      "train.extract_features redoes)", stacklevel=3)
+
+
+def _open_records(paths):
+    """Grain's source over the record files of [(record file, index file)]; a one-line ValueError naming a
+    damaged one."""
+    try:
+        return grain.sources.ArrayRecordDataSource([records for records, _ in paths])
+    except RuntimeError as e:
+        for records, index in paths:
+            try:
+                grain.sources.ArrayRecordDataSource([records])
+            except RuntimeError:
+                raise ValueError(f"{records} is damaged (truncated or corrupted: {e}); delete it and "
+                                 f"{os.path.basename(index)}, and re-run train.extract_features to encode its "
+                                 "images again") from None
+        raise
+
+
 class FeatureSource:
     """Random-access source (Grain's `RandomAccessDataSource` protocol) over a directory of feature records.
 
@@ -113,11 +141,11 @@ class FeatureSource:
         if not shards:
             raise ValueError(f"{directory} holds no finished shard ({SHARD_PREFIX}NNNNN.json): "
                              "write it with `python -m train.extract_features`")
+        _warn_unindexed(directory, shards)
         self.directory = directory
         self.keys = tuple(key for shard in shards.values() for key, _ in shard["records"])
         self.buckets = tuple(bucket for shard in shards.values() for _, bucket in shard["records"])
-        paths = [shard_paths(directory, number)[0] for number in shards]
-        self._records = grain.sources.ArrayRecordDataSource(paths)
+        self._records = _open_records([shard_paths(directory, number) for number in shards])
         if len(self._records) != len(self.keys):
             raise ValueError(f"{directory}: the shard files hold {len(self._records)} records, "
                              f"their indexes list {len(self.keys)}")

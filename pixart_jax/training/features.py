@@ -39,6 +39,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pixart_jax.choices import DType
+from pixart_jax.files import atomic_file
 from pixart_jax.pipelines.aspect_ratios import TRAIN_TABLES, closest_bucket
 from pixart_jax.pipelines.control import ControlKind, control_pixels, edge_maps
 from pixart_jax.pipelines.prompts import MAX_LENGTH, load_tokenizer, preprocess, tokenize
@@ -200,10 +201,8 @@ class ShardWriter:
 
 def _write_json(path, value):
     """Atomic: readers see the old file or the new one, never a partial one."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_file(path, overwrite=True) as tmp, open(tmp, "w") as f:
         json.dump(value, f, indent=1)
-    os.replace(tmp, path)
 
 
 def _check_settings(out, settings):

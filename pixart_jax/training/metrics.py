@@ -5,6 +5,8 @@ import os
 
 import numpy as np
 
+from pixart_jax.files import atomic_file
+
 
 def _step_of(line):
     try:
@@ -21,9 +23,8 @@ def _truncate_after(path, step):
         lines = [line for line in f if line.strip()]
     kept = [line for line in lines if (logged := _step_of(line)) is not None and logged <= step]
     if len(kept) != len(lines):
-        with open(path + ".tmp", "w") as f:
+        with atomic_file(path, overwrite=True) as tmp, open(tmp, "w") as f:
             f.writelines(kept)
-        os.replace(path + ".tmp", path)
 
 
 class MetricsWriter:

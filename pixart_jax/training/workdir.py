@@ -8,7 +8,7 @@ import contextlib
 import fcntl
 import os
 
-from pixart_jax.files import FileError, check_writable
+from pixart_jax.files import FileError, atomic_file, check_writable
 from pixart_jax.training.config import ConfigError
 from pixart_jax.training.errors import RunError
 
@@ -74,8 +74,6 @@ def move_run_aside(workdir: str) -> str:
 
 
 def write_text(path: str, text: str) -> None:
-    """Writes `path` through a temporary file beside it, so it is never found half written."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
+    """Writes (or replaces) `path` through `atomic_file`, so it is never found half written."""
+    with atomic_file(path, overwrite=True) as tmp, open(tmp, "w") as f:
         f.write(text)
-    os.replace(tmp, path)

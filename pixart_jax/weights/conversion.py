@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from pixart_jax.files import check_destination, read_json
+from pixart_jax.files import check_apart, check_destination, read_json
 from pixart_jax.models.transformer_config import PRESETS
 from pixart_jax.weights import WeightsError
 from pixart_jax.weights import controlnet as controlnet_weights
@@ -18,7 +18,7 @@ from pixart_jax.weights import transformer as transformer_weights
 from pixart_jax.weights.files import read_state_dict, read_weights
 from pixart_jax.weights.keymaps.controlnet import is_controlnet_config, is_controlnet_state_dict
 from pixart_jax.weights.nnx_state import flat_arrays
-from pixart_jax.weights.safetensors_io import read_header
+from pixart_jax.weights.safetensors_io import LazyTensors
 
 LAYOUTS = ("diffusers", "original", "jax")
 ORIGINAL_SUFFIXES = (".pth", ".safetensors")
@@ -42,7 +42,7 @@ def is_controlnet(path: str) -> bool:
         return os.path.isfile(config) and is_controlnet_config(read_json(config))
     if not os.path.isfile(path):
         return False
-    return is_controlnet_state_dict(read_header(path)[0] if path.endswith(".safetensors") else read_state_dict(path))
+    return is_controlnet_state_dict(LazyTensors([path]) if path.endswith(".safetensors") else read_state_dict(path))
 
 
 def convert_controlnet(src, dst, to, config=None, overwrite=False):
@@ -69,7 +69,9 @@ def convert(src, dst, to, config=None, overwrite=False):
     into_folder = to == "original" and not dst.endswith(ORIGINAL_SUFFIXES)  # dst/<variant>.pth, beside what is there
     if into_folder and os.path.exists(dst) and not (os.path.isdir(dst) and os.access(dst, os.W_OK | os.X_OK)):
         raise WeightsError(f"cannot write into {dst}: it is {'not writable' if os.path.isdir(dst) else 'a file'}")
-    if not into_folder:
+    if into_folder:
+        check_apart(dst, (src,))
+    else:
         check_destination(dst, directory=to != "original", overwrite=overwrite, keep=(src,))
     model = transformer_weights.load_transformer(src, config=config)
     if to == "original":

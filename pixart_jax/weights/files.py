@@ -3,7 +3,7 @@ import os
 
 from pixart_jax.files import read_json
 from pixart_jax.weights.errors import WeightsError
-from pixart_jax.weights.safetensors_io import LazyTensors, load_safetensors, read_header
+from pixart_jax.weights.safetensors_io import LazyTensors, load_safetensors
 from pixart_jax.weights.torch_pickle import load_pth
 
 # Containers of released / training .pth files, in the order the reference loaders look at them.
@@ -70,5 +70,4 @@ def read_state_dict(path, pth_key=None):
         if not isinstance(obj, dict) or not all(hasattr(v, "shape") for v in obj.values()):
             raise WeightsError(f"{path} holds no state dict of tensors")
         return dict(obj)
-    read_header(path)  # raises a clear error for anything that is not safetensors
-    return load_safetensors(path)
+    return load_safetensors(path)  # a clear error for anything that is not safetensors

@@ -1,16 +1,16 @@
-"""Reading and writing the safetensors format with NumPy alone (bf16 included via ml_dtypes, no torch).
-
-Layout: 8-byte little-endian header size, a JSON header {name: {dtype, shape, data_offsets}}, then raw bytes.
-"""
+"""safetensors files as NumPy arrays (bf16 as ml_dtypes.bfloat16) through the safetensors package, plus what it
+lacks: a {name: array} over sharded files that reads each tensor when looked up, and a writer that streams one
+tensor at a time (the package's writers take every tensor at once)."""
 import collections.abc
 import json
-import math
-import os
 import struct
 
 import ml_dtypes
 import numpy as np
+import safetensors
+import safetensors.numpy
 
+from pixart_jax.files import atomic_file
 from pixart_jax.weights.errors import WeightsError
 
 DTYPES = {
@@ -19,73 +19,40 @@ DTYPES = {
     "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
 }
 NAMES = {dtype: name for name, dtype in DTYPES.items()}
-MAX_HEADER = 100 * 2**20
 
 
-def read_header(path):
-    """Returns (header dict without __metadata__, metadata dict, offset of the data section)."""
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        size = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
-        if not 0 < size <= MAX_HEADER:
-            raise WeightsError(f"{path} is not a safetensors file (bad header size)")
-        try:
-            header = json.loads(f.read(size))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise WeightsError(f"{path} is not a safetensors file (header is not JSON: {e})") from None
-    if not isinstance(header, dict):
-        raise WeightsError(f"{path} is not a safetensors file (header is not a mapping)")
-    metadata = header.pop("__metadata__", None) or {}
-    return header, metadata, 8 + size
+def _damaged(path, error):
+    return WeightsError(f"{path} is not a safetensors file, or is damaged: {error}")
 
 
-def _entry(path, name, info, size):
-    """(dtype, shape, begin, end) of header entry `name`, checked against the `size` bytes of the data section."""
-    def bad(problem):
-        return WeightsError(f"{path}: tensor {name!r} {problem} (the file is damaged or not safetensors)")
-
-    if not isinstance(info, dict):
-        raise bad(f"has a header entry that is not a mapping: {info!r}")
-    if info.get("dtype") not in DTYPES:
-        raise bad(f"has unsupported dtype {info.get('dtype')!r}")
-    shape, offsets = info.get("shape"), info.get("data_offsets")
-    if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
-        raise bad(f"has an invalid shape {shape!r}")
-    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(n, int) for n in offsets)
-            or not 0 <= offsets[0] <= offsets[1] <= size):
-        raise bad(f"has data offsets {offsets!r} outside the {size} bytes of tensor data")
-    dtype = DTYPES[info["dtype"]]
-    if offsets[1] - offsets[0] != math.prod(shape) * dtype.itemsize:
-        raise bad(f"of shape {tuple(shape)} and dtype {info['dtype']} needs {math.prod(shape) * dtype.itemsize} "
-                  f"bytes, its offsets {offsets} span {offsets[1] - offsets[0]}")
-    return dtype, shape, *offsets
+def open_safetensors(path):
+    """The package's handle on `path`, its header checked against the file (each tensor is read with a plain
+    read when asked for, not memory-mapped); a WeightsError naming the file if it is not whole safetensors."""
+    try:
+        return safetensors.safe_open(path, framework="np", backend="pread")
+    except safetensors.SafetensorError as e:
+        raise _damaged(path, e) from None
 
 
 def load_safetensors(path: str) -> dict[str, np.ndarray]:
-    """All tensors of one file as read-only NumPy arrays backed by a memory map."""
-    header, _, start = read_header(path)
-    data = np.memmap(path, dtype=np.uint8, mode="r")
-    size = len(data) - start
-    tensors = {}
-    for name, info in header.items():
-        dtype, shape, begin, end = _entry(path, name, info, size)
-        tensors[name] = data[start + begin:start + end].view(dtype).reshape(shape)
-    return tensors
+    """All tensors of one file, as NumPy arrays."""
+    with open_safetensors(path) as f:
+        try:
+            return f.get_tensors()
+        except safetensors.SafetensorError as e:
+            raise _damaged(path, e) from None
 
 
 class LazyTensors(collections.abc.Mapping):
-    """{name: array} over safetensors files, each array read from disk when it is looked up (a plain read, no
-    memory map): the process holds only the arrays its caller keeps, so a checkpoint larger than memory can be
-    converted one tensor at a time. `spec(name)` gives (dtype, shape) without reading."""
+    """{name: array} over safetensors files in file order, each array read from disk when it is looked up: the
+    process holds only the arrays its caller keeps, so a checkpoint larger than memory can be converted one
+    tensor at a time. `spec(name)` gives (dtype, shape) without reading."""
 
     def __init__(self, paths):
         self._where = {}
         for path in paths:
-            header, _, start = read_header(path)
-            size = os.path.getsize(path) - start
-            for name, info in header.items():
-                dtype, shape, begin, end = _entry(path, name, info, size)
-                self._where[name] = (path, start, (dtype, tuple(shape), (begin, end)))
+            handle = open_safetensors(path)
+            self._where.update((name, (path, handle)) for name in handle.offset_keys())
 
     def subset(self, names):
         """The same files restricted to `names` (nothing is read)."""
@@ -94,17 +61,18 @@ class LazyTensors(collections.abc.Mapping):
         return view
 
     def spec(self, name):
-        _, _, (dtype, shape, _) = self._where[name]
-        return dtype, shape
+        path, handle = self._where[name]
+        view = handle.get_slice(name)
+        if view.get_dtype() not in DTYPES:
+            raise WeightsError(f"{path}: tensor {name!r} has unsupported dtype {view.get_dtype()}")
+        return DTYPES[view.get_dtype()], tuple(view.get_shape())
 
     def __getitem__(self, name):
-        path, start, (dtype, shape, (begin, end)) = self._where[name]
-        data = np.empty(end - begin, np.uint8)
-        with open(path, "rb") as f:
-            f.seek(start + begin)
-            if f.readinto(memoryview(data)) != data.size:
-                raise WeightsError(f"{path} is truncated: tensor {name!r} ends past the end of the file")
-        return data.view(dtype).reshape(shape)
+        path, handle = self._where[name]
+        try:
+            return handle.get_tensor(name)
+        except safetensors.SafetensorError as e:
+            raise _damaged(path, e) from None
 
     def __iter__(self):
         return iter(self._where)
@@ -127,10 +95,9 @@ def tensor_spec(tensors, name):
     return np.dtype(tensors[name].dtype), tuple(tensors[name].shape)
 
 
-def write_safetensors(path, specs, produce, metadata=None):
-    """Writes a safetensors file one tensor at a time: `specs` is {name: (dtype, shape)} in file order and
-    `produce(name)` returns that tensor (called once per name, in that order), so the writer never holds more than
-    one tensor. Atomic: a temporary file beside `path`, renamed into place when complete."""
+def _header(specs, metadata):
+    """The header block of a file holding `specs` ({name: (dtype, shape)}) in that order: its 8-byte size, then
+    JSON padded to 8 bytes."""
     header, offset = {}, 0
     for name, (dtype, shape) in specs.items():
         dtype = np.dtype(dtype)
@@ -143,23 +110,27 @@ def write_safetensors(path, specs, produce, metadata=None):
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(blob)) + blob)
-            for name, (dtype, shape) in specs.items():
-                array = np.require(produce(name), requirements="C")
-                if array.dtype != np.dtype(dtype) or array.shape != tuple(shape):
-                    raise WeightsError(f"tensor {name!r} is {array.dtype} {array.shape}, its header entry says "
-                                          f"{np.dtype(dtype)} {tuple(shape)}")
-                f.write(array.tobytes())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    return struct.pack("<Q", len(blob)) + blob
+
+
+def write_safetensors(path, specs, produce, metadata=None):
+    """Writes a safetensors file one tensor at a time: `specs` is {name: (dtype, shape)} in file order and
+    `produce(name)` returns that tensor (called once per name, in that order), so the writer never holds more than
+    one tensor. Through `atomic_file`: `path` is replaced only when complete."""
+    header = _header(specs, metadata)
+    with atomic_file(path, overwrite=True) as tmp, open(tmp, "wb") as f:
+        f.write(header)
+        for name, (dtype, shape) in specs.items():
+            array = np.require(produce(name), requirements="C")
+            if array.dtype != np.dtype(dtype) or array.shape != tuple(shape):
+                raise WeightsError(f"tensor {name!r} is {array.dtype} {array.shape}, its header entry says "
+                                   f"{np.dtype(dtype)} {tuple(shape)}")
+            f.write(array.tobytes())
 
 
 def save_safetensors(tensors: dict[str, np.ndarray], path: str, metadata: dict | None = None) -> None:
-    """Writes {name: array} atomically (see write_safetensors)."""
-    arrays = {name: np.asarray(value) for name, value in tensors.items()}
-    write_safetensors(path, {name: (a.dtype, a.shape) for name, a in arrays.items()}, arrays.__getitem__, metadata)
+    """Writes {name: array} with the package's writer, through `atomic_file`."""
+    arrays = {name: np.require(value, requirements="C") for name, value in tensors.items()}
+    metadata = {str(k): str(v) for k, v in metadata.items()} if metadata else None
+    with atomic_file(path, overwrite=True) as tmp:
+        safetensors.numpy.save_file(arrays, tmp, metadata=metadata)

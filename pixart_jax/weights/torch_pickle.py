@@ -5,7 +5,6 @@ global in the pickle is refused, so loading a checkpoint can never run code.
 """
 import collections
 import io
-import os
 import pickle
 import zipfile
 import zlib
@@ -13,6 +12,7 @@ import zlib
 import ml_dtypes
 import numpy as np
 
+from pixart_jax.files import atomic_file
 from pixart_jax.weights.errors import WeightsError
 
 STORAGE_DTYPES = {
@@ -156,15 +156,9 @@ def save_pth(obj, path: str) -> None:
     buffer = io.BytesIO()
     _StateDictPickler(buffer, protocol=2).dump(wrap(obj))
     name = "archive"
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
-            z.writestr(f"{name}/data.pkl", buffer.getvalue())
-            z.writestr(f"{name}/byteorder", "little")
-            for i, array in enumerate(arrays):
-                z.writestr(f"{name}/data/{i}", array.tobytes())
-            z.writestr(f"{name}/version", "3\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_file(path, overwrite=True) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+        z.writestr(f"{name}/data.pkl", buffer.getvalue())
+        z.writestr(f"{name}/byteorder", "little")
+        for i, array in enumerate(arrays):
+            z.writestr(f"{name}/data/{i}", array.tobytes())
+        z.writestr(f"{name}/version", "3\n")

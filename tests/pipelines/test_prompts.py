@@ -183,3 +183,13 @@ def test_tokenizers_load_from_local_files_only(tmp_path, monkeypatch):
     tokenizer = load_tokenizer(train_tokenizer(TRAINING_TEXT, tmp_path / "local"))
     assert tokenizer("a photo of a cat").input_ids[:-1] != [tokenizer.unk_token_id] * 4
     assert os.environ["HF_HUB_OFFLINE"] == os.environ["TRANSFORMERS_OFFLINE"] == "1"
+
+
+@pytest.mark.parametrize("name,content", [("tokenizer.json", "garbage"), ("tokenizer.json", '{"x": 1}'),
+                                          ("spiece.model", "garbage")])
+def test_a_damaged_tokenizer_file_is_named(tmp_path, name, content):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(WeightsError, match=rf"^{re.escape(str(tmp_path / name))} cannot be read as a T5 "
+                                           r"tokenizer \(damaged, or of another kind\): ") as error:
+        load_tokenizer(str(tmp_path))
+    assert "\n" not in str(error.value)

@@ -2,6 +2,7 @@
 the on-disk records (ArrayRecord shards + indexes) read back."""
 import itertools
 import pickle
+import re
 
 import ml_dtypes
 import numpy as np
@@ -138,9 +139,10 @@ def test_record_round_trip_pads_caption_with_last_token():
         decode_example(b"garbage")
 
 
-def test_directory_source(tmp_path):
+def write_shards(directory):
+    """EXAMPLES as feature records in `directory`; returns the shard sizes."""
     shards = []
-    writer = ShardWriter(str(tmp_path), 0, 10, shards.append)
+    writer = ShardWriter(str(directory), 0, 10, shards.append)
     for i, example in enumerate(EXAMPLES):
         valid = int(example["mask"].sum())
         writer.write(f"img{i}", example["bucket"],
@@ -148,9 +150,17 @@ def test_directory_source(tmp_path):
                                     std=example["std"], img_hw=example["img_hw"], bucket=example["bucket"],
                                     max_length=LENGTH))
     writer.close()
-    assert shards == [10, 10, 4]
+    return shards
+
+
+@pytest.mark.filterwarnings("ignore:.*skipping shard-00003")  # when feature_dataset reads it again
+def test_directory_source(tmp_path):
+    assert write_shards(tmp_path) == [10, 10, 4]
     (tmp_path / "shard-00003.array_record").write_bytes(b"an interrupted shard has no index")
-    source = pickle.loads(pickle.dumps(read_examples(tmp_path)))
+    with pytest.warns(UserWarning) as warned:
+        source = pickle.loads(pickle.dumps(read_examples(tmp_path)))
+    assert len(warned) == 1 and "skipping shard-00003.array_record: it has no index shard-00003.json" in str(
+        warned[0].message)
     assert len(source) == len(EXAMPLES) and source.buckets == tuple(BUCKET_OF)
     assert source.keys == tuple(f"img{i}" for i in range(len(EXAMPLES)))
     for i in (0, 13, 23):
@@ -159,3 +169,13 @@ def test_directory_source(tmp_path):
             np.testing.assert_array_equal(example[name], EXAMPLES[i][name], err_msg=name)
     from_disk = take(iter(feature_dataset(str(tmp_path), batch_size=2, seed=4)), 10)
     assert from_disk == take(iter(feature_dataset(EXAMPLES, batch_size=2, seed=4)), 10)
+
+
+@pytest.mark.parametrize("length", [1000, 70000])  # under ArrayRecord's 64 KiB minimum, and cut mid-file
+def test_a_damaged_shard_is_a_one_line_error_naming_it(tmp_path, length):
+    write_shards(tmp_path)
+    shard = tmp_path / "shard-00001.array_record"
+    shard.write_bytes(shard.read_bytes()[:length])
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(shard))} is damaged") as error:
+        read_examples(tmp_path)
+    assert "\n" not in str(error.value) and "shard-00001.json" in str(error.value)

@@ -88,7 +88,10 @@ def test_a_destination_that_is_or_holds_the_source_is_never_written(user_folder,
     for args in ([src, user_folder, "jax"], [src, user_folder, "jax", "--overwrite"],
                  [src, src, "original", "--overwrite"], [pipeline_folder, pipeline_folder, "diffusers", "--overwrite"],
                  [pipeline_folder / "transformer", pipeline_folder, "diffusers", "--overwrite"],
-                 [pipeline_folder, pipeline_folder / "transformer", "diffusers", "--overwrite"]):
+                 [pipeline_folder, pipeline_folder / "transformer", "diffusers", "--overwrite"],
+                 *([pipeline_folder / "transformer", pipeline_folder / "transformer" / "sub", to]  # a new folder
+                   for to in ("jax", "diffusers", "original")),
+                 [pipeline_folder / "transformer", pipeline_folder / "transformer", "original"]):
         code, err = convert(capsys, "--src", args[0], "--dst", args[1], "--to", args[2], "--config", "tiny", *args[3:])
         assert code == 1 and err.startswith("error: refusing to write") and "source" in err and "\n" not in err, err
     assert {f: snapshot(f) for f in before} == before
