@@ -5,7 +5,7 @@ import os
 import pytest
 
 from pixart_jax.files import FileError, atomic_file
-from tests.files import read_only_folder
+from tests.helpers.files import read_only_folder
 
 
 def write(dst, text, **kwargs):
