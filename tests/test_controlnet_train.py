@@ -4,6 +4,7 @@ import json
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -17,7 +18,7 @@ from pixart_jax.training.data import encode_example, stack_examples
 from pixart_jax.training.features import ShardWriter
 from pixart_jax.training.step import make_optimizer, split_model
 from pixart_jax.training.synthetic import synthetic_examples
-from pixart_jax.weights.controlnet import load_controlnet
+from pixart_jax.weights.controlnet import load_controlnet, save_controlnet_jax
 from pixart_jax.weights.transformer import save_jax
 from tests.parity import redraw_nnx
 from train.controlnet import main
@@ -110,3 +111,14 @@ def test_controlnet_command_trains_resumes_and_exports(base_dir, tmp_path, capsy
     capsys.readouterr()
     assert main(args + [f"workdir={tmp_path / 'other'}", f"data.source={records}"]) == 2
     assert "holds no control latents" in capsys.readouterr().err
+
+
+def test_a_controlnet_continued_from_a_checkpoint_gets_the_model_options(base_dir, tmp_path):
+    """controlnet.init_from: the loaded ControlNet runs with the configured model.remat, activation_dtype and
+    attention, as a new one copied from the base does (a TPU run would otherwise use XLA attention, fp32 activations)."""
+    save_controlnet_jax(load_controlnet(base=base_dir, copies=1), str(tmp_path / "controlnet"))
+    options = ["model.remat=block", "model.activation_dtype=bfloat16", "model.attention=xla"]
+    for init in ([f"model.init_from={base_dir}"], [f"controlnet.init_from={tmp_path / 'controlnet'}"]):
+        cfg = load_config(TINY, ["workdir=unused", *init, *options])
+        base = ControlNetTraining.build_model(cfg).base
+        assert (base.remat, base.activation_dtype, base.attention_kernel) == ("block", jnp.bfloat16, "xla"), init
