@@ -9,7 +9,7 @@ import sys
 
 from pixart_jax.training.command import run_program
 from pixart_jax.training.config import load_config
-from pixart_jax.training.loop import train
+from pixart_jax.training.pretraining import train
 
 
 def main(argv=None):
