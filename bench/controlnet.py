@@ -79,23 +79,23 @@ def run_step(args):
     import jax
 
     from pixart_jax.sharding import device_batch, make_mesh
-    from pixart_jax.training.config import OptimizerConfig
-    from pixart_jax.training.controlnet import ControlNetStep, init_controlnet_state
-    from pixart_jax.training.step import TrainStep, init_state, make_optimizer, split_model
+    from pixart_jax.training import config, controlnet, pretraining
 
-    base, controlnet = build()
-    model, init, step_class = ((controlnet, init_controlnet_state, ControlNetStep) if args.side == "controlnet"
-                               else (base, init_state, TrainStep))
-    del base, controlnet
+    overrides = ["workdir=unused", "steps=1", "checkpoint_every=1", "seed=0", f"model.preset={PRESET}",
+                 "optimizer.warmup_steps=0", f"data.batch_size={args.batch}"]
+    if args.side == "controlnet":
+        program = controlnet.ControlNetTraining(controlnet.load_config(None, [*overrides,
+                                                                              f"controlnet.copies={COPIES}"]))
+    else:
+        program = pretraining.Pretraining(config.load_config(None, overrides))
     mesh = make_mesh(1, 1, jax.devices()[:1])
-    tx, schedule = make_optimizer(OptimizerConfig(warmup_steps=0), args.batch)
+    model = program.model()  # as build(): seed 0
     batch = make_batch(args.batch, args.sizes[0])
     batch.update(control_mean=batch["mean"] * 0.5, control_std=batch["std"])
     with jax.set_mesh(mesh):
-        graphdef = split_model(model)[0]
-        state, shardings = init(model, tx, 0, mesh, {}, donate=True)  # XL/2 is not held twice
+        train_step = program.step(model, mesh)
+        state, _ = program.state(model, mesh, donate=True)  # XL/2 is not held twice
         del model
-        train_step = step_class(graphdef, tx, schedule, shardings, mesh)
         if args.side != "controlnet":
             batch = {k: v for k, v in batch.items() if not k.startswith("control")}
         batch = device_batch(batch, mesh)

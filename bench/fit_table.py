@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import print_table  # noqa: E402
 from pixart_jax.planning.topologies import GIB, parse_topology  # noqa: E402
 from pixart_jax.planning.training import plan_train_step  # noqa: E402
-from pixart_jax.training.programs import PROGRAMS  # noqa: E402
+from pixart_jax.training.registry import PROGRAMS  # noqa: E402
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 SETUPS = {  # (program, resolution) -> (config file, overrides)

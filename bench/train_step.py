@@ -47,22 +47,20 @@ def time_steps(step, steps):
 
 def run_jax(args):
     import jax
-    from flax import nnx
 
-    from pixart_jax.models.transformer import PixArtTransformer
-    from pixart_jax.models.transformer_config import PRESETS
     from pixart_jax.sharding import device_batch, make_mesh
-    from pixart_jax.training.config import OptimizerConfig
-    from pixart_jax.training.step import TrainStep, init_state, make_optimizer, split_model
+    from pixart_jax.training.config import load_config
+    from pixart_jax.training.pretraining import Pretraining
 
+    program = Pretraining(load_config(None, ["workdir=unused", "steps=1", "checkpoint_every=1", "seed=0",
+                                             f"model.preset={PRESET}", "optimizer.warmup_steps=0",
+                                             f"data.batch_size={args.batch}"]))
     mesh = make_mesh(1, 1, jax.devices()[:1])
-    model = PixArtTransformer(PRESETS[PRESET], rngs=nnx.Rngs(0))
-    tx, schedule = make_optimizer(OptimizerConfig(warmup_steps=0), args.batch)
+    model = program.model()
     with jax.set_mesh(mesh):
-        state, shardings = init_state(model, tx, 0, mesh, {})
-        graphdef = split_model(model)[0]
+        train_step = program.step(model, mesh)
+        state, _ = program.state(model, mesh)
         del model
-        train_step = TrainStep(graphdef, tx, schedule, shardings, mesh)
         batch = device_batch(make_batch(args.batch, args.size), mesh)
         holder = [state]
 

@@ -14,7 +14,7 @@ exit_on_stop_signals(__name__)  # first: a SIGTERM or SIGINT while the imports b
 
 from pixart_jax.training.command import run_program  # noqa: E402
 from pixart_jax.training.config import load_config  # noqa: E402
-from pixart_jax.training.loop import train  # noqa: E402
+from pixart_jax.training.pretraining import train  # noqa: E402
 
 
 def main(argv=None):

@@ -34,7 +34,7 @@ from pixart_jax.pipelines.prompts import load_tokenizer, tokenize, train_tokeniz
 from pixart_jax.pipelines.text_to_image import PixArtPipeline
 from pixart_jax.samplers import DDIM, LCM, DPMSolverMultistep
 from pixart_jax.training import config as config_lib
-from pixart_jax.training import lcm, loop
+from pixart_jax.training import lcm, pretraining
 from pixart_jax.weights.transformer import save_jax
 
 MODEL = PRESETS["shapes-demo"]
@@ -117,7 +117,7 @@ def train_teacher(examples, workdir, settings, latent_scale):
     """Pre-trains the teacher (the training loop); returns the trained PixArtTransformer (saved in workdir/model)."""
     cfg = config_lib.load_config(None, train_overrides(workdir, settings, settings.teacher_steps,
                                                        settings.teacher_lr, latent_scale))
-    result = loop.train(cfg, examples)
+    result = pretraining.train(cfg, examples)
     model = nnx.merge(result.graphdef, result.state["params"], result.state["buffers"])
     save_jax(model, os.path.join(workdir, "model"))
     return model

@@ -2,7 +2,7 @@
 slice and read the per-chip HBM the TPU compiler plans (`python -m train.plan CONFIG topology=v5e:2x4 [program=NAME]
 key=value ...`, `pixart-jax plan ...`; needs libtpu: `pip install 'pixart-jax[tpu]'`, no TPU).
 
-The program's own `abstract_state` and `make_step` build the step (the same jit, shardings and donation the run
+The program's own `abstract_state` and `step` build the step (the same jit, shardings and donation the run
 uses) over abstract parameters and batch on the slice's ("data", "fsdp") mesh: nothing is allocated or loaded.
 The model has the config's preset architecture (`model.init_from` is not read); latents are the preset's square
 size unless `latent=SIDE` gives another. Exit codes: 0 fits, 1 does not fit, 2 bad config or topology.
@@ -14,7 +14,7 @@ from pixart_jax.planning.plan import format_plan
 from pixart_jax.planning.topologies import TopologyError, parse_topology
 from pixart_jax.planning.training import describe_run, plan_train_step
 from pixart_jax.training import config as config_lib
-from pixart_jax.training.programs import program_for
+from pixart_jax.training.registry import program_for
 
 PLAN_KEYS = ("topology", "program", "latent")
 

@@ -1,5 +1,5 @@
 """A training config's real train step compiled ahead of time for a TPU slice: the program's own `abstract_state`
-and `make_step` build the step (the same jit, shardings and donation the run uses) over abstract parameters and
+and `step` build the step (the same jit, shardings and donation the run uses) over abstract parameters and
 batch on the slice's ("data", "fsdp") mesh: nothing is allocated or loaded. The model has the config's preset
 architecture (`model.init_from` is not read); latents are the preset's square size unless `latent` gives another.
 """
@@ -13,8 +13,6 @@ from pixart_jax.models.transformer_config import PRESETS
 from pixart_jax.planning.plan import Plan, compile_plan
 from pixart_jax.planning.topologies import Topology
 from pixart_jax.training import config as config_lib
-from pixart_jax.training.data import feature_batch_shapes
-from pixart_jax.training.step import make_optimizer, split_model
 
 
 def abstract_batch(shapes, global_batch, mesh):
@@ -33,7 +31,7 @@ def _untrained(cfg):
 
 
 def plan_train_step(cfg, program, topology: Topology, latent: int | None = None) -> Plan:
-    """Compiles the train step of `program` (programs.Program.program: cfg -> model, state and step) for `cfg` on
+    """Compiles the train step of `program` (programs.Program.program: cfg -> a program.Program) for `cfg` on
     the slice `topology` for square latents of side `latent` (default: the preset's) and returns its per-chip
     memory plan."""
     devices = topology.devices()
@@ -46,16 +44,14 @@ def plan_train_step(cfg, program, topology: Topology, latent: int | None = None)
         raise config_lib.ConfigError(f"data.batch_size {global_batch} is not divisible by the {mesh.size} chips of "
                                      f"{topology.name}")
     model_cfg = PRESETS[cfg.model.preset]
-    program = program(cfg)
-    model = nnx.eval_shape(lambda: program.build_model(_untrained(cfg)))
-    graphdef = split_model(model)[0]
-    tx, schedule = make_optimizer(cfg.optimizer, global_batch)
+    program = program(_untrained(cfg))
+    model = nnx.eval_shape(program.model)
     side = model_cfg.sample_size if latent is None else int(latent)
-    shapes = getattr(program, "batch_shapes", feature_batch_shapes)(cfg, model_cfg, (side, side))
-    state, shardings = program.abstract_state(model, tx, cfg.seed, mesh, dict(cfg.mesh.rules))
+    shapes = program.batch_shapes(model_cfg, (side, side))
+    state, _ = program.abstract_state(model, mesh)
     # built outside the mesh: constants a step makes at construction (LCD's tables) stay host arrays, not
     # arrays placed on compile-only devices
-    step = program.make_step(cfg, graphdef, tx, schedule, shardings, mesh)
+    step = program.step(model, mesh)
     batch = abstract_batch(shapes, global_batch, mesh)
     with jax.set_mesh(mesh):
         return compile_plan(step.lower(state, batch), topology, mesh, dict(state, batch=batch))

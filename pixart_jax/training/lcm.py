@@ -23,7 +23,9 @@ from pixart_jax.samplers import LCM, save_scheduler_config
 from pixart_jax.training import config as config_lib
 from pixart_jax.training import loop
 from pixart_jax.training.lcm_loss import LossType
-from pixart_jax.training.lcm_step import LCMStep, abstract_lcd_state, init_lcd_state
+from pixart_jax.training.lcm_step import LCDSettings, lcd_state, lcd_update
+from pixart_jax.training.program import Program
+from pixart_jax.training.state import split_model
 from pixart_jax.weights.t5 import load_text_encoder
 from pixart_jax.weights.transformer import save_diffusers
 
@@ -77,22 +79,27 @@ def empty_prompt(text_encoder, tokenizer):
     return np.asarray(load_text_encoder(text_encoder)(ids, mask)[0], np.float32)
 
 
-class LCMDistillation(loop.Pretraining):
-    """The LCD state and step for loop.train's loop."""
-    abstract_state = staticmethod(abstract_lcd_state)
-    init_state = staticmethod(init_lcd_state)
+class LCMDistillation(Program):
+    """The LCD program: a teacher, a student and its EMA target, all starting as the model's weights."""
 
-    @staticmethod
-    def make_step(cfg, graphdef, tx, schedule, shardings, mesh):
+    def __init__(self, cfg):
+        super().__init__(cfg)
         lcm = cfg.lcm
-        null_caption = None
+        self.settings = LCDSettings(latent_scale=cfg.data.latent_scale, prediction_type=cfg.model.prediction_type,
+                                    num_ddim_timesteps=lcm.num_ddim_timesteps, guidance=lcm.guidance,
+                                    loss_type=lcm.loss_type, huber_c=lcm.huber_c, target_decay=lcm.target_decay,
+                                    caption_dropout=cfg.model.caption_dropout)
+
+    def initial_state(self, params, buffers):
+        return lcd_state(self.optimizer.tx, self.cfg.seed, params, buffers)
+
+    def update(self, model):
+        """LCD's update; with `lcm.null_caption: t5` the T5 encoding of "" is computed here (loads T5)."""
+        lcm, settings = self.cfg.lcm, self.settings
         if lcm.null_caption == "t5":
-            null_caption = empty_prompt(lcm.text_encoder, lcm.tokenizer or lcm.text_encoder)
-        return LCMStep(graphdef, tx, schedule, shardings, mesh, accum_steps=cfg.optimizer.grad_accum_steps,
-                       target_decay=lcm.target_decay, guidance=lcm.guidance, loss_type=lcm.loss_type,
-                       huber_c=lcm.huber_c, num_ddim_timesteps=lcm.num_ddim_timesteps,
-                       caption_dropout=cfg.model.caption_dropout, latent_scale=cfg.data.latent_scale,
-                       prediction_type=cfg.model.prediction_type, null_caption=null_caption)
+            settings = dataclasses.replace(settings, null_caption=empty_prompt(lcm.text_encoder,
+                                                                               lcm.tokenizer or lcm.text_encoder))
+        return lcd_update(split_model(model)[0], self.optimizer, settings)
 
 
 def export(state, graphdef, directory, which, sampler):
@@ -109,7 +116,7 @@ def export(state, graphdef, directory, which, sampler):
 def distill(cfg, examples=None):
     """Runs or resumes the distillation `cfg` describes; exports when it finishes (not when preempted). Returns
     loop.train's result."""
-    result = loop.train(cfg, examples, program=LCMDistillation)
+    result = loop.train(LCMDistillation(cfg), examples)
     if not result.preempted:
         export(result.state, result.graphdef, os.path.join(os.path.abspath(cfg.workdir), "export"), cfg.lcm.export,
                LCM(original_inference_steps=cfg.lcm.num_ddim_timesteps, prediction_type=cfg.model.prediction_type))

@@ -24,8 +24,7 @@ from pixart_jax.training.data import feature_dataset, read_examples
 from pixart_jax.training.errors import RunError
 from pixart_jax.training.metrics import MetricsWriter
 from pixart_jax.training.samples import SampleGrid, save_png
-from pixart_jax.training.step import TrainStep, abstract_state, build_model, init_state, make_optimizer, split_model
-from pixart_jax.training.synthetic import synthetic_examples
+from pixart_jax.training.state import split_model
 from pixart_jax.training.workdir import check_workdir, locked, move_run_aside, write_text
 
 
@@ -87,40 +86,12 @@ def check_data_source(source):
         raise config_lib.ConfigError(f"data.source {source}: {e}") from None
 
 
-def data_source(cfg, model_cfg):
-    """A records directory, or generated examples (`data.source: synthetic`) sized for the model."""
-    if cfg.data.source != "synthetic":
-        return cfg.data.source
-    return synthetic_examples(cfg.data.synthetic_examples, seed=cfg.seed, caption_channels=model_cfg.caption_channels,
-                              max_tokens=model_cfg.max_tokens, buckets=tuple(cfg.data.synthetic_buckets))
-
-
-class Pretraining:
-    """What `train` trains by default: a PixArtTransformer, step.py's state (params, EMA) and TrainStep, on the
-    configured data. Another objective (e.g. distill.py, controlnet.py) subclasses it, replaces what differs and
-    reuses the whole loop. Instances are made for one config (`Pretraining(cfg)`); the class works too."""
-    abstract_state = staticmethod(abstract_state)
-    init_state = staticmethod(init_state)
-    data_source = staticmethod(data_source)
-
-    def __init__(self, cfg=None):
-        self.cfg = cfg
-
-    @staticmethod
-    def build_model(cfg):
-        return build_model(cfg.model, cfg.seed)
-
-    @staticmethod
-    def make_step(cfg, graphdef, tx, schedule, shardings, mesh):
-        return TrainStep(graphdef, tx, schedule, shardings, mesh, accum_steps=cfg.optimizer.grad_accum_steps,
-                         ema_rate=cfg.optimizer.ema_rate, caption_dropout=cfg.model.caption_dropout,
-                         latent_scale=cfg.data.latent_scale, prediction_type=cfg.model.prediction_type)
-
-
-def train(cfg: config_lib.TrainConfig, examples=None, program=Pretraining) -> RunResult:
-    """Runs or resumes the run `cfg` (a TrainConfig) describes. `examples` replaces the configured data source
-    (a sequence of example dicts); `program` supplies the model, data, state and step (see `Pretraining`). The
-    workdir and data source are checked before anything is built, and the workdir is locked while the run uses it."""
+def train(program, examples=None) -> RunResult:
+    """Runs or resumes the run of `program` (a program.Program, made from its TrainConfig `program.cfg`), which
+    supplies the model, data, state and step. `examples` replaces the configured data source (a sequence of example
+    dicts). The workdir and data source are checked before anything is built, and the workdir is locked while the
+    run uses it."""
+    cfg = program.cfg
     initialize_distributed(cfg.distributed)
     workdir = check_workdir(cfg.workdir)
     if examples is None:
@@ -130,7 +101,7 @@ def train(cfg: config_lib.TrainConfig, examples=None, program=Pretraining) -> Ru
         raise config_lib.ConfigError(f"data.batch_size {cfg.data.batch_size} must be divisible by the {mesh.size} "
                                      f"devices and the {jax.process_count()} processes")
     with locked(workdir, enabled=jax.process_index() == 0):
-        return _run(cfg, workdir, examples, program, mesh)
+        return _run(program, workdir, examples, mesh)
 
 
 def _resume(cfg, workdir, ckpts, target, iterator):
@@ -155,95 +126,132 @@ def _resume(cfg, workdir, ckpts, target, iterator):
     return ckpts, *restored
 
 
-def _run(cfg, workdir, examples, program, mesh):
-    proc0 = jax.process_index() == 0
-    global_batch, accum = cfg.data.batch_size, cfg.optimizer.grad_accum_steps
+class Progress:
+    """The host side of the steps: each optimizer step's metrics are fetched one step late (so the host never
+    waits on the device), checked finite, written (metrics.jsonl, TensorBoard) with the speed since the previous
+    one, and shown on the progress bar; `losses` keeps {step: loss}."""
 
-    model = program.build_model(cfg)
-    model_cfg = model.cfg
-    graphdef, _, _ = split_model(model)
-    tx, schedule = make_optimizer(cfg.optimizer, global_batch)
-    rules = dict(cfg.mesh.rules)
+    def __init__(self, cfg, writer, ckpts, start):
+        self.cfg, self.writer, self.ckpts = cfg, writer, ckpts
+        self.bar = tqdm(total=cfg.steps, initial=start, disable=not (jax.process_index() == 0 and cfg.logging.progress),
+                        unit="step")
+        self.losses, self._pending, self._clock = {}, None, time.perf_counter()
 
-    dataset = feature_dataset(program.data_source(cfg, model_cfg) if examples is None else examples,
-                              batch_size=global_batch // jax.process_count(), seed=cfg.seed,
+    def add(self, step, micro):
+        """Records optimizer step `step` (its micro-steps' metrics, still on the device); reports the previous."""
+        self.flush()
+        self._pending = (step, micro)
+        self.bar.update(1)
+
+    def flush(self):
+        """Fetches and reports the pending step's metrics, if any."""
+        if self._pending is None:
+            return
+        (step, micro), self._pending = self._pending, None
+        host = jax.device_get(micro)
+        loss = float(np.mean([m["loss"] for m in host]))
+        grad_norm = float(np.mean([m["grad_norm"] for m in host]))
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            raise NonFiniteLossError(
+                f"loss is {loss} (gradient norm {grad_norm}) at step {step}: stopping without saving. "
+                f"{self.ckpts.newest()}")
+        now = time.perf_counter()
+        steps_per_s = 1.0 / max(now - self._clock, 1e-9)
+        self._clock = now
+        self.losses[step] = loss
+        extra = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k not in ("loss", "grad_norm", "lr")}
+        images = self.cfg.data.batch_size * self.cfg.optimizer.grad_accum_steps
+        self.writer.write(step, {"loss": loss, "lr": float(host[-1]["lr"]), "grad_norm": grad_norm,
+                                 "steps_per_s": steps_per_s, "images_per_s": steps_per_s * images, **extra})
+        self.bar.set_postfix(loss=f"{loss:.4f}")
+
+
+@dataclasses.dataclass
+class _Session:
+    """What the steps of one invocation use besides the state and the data."""
+    cfg: config_lib.TrainConfig
+    workdir: str
+    mesh: jax.sharding.Mesh
+    graphdef: object
+    train_step: object
+    ckpts: Checkpoints
+    progress: Progress
+    preemption: Preemption
+
+
+def _run(program, workdir, examples, mesh):
+    cfg = program.cfg
+    model = program.model()
+    graphdef = split_model(model)[0]
+    dataset = feature_dataset(program.data(model.cfg) if examples is None else examples,
+                              batch_size=cfg.data.batch_size // jax.process_count(), seed=cfg.seed,
                               shard_index=jax.process_index(), shard_count=jax.process_count())
-    iterator = iter(dataset)
-
     ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.checkpoint.max_to_keep,
                         async_save=cfg.checkpoint.async_save)
     with jax.set_mesh(mesh):
-        target, shardings = program.abstract_state(model, tx, cfg.seed, mesh, rules)
-        ckpts, start, state = _resume(cfg, workdir, ckpts, target, iterator)
-        if state is None:  # a fresh iterator: a checkpoint that failed to restore may have moved this one
-            iterator, (state, _) = iter(dataset), program.init_state(model, tx, cfg.seed, mesh, rules)
-        del model, target
-        if proc0:  # only once the config is valid and the run resumed (or starts)
+        ckpts, start, state, iterator = _start(program, model, mesh, workdir, ckpts, dataset)
+        if jax.process_index() == 0:  # only once the config is valid and the run resumed (or starts)
             write_text(os.path.join(workdir, "config.yaml"), config_lib.to_yaml(cfg))
-        train_step = program.make_step(cfg, graphdef, tx, schedule, shardings, mesh)
-        writer = MetricsWriter(workdir, enabled=proc0, start_step=start, tb_every=cfg.logging.log_every)
-        preemption = Preemption(cfg.checkpoint.preemption_check_every)
-        bar = tqdm(total=cfg.steps, initial=start, disable=not (proc0 and cfg.logging.progress), unit="step")
-        losses, grids = {}, None
-        pending, clock = None, [time.perf_counter()]
-
-        def flush():
-            """Fetches the pending step's metrics (one step late, so the host never waits on the device)."""
-            nonlocal pending
-            step, micro = pending
-            pending = None
-            host = jax.device_get(micro)
-            loss = float(np.mean([m["loss"] for m in host]))
-            grad_norm = float(np.mean([m["grad_norm"] for m in host]))
-            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                raise NonFiniteLossError(
-                    f"loss is {loss} (gradient norm {grad_norm}) at step {step}: stopping without saving. "
-                    f"{ckpts.newest()}")
-            now = time.perf_counter()
-            steps_per_s = 1.0 / max(now - clock[0], 1e-9)
-            clock[0] = now
-            losses[step] = loss
-            extra = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k not in ("loss", "grad_norm", "lr")}
-            writer.write(step, {"loss": loss, "lr": float(host[-1]["lr"]), "grad_norm": grad_norm,
-                                "steps_per_s": steps_per_s, "images_per_s": steps_per_s * global_batch * accum,
-                                **extra})
-            bar.set_postfix(loss=f"{loss:.4f}")
-
+        train_step = program.step(model, mesh)
+        del model
+        writer = MetricsWriter(workdir, enabled=jax.process_index() == 0, start_step=start,
+                               tb_every=cfg.logging.log_every)
+        session = _Session(cfg, workdir, mesh, graphdef, train_step, ckpts, Progress(cfg, writer, ckpts, start),
+                           Preemption(cfg.checkpoint.preemption_check_every))
         try:
-            for step in range(start, cfg.steps):
-                micro = []
-                for _ in range(accum):
-                    batch = sharding.device_batch(next(iterator), mesh)
-                    if grids is None and cfg.sample.every:  # captions of this run's first batch
-                        grids = SampleGrid(graphdef, cfg.sample, batch, mesh, cfg.seed, cfg.data.latent_scale,
-                                           cfg.model.prediction_type)
-                    state, metrics = train_step(state, batch)
-                    micro.append(metrics)
-                if pending is not None:
-                    flush()
-                pending, done = (step + 1, micro), step + 1
-                bar.update(1)
-                preempted = preemption.requested(done)
-                if done % cfg.checkpoint_every == 0 or done == cfg.steps or preempted:
-                    flush()  # a state is saved only once its loss is known to be finite
-                    ckpts.save(done, state, iterator, config_lib.to_dict(cfg))
-                    writer.flush()  # what TensorBoard shows survives a kill as far as the checkpoint
-                if grids is not None and done % cfg.sample.every == 0:
-                    grid = grids.grid(state)
-                    if proc0:
-                        save_png(grid, os.path.join(workdir, "samples", f"step_{done:07d}.png"))
-                        writer.image(done, "samples", grid)
-                if preempted:
-                    print(f"{preemption.name}: saved checkpoint {done} in {ckpts.directory}; exiting", flush=True)
-                    break
-            else:
-                preempted = False
-            if pending is not None:
-                flush()
+            state, preempted = _steps(session, state, iterator, start)
         finally:
-            bar.close()
-            preemption.restore()
+            session.progress.bar.close()
+            session.preemption.restore()
             ckpts.close()
             writer.close()
-    return RunResult(step=int(jax.device_get(state["step"])) // accum, losses=losses, state=state,
-                     graphdef=graphdef, traces=train_step.traces, preempted=preempted)
+    return RunResult(step=int(jax.device_get(state["step"])) // cfg.optimizer.grad_accum_steps,
+                     losses=session.progress.losses, state=state, graphdef=graphdef, traces=train_step.traces,
+                     preempted=preempted)
+
+
+def _start(program, model, mesh, workdir, ckpts, dataset):
+    """(ckpts, start step, state, data iterator): resumed from the newest checkpoint, or the initial state."""
+    iterator = iter(dataset)
+    target, _ = program.abstract_state(model, mesh)
+    ckpts, start, state = _resume(program.cfg, workdir, ckpts, target, iterator)
+    if state is None:  # a fresh iterator: a checkpoint that failed to restore may have moved this one
+        iterator, (state, _) = iter(dataset), program.state(model, mesh)
+    return ckpts, start, state, iterator
+
+
+def _steps(session, state, iterator, start):
+    """Runs optimizer steps start+1 .. cfg.steps (saving, drawing samples, stopping on SIGTERM); returns (state,
+    whether SIGTERM stopped it)."""
+    cfg, grids, preempted = session.cfg, None, False
+    for step in range(start, cfg.steps):
+        micro = []
+        for _ in range(cfg.optimizer.grad_accum_steps):
+            batch = sharding.device_batch(next(iterator), session.mesh)
+            if grids is None and cfg.sample.every:  # captions of this run's first batch
+                grids = SampleGrid(session.graphdef, cfg.sample, batch, session.mesh, cfg.seed,
+                                   cfg.data.latent_scale, cfg.model.prediction_type)
+            state, metrics = session.train_step(state, batch)
+            micro.append(metrics)
+        done = step + 1
+        session.progress.add(done, micro)
+        preempted = session.preemption.requested(done)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps or preempted:
+            session.progress.flush()  # a state is saved only once its loss is known to be finite
+            session.ckpts.save(done, state, iterator, config_lib.to_dict(cfg))
+            session.progress.writer.flush()  # what TensorBoard shows survives a kill as far as the checkpoint
+        if grids is not None and done % cfg.sample.every == 0:
+            _save_samples(session, grids, done, state)
+        if preempted:
+            print(f"{session.preemption.name}: saved checkpoint {done} in {session.ckpts.directory}; exiting",
+                  flush=True)
+            break
+    session.progress.flush()
+    return state, preempted
+
+
+def _save_samples(session, grids, done, state):
+    grid = grids.grid(state)
+    if jax.process_index() == 0:
+        save_png(grid, os.path.join(session.workdir, "samples", f"step_{done:07d}.png"))
+        session.progress.writer.image(done, "samples", grid)

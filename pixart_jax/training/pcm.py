@@ -15,21 +15,17 @@ import os
 
 from flax import nnx
 
+from pixart_jax import sharding
 from pixart_jax.samplers import PCM
 from pixart_jax.training import config as config_lib
 from pixart_jax.training import loop
-from pixart_jax.training.discriminator import DiscriminatorHeads
 from pixart_jax.training.lcm import ExportWeights, export
 from pixart_jax.training.lcm_loss import LossType
-from pixart_jax.training.pcm_step import (
-    Adversarial,
-    PCMStep,
-    PCMTarget,
-    TeacherGuidance,
-    abstract_pcm_state,
-    init_pcm_state,
-)
-from pixart_jax.training.step import make_optimizer
+from pixart_jax.training.optimizer import make_optimizer
+from pixart_jax.training.pcm_adversarial import Adversarial, discriminator_heads
+from pixart_jax.training.pcm_step import PCMSettings, PCMTarget, TeacherGuidance, pcm_state, pcm_update
+from pixart_jax.training.program import Program
+from pixart_jax.training.state import split_model
 
 
 @dataclasses.dataclass
@@ -86,43 +82,44 @@ def _check(cfg):
 load_config = functools.partial(config_lib.load_config, schema=PCMTrainConfig, validate=_check)
 
 
-class PCMDistillation(loop.Pretraining):
-    """The PCM state and step for loop.train (the interface of loop.Pretraining), for one config."""
+class PCMDistillation(Program):
+    """The PCM program: teacher, student (and EMA target) from the model's weights; with `pcm.adversarial` also
+    discriminator heads (one per block, seeded from seed + 1) with their own AdamW."""
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self._adversarial = None
-
-    def adversarial(self, model):
-        """The heads (one per block of `model`, seeded from the run's seed) and their optimizer, or None."""
-        cfg = self.cfg
-        if cfg.pcm.adversarial and self._adversarial is None:
-            disc = cfg.pcm.discriminator
-            tx, schedule = make_optimizer(config_lib.OptimizerConfig(
-                lr=disc.lr, sqrt_lr_scaling=False, weight_decay=disc.weight_decay, eps=disc.eps, b1=disc.b1,
-                b2=disc.b2, grad_clip=disc.grad_clip, warmup_steps=0,
-                grad_accum_steps=cfg.optimizer.grad_accum_steps), cfg.data.batch_size)
-            heads = DiscriminatorHeads(model.cfg.depth, model.cfg.hidden_size, model.dtype,
-                                       rngs=nnx.Rngs(cfg.seed + 1))
-            self._adversarial = Adversarial(heads, tx, schedule, cfg.pcm.adversarial_weight)
-        return self._adversarial
-
-    def abstract_state(self, model, tx, seed, mesh, rules):
-        return abstract_pcm_state(model, tx, seed, mesh, rules, ema_target=self.cfg.pcm.target == PCMTarget.ema,
-                                  adversarial=self.adversarial(model))
-
-    def init_state(self, model, tx, seed, mesh, rules):
-        return init_pcm_state(model, tx, seed, mesh, rules, ema_target=self.cfg.pcm.target == PCMTarget.ema,
-                              adversarial=self.adversarial(model))
-
-    def make_step(self, cfg, graphdef, tx, schedule, shardings, mesh):
         pcm = cfg.pcm
-        return PCMStep(graphdef, tx, schedule, shardings, mesh, accum_steps=cfg.optimizer.grad_accum_steps,
-                       num_ddim_timesteps=pcm.num_ddim_timesteps, phases=pcm.phases, guidance=pcm.guidance,
-                       guidance_range=(pcm.guidance_min, pcm.guidance_max), null_caption_prob=pcm.null_caption_prob,
-                       target=pcm.target, target_decay=pcm.target_decay, loss_type=pcm.loss_type,
-                       huber_c=pcm.huber_c, latent_scale=cfg.data.latent_scale,
-                       prediction_type=cfg.model.prediction_type, adversarial=self._adversarial)
+        self.settings = PCMSettings(
+            latent_scale=cfg.data.latent_scale, prediction_type=cfg.model.prediction_type,
+            num_ddim_timesteps=pcm.num_ddim_timesteps, phases=pcm.phases, guidance=pcm.guidance,
+            guidance_range=(pcm.guidance_min, pcm.guidance_max), null_caption_prob=pcm.null_caption_prob,
+            target=pcm.target, target_decay=pcm.target_decay, loss_type=pcm.loss_type, huber_c=pcm.huber_c)
+        disc = pcm.discriminator
+        self.heads_optimizer = make_optimizer(config_lib.OptimizerConfig(
+            lr=disc.lr, sqrt_lr_scaling=False, weight_decay=disc.weight_decay, eps=disc.eps, b1=disc.b1, b2=disc.b2,
+            grad_clip=disc.grad_clip, warmup_steps=0, grad_accum_steps=cfg.optimizer.grad_accum_steps),
+            cfg.data.batch_size)
+
+    def networks(self, model, abstract=False):
+        """The model's parameters and buffers, and with the adversarial loss the heads' parameters."""
+        networks, axes = super().networks(model)
+        if not self.cfg.pcm.adversarial:
+            return networks, axes
+        make = functools.partial(discriminator_heads, model, self.cfg.seed)
+        heads = nnx.eval_shape(make) if abstract else make()
+        # the heads' paths ("heads.…") do not clash with the transformer's
+        return (*networks, nnx.to_pure_dict(nnx.state(heads, nnx.Param))), axes | sharding.variable_axes(heads)
+
+    def initial_state(self, params, buffers, heads=None):
+        return pcm_state(self.optimizer.tx, self.cfg.seed, self.settings.target == PCMTarget.ema, params, buffers,
+                         heads, self.heads_optimizer.tx)
+
+    def update(self, model):
+        adversarial = None
+        if self.cfg.pcm.adversarial:
+            heads = nnx.graphdef(nnx.eval_shape(functools.partial(discriminator_heads, model, self.cfg.seed)))
+            adversarial = Adversarial(heads, self.heads_optimizer, self.cfg.pcm.adversarial_weight)
+        return pcm_update(split_model(model)[0], self.optimizer, self.settings, adversarial)
 
 
 def exported_sampler(cfg):
@@ -134,7 +131,7 @@ def exported_sampler(cfg):
 def distill(cfg, examples=None):
     """Runs or resumes the PCM distillation `cfg` describes; exports when it finishes (not when preempted).
     Returns loop.train's result."""
-    result = loop.train(cfg, examples, program=PCMDistillation(cfg))
+    result = loop.train(PCMDistillation(cfg), examples)
     if not result.preempted:
         export(result.state, result.graphdef, os.path.join(os.path.abspath(cfg.workdir), "export"), cfg.pcm.export,
                exported_sampler(cfg))

@@ -1,37 +1,28 @@
-"""PCM train state and the one jitted step (consistency.md §2.4-2.6, §3.4-3.5).
+"""PCM train state and update (consistency.md §2.4-2.6, §3.4-3.5).
 
 The state is a dict of global jax.Arrays: `step` (micro-steps done), `teacher` (frozen), `student` (trained),
 `target` (EMA of the student; absent when the target is the stop-gradient student), `buffers` (y_embedding), `opt`
 (AdamW of the student), `rng`; with the adversarial loss also `disc` (the discriminator heads) and `disc_opt` (their
-own AdamW). Every network is placed by the logical axes its parameters declare (FSDP shards each copy). The step
-reuses TrainStep's jit (explicit shardings, donated state) and draws from `fold_in(rng, step)`, so a resumed run
-draws exactly what an uninterrupted one would. With the adversarial loss the optimizer steps alternate inside the
-one jitted step: even ones update only the heads (hinge L_D), odd ones only the student (L_PCM + λ L_G).
+own AdamW, pcm_adversarial.py). Every network is placed by the logical axes its parameters declare (FSDP shards each
+copy). The update runs in step.TrainStep (explicit shardings, donated state, `fold_in(rng, step)`).
 """
 import dataclasses
 import enum
+import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pixart_jax import sharding
-from pixart_jax.models.vae import LATENT_SCALE
 from pixart_jax.pipelines.guidance import Caption, guided_forward
-from pixart_jax.samplers.prediction import check_prediction_type
-from pixart_jax.training.discriminator import DiscriminatorHeads
 from pixart_jax.training.lcm_loss import lcm_guidance
-from pixart_jax.training.lcm_step import prediction_fn, unconditional_caption
+from pixart_jax.training.lcm_step import micro_conditions, prediction_fn, unconditional_caption
 from pixart_jax.training.loss import diffusion_tables, draw_training_inputs, drop_captions
-from pixart_jax.training.pcm_loss import (
-    adversarial_timesteps,
-    hinge_discriminator_loss,
-    hinge_generator_loss,
-    pcm_loss,
-    pcm_tables,
-    renoise,
-)
-from pixart_jax.training.step import TrainStep, abstract_state, init_state, optimizer_update, split_model
+from pixart_jax.training.pcm_adversarial import adversarial_update, critic_logits, draw_renoising
+from pixart_jax.training.pcm_loss import pcm_loss, pcm_tables
+from pixart_jax.training.state import common_state
+from pixart_jax.training.step import Objective
 
 
 class TeacherGuidance(enum.StrEnum):
@@ -47,156 +38,109 @@ class PCMTarget(enum.StrEnum):
 
 
 @dataclasses.dataclass(frozen=True)
-class Adversarial:
-    """The adversarial consistency loss: heads (a DiscriminatorHeads), their optimizer and lr schedule, λ."""
-    heads: DiscriminatorHeads
-    tx: object
-    schedule: object
-    weight: float = 0.1
+class PCMSettings(Objective):
+    """One PCM step (the `pcm:` config section's meaning, pixart_jax/training/pcm.py)."""
+    num_ddim_timesteps: int = 40
+    phases: int = 4
+    guidance: TeacherGuidance = TeacherGuidance.augmented
+    guidance_range: tuple = (3.0, 4.0)
+    null_caption_prob: float = 0.1
+    target: PCMTarget = PCMTarget.ema
+    target_decay: float = 0.95
+    loss_type: str = "huber"
+    huber_c: float = 1e-3
 
 
-def _initial_pcm_state(ema_target, adversarial):
-    def initial(tx, seed):
-        def init(params, buffers):
-            state = {"step": jnp.zeros((), jnp.int32), "teacher": params, "student": jax.tree.map(jnp.copy, params),
-                     "buffers": buffers, "opt": tx.init(params), "rng": jax.random.PRNGKey(seed)}
-            if ema_target:
-                state["target"] = jax.tree.map(jnp.copy, params)
-            if adversarial is not None:
-                heads = nnx.to_pure_dict(nnx.state(adversarial.heads, nnx.Param))
-                state["disc"], state["disc_opt"] = heads, adversarial.tx.init(heads)
-            return state
-        return init
-    return initial
+def pcm_state(tx, seed, ema_target, params, buffers, heads=None, heads_tx=None):
+    """The PCM state: teacher, student (and the EMA target) start as the model's weights; `heads` (pure-dict
+    discriminator parameters) and their optimizer `heads_tx` with the adversarial loss."""
+    state = {**common_state(tx, seed, params, buffers), "teacher": params, "student": jax.tree.map(jnp.copy, params)}
+    if ema_target:
+        state["target"] = jax.tree.map(jnp.copy, params)
+    if heads is not None:
+        state["disc"], state["disc_opt"] = heads, heads_tx.init(heads)
+    return state
 
 
-def _axes(model, adversarial):
-    axes = sharding.variable_axes(model)
-    if adversarial is not None:
-        axes |= sharding.variable_axes(adversarial.heads)  # "heads.…": no clash with the transformer's paths
-    return axes
+class PCMInputs(NamedTuple):
+    """One step's draws: x0 (latent_scale · posterior sample), noise, captions (dropped to y_embedding for guidance
+    "none"), grid indices n and guidance scales w."""
+    x0: jax.Array
+    noise: jax.Array
+    captions: jax.Array
+    n: jax.Array
+    w: jax.Array
 
 
-def init_pcm_state(model, tx, seed, mesh, rules, *, ema_target=True, adversarial=None):
-    """(state, shardings) of a PCM run: teacher, student (and target) start as the model's weights."""
-    return init_state(model, tx, seed, mesh, rules, _initial_pcm_state(ema_target, adversarial),
-                      _axes(model, adversarial))
+def draw_inputs(settings, draw_tables, null, batch, keys):
+    """PCMInputs from four keys; `null` is y_embedding."""
+    x0, _, noise, captions = draw_training_inputs(keys[0], batch, draw_tables, 0.0, null, settings.latent_scale)
+    size = x0.shape[0]
+    if settings.guidance == TeacherGuidance.none and settings.null_caption_prob > 0:  # student, teacher and target
+        captions = drop_captions(captions, null, keys[1], settings.null_caption_prob)
+    n = jax.random.randint(keys[2], (size,), 0, settings.num_ddim_timesteps)
+    w = jax.random.uniform(keys[3], (size,), jnp.float32, *settings.guidance_range)
+    return PCMInputs(x0, noise, captions, n, w)
 
 
-def abstract_pcm_state(model, tx, seed, mesh, rules, *, ema_target=True, adversarial=None):
-    """(ShapeDtypeStructs with shardings, shardings) of `init_pcm_state`'s state: what a checkpoint restores onto."""
-    return abstract_state(model, tx, seed, mesh, rules, _initial_pcm_state(ema_target, adversarial),
-                          _axes(model, adversarial))
+def guided_teacher(graphdef, settings, state, batch, inputs):
+    """teacher(x, t): the frozen teacher's prediction, CFG-augmented with w (LCM form) or unguided."""
+    teacher_fn = prediction_fn(graphdef, state["teacher"], state["buffers"])
+    cond, micro = Caption(inputs.captions, batch["mask"]), micro_conditions(batch)
+
+    def teacher(x, t):
+        if settings.guidance == TeacherGuidance.none:
+            return teacher_fn(x, t, *cond, **micro)
+        uncond = Caption(*unconditional_caption(inputs.captions, batch["mask"], state["buffers"]["y_embedding"], None))
+        out_uncond, out_cond = guided_forward(teacher_fn, x, t, cond, uncond, **micro)
+        return lcm_guidance(out_cond, out_uncond, inputs.w)
+    return teacher
 
 
-class PCMStep(TrainStep):
-    """The jitted PCM step `(state, batch) -> (state, metrics)`; the state is donated.
+def consistency_loss(graphdef, settings, tables, state, batch, inputs, student):
+    """(L_PCM, (prediction, goal)) of the student parameters `student` (pcm_loss)."""
+    buffers, cond, micro = state["buffers"], Caption(inputs.captions, batch["mask"]), micro_conditions(batch)
+    target = state["target"] if settings.target == PCMTarget.ema else state["student"]
+    return pcm_loss(lambda x, t: prediction_fn(graphdef, student, buffers)(x, t, *cond, **micro),
+                    guided_teacher(graphdef, settings, state, batch, inputs),
+                    lambda x, t: prediction_fn(graphdef, target, buffers)(x, t, *cond, **micro),
+                    tables, inputs.x0, inputs.noise, inputs.n, settings.loss_type, settings.huber_c,
+                    settings.prediction_type)
 
-    Metrics: `loss` (the consistency loss L_PCM), `grad_norm` and `lr` of the network updated this step, and with
-    the adversarial loss `adversarial` (L_D on discriminator steps, L_G on generator steps) and `discriminator_step`
-    (1 or 0)."""
 
-    def __init__(self, graphdef, tx, schedule, state_shardings, mesh, *, accum_steps=1, num_ddim_timesteps=40,
-                 phases=4, guidance=TeacherGuidance.augmented, guidance_range=(3.0, 4.0), null_caption_prob=0.1,
-                 target=PCMTarget.ema, target_decay=0.95, loss_type="huber", huber_c=1e-3,
-                 latent_scale=LATENT_SCALE, prediction_type="epsilon", adversarial: Adversarial | None = None):
-        check_prediction_type(prediction_type)
-        self.traces = 0
-        tables, draw_tables = pcm_tables(num_ddim_timesteps, phases), diffusion_tables()
-        ema = target == PCMTarget.ema
-        heads_def = None if adversarial is None else split_model(adversarial.heads)[0]
+def student_update(optimizer, settings, state, loss_fn):
+    """(student, opt, target or None, metrics): the student's update by `loss_fn` (student -> (loss, {name:
+    scalar})), then the EMA target (if kept) pulled towards it."""
+    return optimizer.update(loss_fn, state["student"], state["opt"], state.get("target"), settings.target_decay,
+                            state["step"], has_aux=True)
 
-        def step(state, batch):
-            self.traces += 1
-            keys = jax.random.split(jax.random.fold_in(state["rng"], state["step"]), 7)
-            buffers, null = state["buffers"], state["buffers"]["y_embedding"]
-            x0, _, noise, captions = draw_training_inputs(keys[0], batch, draw_tables, 0.0, null, latent_scale)
-            size = x0.shape[0]
-            if guidance == TeacherGuidance.none and null_caption_prob > 0:  # for student, teacher and target alike
-                captions = drop_captions(captions, null, keys[1], null_caption_prob)
-            cond = Caption(captions, batch["mask"])
-            micro = dict(resolution=batch["img_hw"], aspect_ratio=batch["aspect_ratio"])
-            n = jax.random.randint(keys[2], (size,), 0, num_ddim_timesteps)
-            w = jax.random.uniform(keys[3], (size,), jnp.float32, *guidance_range)
-            teacher_fn = prediction_fn(graphdef, state["teacher"], buffers)
 
-            def teacher(x, t):
-                if guidance == TeacherGuidance.none:
-                    return teacher_fn(x, t, *cond, **micro)
-                uncond = Caption(*unconditional_caption(captions, batch["mask"], null, None))
-                out_uncond, out_cond = guided_forward(teacher_fn, x, t, cond, uncond, **micro)
-                return lcm_guidance(out_cond, out_uncond, w)
+def with_student(settings, state, student, opt, target, **others):
+    """`state` with the student's update (and the others: the heads') applied."""
+    return dict(state, student=student, opt=opt, **others,
+                **({"target": target} if settings.target == PCMTarget.ema else {}))
 
-            target_params = state["target"] if ema else state["student"]
 
-            def consistency(student):
-                return pcm_loss(lambda x, t: prediction_fn(graphdef, student, buffers)(x, t, *cond, **micro), teacher,
-                                lambda x, t: prediction_fn(graphdef, target_params, buffers)(x, t, *cond, **micro),
-                                tables, x0, noise, n, loss_type, huber_c, prediction_type)
+def pcm_update(graphdef, optimizer, settings: PCMSettings, adversarial=None):
+    """The PCM update `(state, batch, key) -> (state, metrics)`. Metrics: `loss` (the consistency loss L_PCM),
+    `grad_norm` and `lr` of the network updated this step, and with `adversarial` (a pcm_adversarial.Adversarial)
+    `adversarial` (L_D on discriminator steps, L_G on generator steps) and `discriminator_step` (1 or 0)."""
+    tables = pcm_tables(settings.num_ddim_timesteps, settings.phases), diffusion_tables()
+    return functools.partial(_update, graphdef, optimizer, settings, adversarial, tables)
 
-            def update_student(adversarial_loss=None):
-                """The student's update by L_PCM (+ λ L_G); metrics: loss = L_PCM (+ adversarial = L_G)."""
-                def loss_fn(student):
-                    loss, (prediction, _) = consistency(student)
-                    if adversarial_loss is None:
-                        return loss, {}
-                    adversarial_value = adversarial_loss(prediction)
-                    return loss + adversarial.weight * adversarial_value, {"consistency": loss,
-                                                                            "adversarial": adversarial_value}
-                student, opt, new_target, metrics = optimizer_update(
-                    tx, schedule, accum_steps, loss_fn, state["student"], state["opt"], state.get("target"),
-                    target_decay, state["step"], has_aux=True)
-                if adversarial_loss is not None:
-                    metrics = dict(metrics, loss=metrics.pop("consistency"), discriminator_step=jnp.float32(0))
-                return student, opt, new_target, metrics
 
-            def with_student(student, opt, new_target, **others):
-                return dict(state, step=state["step"] + 1, student=student, opt=opt, **others,
-                            **({"target": new_target} if ema else {}))
-
-            if adversarial is None:
-                student, opt, new_target, metrics = update_student()
-                return with_student(student, opt, new_target), metrics
-
-            teacher_model = nnx.merge(graphdef, state["teacher"], buffers)
-            grid = tuple(d // teacher_model.cfg.patch_size for d in x0.shape[2:])
-            edge = tables.edge[n]
-            t_adv = adversarial_timesteps(keys[4], tables, n)
-            xi_fake, xi_real = (jax.random.normal(k, x0.shape, jnp.float32) for k in keys[5:7])
-
-            def logits(disc, x):
-                """The heads' logits (depth, B', h, w, 1) of latents x (B' = B or 2B) at t_adv, on the teacher's
-                block outputs for the same captions and micro-conditions."""
-                repeat = lambda a: jnp.tile(a, (x.shape[0] // size,) + (1,) * (a.ndim - 1))  # noqa: E731
-                _, features = teacher_model.forward(x, repeat(t_adv), repeat(captions), repeat(batch["mask"]),
-                                                    repeat(batch["img_hw"]), repeat(batch["aspect_ratio"]),
-                                                    block_outputs=True)
-                return nnx.merge(heads_def, disc)(features, grid)
-
-            def discriminator_step(_):
-                loss, (prediction, goal) = consistency(state["student"])
-                fake = jax.lax.stop_gradient(renoise(tables, prediction, edge, t_adv, xi_fake))
-                real = renoise(tables, goal, edge, t_adv, xi_real)
-
-                def d_loss_fn(disc):
-                    fake_logits, real_logits = jnp.split(logits(disc, jnp.concatenate([fake, real])), 2, axis=1)
-                    return hinge_discriminator_loss(fake_logits, real_logits)
-
-                disc, disc_opt, _, metrics = optimizer_update(adversarial.tx, adversarial.schedule, accum_steps,
-                                                              d_loss_fn, state["disc"], state["disc_opt"], None,
-                                                              0.0, state["step"])
-                metrics = dict(metrics, loss=loss, adversarial=metrics["loss"], discriminator_step=jnp.float32(1))
-                return state["student"], state["opt"], state.get("target"), disc, disc_opt, metrics
-
-            def generator_step(_):
-                frozen = jax.lax.stop_gradient(state["disc"])
-                student, opt, new_target, metrics = update_student(
-                    lambda prediction: hinge_generator_loss(logits(frozen, renoise(tables, prediction, edge, t_adv,
-                                                                                   xi_fake))))
-                return student, opt, new_target, state["disc"], state["disc_opt"], metrics
-
-            student, opt, new_target, disc, disc_opt, metrics = jax.lax.cond(
-                (state["step"] // accum_steps) % 2 == 0, discriminator_step, generator_step, None)
-            return with_student(student, opt, new_target, disc=disc, disc_opt=disc_opt), metrics
-
-        self._compile(step, state_shardings, mesh)
+def _update(graphdef, optimizer, settings, adversarial, tables, state, batch, key):
+    tables, draw_tables = tables
+    keys = jax.random.split(key, 7)
+    inputs = draw_inputs(settings, draw_tables, state["buffers"]["y_embedding"], batch, keys[:4])
+    consistency = functools.partial(consistency_loss, graphdef, settings, tables, state, batch, inputs)
+    update_student = functools.partial(student_update, optimizer, settings, state)
+    if adversarial is None:
+        student, opt, target, metrics = update_student(lambda student: (consistency(student)[0], {}))
+        return with_student(settings, state, student, opt, target), metrics
+    teacher = nnx.merge(graphdef, state["teacher"], state["buffers"])
+    renoising = draw_renoising(tables, inputs.n, inputs.x0.shape, keys[4:7])
+    critic = functools.partial(critic_logits, teacher, adversarial.heads, renoising.t_adv, batch, inputs.captions)
+    student, opt, target, disc, disc_opt, metrics = adversarial_update(adversarial, tables, renoising, critic,
+                                                                       consistency, update_student, state)
+    return with_student(settings, state, student, opt, target, disc=disc, disc_opt=disc_opt), metrics

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pixart_jax.choices import AttentionKernel, RematPolicy
 from pixart_jax.files import atomic_directory, check_destination, read_json
 from pixart_jax.models.controlnet import (
     PRESETS_CONTROLNET,
@@ -173,12 +174,12 @@ def original_layout(path: str, config=None):
     return _config_for(path, config, state_dict), state_dict, path
 
 
-def _make(cfg, dtype=jnp.float32):
-    return lambda: PixArtControlNet(PixArtTransformer(cfg.base, dtype, rngs=nnx.Rngs(0)), cfg.copies)
+def _make(cfg, dtype=jnp.float32, **options):
+    return lambda: PixArtControlNet(PixArtTransformer(cfg.base, dtype, **options, rngs=nnx.Rngs(0)), cfg.copies)
 
 
-def from_state_dict(state_dict, cfg: ControlNetConfig, dtype=jnp.float32, where="checkpoint"):
-    """A PixArtControlNet from an original-layout state dict {key: array}."""
+def from_state_dict(state_dict, cfg: ControlNetConfig, dtype=jnp.float32, where="checkpoint", **options):
+    """A PixArtControlNet from an original-layout state dict {key: array}; `options` as for load_controlnet."""
     if not keys.is_controlnet_state_dict(state_dict):
         raise WeightsError(f"{where} is {PLAIN_NOTE}")
     if cfg.stored_pos_table:
@@ -187,11 +188,13 @@ def from_state_dict(state_dict, cfg: ControlNetConfig, dtype=jnp.float32, where=
         ignore = keys.MS_IGNORED
     arrays = import_weights(keys.ORIGINAL_CONTROLNET, state_dict, abstract_shapes(_make(cfg)), where=where,
                             ignore=ignore)
-    return build_model(_make(cfg, dtype), arrays, where)
+    return build_model(_make(cfg, dtype, **options), arrays, where)
 
 
 def load_controlnet(path: str | None = None, config=None, dtype=jnp.float32, *, base=None,
-                    copies: int = RELEASED_COPIES) -> PixArtControlNet:
+                    copies: int = RELEASED_COPIES, remat: RematPolicy = RematPolicy.none,
+                    activation_dtype=jnp.float32,
+                    attention_kernel: AttentionKernel = AttentionKernel.auto) -> PixArtControlNet:
     """A PixArt ControlNet-Transformer from `path` (any layout of the module docstring, detected), or a new one
     from `base` (a PixArtTransformer, or a path load_transformer reads) with `copies` copied blocks, which
     computes exactly what the base does until trained.
@@ -199,18 +202,21 @@ def load_controlnet(path: str | None = None, config=None, dtype=jnp.float32, *, 
     config: for original state-dict files, a ControlNetConfig, or the base architecture (a PixArtConfig or a preset
     name such as "PixArt-XL-2-512-ControlNet" / "PixArt-XL-2-1024-MS") with the copies the file holds; by default
     read from the file name (e.g. `PixArt-XL-2-1024-ControlNet.pth`). dtype: the compute dtype (parameters fp32).
+    remat, activation_dtype, attention_kernel: how the base runs (PixArtTransformer's options) when it is loaded
+    here; a base passed as a model keeps its own.
     """
     if (path is None) == (base is None):
         raise ValueError("pass either a ControlNet checkpoint path or base= (a PixArt transformer), not both")
+    options = dict(remat=remat, activation_dtype=activation_dtype, attention_kernel=attention_kernel)
     if base is not None:
-        base = load_transformer(base, dtype) if isinstance(base, (str, os.PathLike)) else base
+        base = load_transformer(base, dtype, **options) if isinstance(base, (str, os.PathLike)) else base
         return PixArtControlNet(base, copies)
     path = os.fspath(path)
     if detect_format(path) == "jax":
         cfg = _jax_config(path)
-        return build_model(_make(cfg, dtype), restore_params(path, abstract_shapes(_make(cfg))), path)
+        return build_model(_make(cfg, dtype, **options), restore_params(path, abstract_shapes(_make(cfg))), path)
     cfg, state_dict, where = original_layout(path, config)
-    return from_state_dict(state_dict, cfg, dtype, where)
+    return from_state_dict(state_dict, cfg, dtype, where, **options)
 
 
 def original_state_dict(model: PixArtControlNet):

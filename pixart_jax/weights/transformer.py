@@ -13,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from pixart_jax.choices import AttentionKernel, RematPolicy
 from pixart_jax.files import atomic_directory, check_destination, read_json
 from pixart_jax.models.transformer import PixArtTransformer, null_caption_init
 from pixart_jax.models.transformer_config import PixArtConfig, preset
@@ -53,8 +54,8 @@ def detect_format(path):
     raise WeightsError(f"{config_path} describes a {config.get('_class_name')!r}, not a PixArt transformer")
 
 
-def _build(cfg, arrays, dtype, where):
-    return build_model(lambda: PixArtTransformer(cfg, dtype, rngs=nnx.Rngs(0)), arrays, where)
+def _build(cfg, arrays, dtype, where, options):
+    return build_model(lambda: PixArtTransformer(cfg, dtype, **options, rngs=nnx.Rngs(0)), arrays, where)
 
 
 def _import(rules, cfg, state_dict, where, ignore=(), only=""):
@@ -80,14 +81,15 @@ def transformer_config(path: str, config: PixArtConfig | str | None = None) -> P
     return config if isinstance(config, PixArtConfig) else preset(config or os.path.basename(path))
 
 
-def load_diffusers(directory: str, dtype=jnp.float32) -> PixArtTransformer:
+def load_diffusers(directory: str, dtype=jnp.float32, **options) -> PixArtTransformer:
     """A diffusers `PixArtTransformer2DModel` directory. The null caption `y_embedding`, which diffusers does not
-    store, keeps its initial value (it only matters for training with caption dropout)."""
+    store, keeps its initial value (it only matters for training with caption dropout). `options`: as for
+    load_transformer."""
     directory = _diffusers_folder(directory)
     cfg = transformer_config(directory)
     arrays = _import(keys.DIFFUSERS, cfg, read_weights(directory, DIFFUSERS_WEIGHTS), directory)
     arrays["y_embedding"] = default_null_caption(cfg)
-    return _build(cfg, arrays, dtype, directory)
+    return _build(cfg, arrays, dtype, directory, options)
 
 
 def default_null_caption(cfg: PixArtConfig) -> np.ndarray:
@@ -97,15 +99,17 @@ def default_null_caption(cfg: PixArtConfig) -> np.ndarray:
         return np.asarray(null_caption_init(jax.random.key(0), cfg))
 
 
-def load_original(path: str, config: PixArtConfig | str | None = None, dtype=jnp.float32) -> PixArtTransformer:
+def load_original(path: str, config: PixArtConfig | str | None = None, dtype=jnp.float32,
+                  **options) -> PixArtTransformer:
     """An original PixArt state dict (`.pth`, or `.safetensors` with the same keys). `config`: a PixArtConfig or a
-    variant name; by default the variant is read from the file name (e.g. `PixArt-XL-2-1024-MS.pth`)."""
+    variant name; by default the variant is read from the file name (e.g. `PixArt-XL-2-1024-MS.pth`). `options`:
+    as for load_transformer."""
     state_dict = read_state_dict(path)
     if is_controlnet_state_dict(state_dict):
         raise WeightsError(f"{path} is a {CONTROLNET_NOTE} (its keys are base_model.* and controlnet.*)")
     cfg = transformer_config(path, config)
     arrays = _import(keys.ORIGINAL, cfg, state_dict, path, ignore=keys.ORIGINAL_IGNORED)
-    return _build(cfg, arrays, dtype, path)
+    return _build(cfg, arrays, dtype, path, options)
 
 
 def restore_params(directory, shapes):
@@ -127,25 +131,30 @@ def write_params(model, dst, meta, *, overwrite=False, keep=()):
             json.dump(meta, f, indent=2)
 
 
-def load_jax(directory: str, dtype=jnp.float32) -> PixArtTransformer:
-    """A directory written by `save_jax`: our config.json and an Orbax checkpoint of the flat parameters."""
+def load_jax(directory: str, dtype=jnp.float32, **options) -> PixArtTransformer:
+    """A directory written by `save_jax`: our config.json and an Orbax checkpoint of the flat parameters.
+    `options`: as for load_transformer."""
     cfg = transformer_config(directory)
     arrays = restore_params(directory, abstract_shapes(lambda: PixArtTransformer(cfg, rngs=nnx.Rngs(0))))
-    return _build(cfg, arrays, dtype, directory)
+    return _build(cfg, arrays, dtype, directory, options)
 
 
-def load_transformer(path: str, dtype=jnp.float32, config: PixArtConfig | str | None = None) -> PixArtTransformer:
+def load_transformer(path: str, dtype=jnp.float32, config: PixArtConfig | str | None = None, *,
+                     remat: RematPolicy = RematPolicy.none, activation_dtype=jnp.float32,
+                     attention_kernel: AttentionKernel = AttentionKernel.auto) -> PixArtTransformer:
     """Loads a PixArt transformer from any supported layout, detected from `path` (see module docstring).
 
     dtype: the compute dtype (parameters stay fp32). config: only for original `.pth` files, a PixArtConfig or a
-    variant name such as "PixArt-XL-2-1024-MS" when the file name does not say which.
+    variant name such as "PixArt-XL-2-1024-MS" when the file name does not say which. remat, activation_dtype,
+    attention_kernel: how the model runs (PixArtTransformer's options; the checkpoint does not store them).
     """
+    options = dict(remat=remat, activation_dtype=activation_dtype, attention_kernel=attention_kernel)
     fmt = detect_format(path)
     if fmt == "diffusers":
-        return load_diffusers(path, dtype)
+        return load_diffusers(path, dtype, **options)
     if fmt == "jax":
-        return load_jax(path, dtype)
-    return load_original(path, config, dtype)
+        return load_jax(path, dtype, **options)
+    return load_original(path, config, dtype, **options)
 
 
 def _numpy_params(model):

@@ -10,7 +10,7 @@ from pixart_jax import sharding
 from pixart_jax.models.attention import attention
 from pixart_jax.planning.topologies import GIB, TopologyError, parse_topology
 from pixart_jax.planning.training import plan_train_step
-from pixart_jax.training.programs import PROGRAMS, program_for
+from pixart_jax.training.registry import PROGRAMS, program_for
 from tests.helpers.commands import run_cli, run_module
 from tests.helpers.paths import CONFIGS
 

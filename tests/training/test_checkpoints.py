@@ -13,8 +13,8 @@ from pixart_jax.sharding import make_mesh
 from pixart_jax.training.checkpoints import Checkpoints
 from pixart_jax.training.config import load_config
 from pixart_jax.training.data import feature_dataset
-from pixart_jax.training.loop import NonFiniteLossError, train
-from pixart_jax.training.step import abstract_state, build_model, init_state, make_optimizer
+from pixart_jax.training.loop import NonFiniteLossError
+from pixart_jax.training.pretraining import Pretraining, train
 from pixart_jax.training.synthetic import synthetic_examples
 from pixart_jax.weights.transformer import save_jax
 from tests.helpers.paths import CONFIGS
@@ -34,11 +34,11 @@ def leaves(tree):
 def test_restore_onto_another_mesh_with_the_data_position(tmp_path):
     cfg = tiny_config(tmp_path)
     examples = synthetic_examples(16, seed=0, caption_channels=32)
-    model = build_model(cfg.model, cfg.seed)
-    tx, _ = make_optimizer(cfg.optimizer, 8)
+    program = Pretraining(cfg)
+    model = program.model()
     mesh = make_mesh(8, 1)
     with jax.set_mesh(mesh):
-        state, _ = init_state(model, tx, cfg.seed, mesh, cfg.mesh.rules)
+        state, _ = program.state(model, mesh)
     it = iter(feature_dataset(examples, batch_size=8, seed=1))
     next(it), next(it)
     ckpts = Checkpoints(tmp_path / "ckpt", async_save=True)
@@ -47,7 +47,7 @@ def test_restore_onto_another_mesh_with_the_data_position(tmp_path):
     ckpts.close()
 
     other = make_mesh(2, 4)
-    target, _ = abstract_state(model, tx, cfg.seed, other, cfg.mesh.rules)
+    target, _ = program.abstract_state(model, other)
     fresh = iter(feature_dataset(examples, batch_size=8, seed=1))
     step, restored = Checkpoints(tmp_path / "ckpt").restore(target, fresh)
     assert step == 2

@@ -3,6 +3,7 @@ unchanged), 8 devices with FSDP equal 1, and `python -m train.controlnet` end to
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -12,12 +13,11 @@ from pixart_jax.models.transformer import PixArtTransformer
 from pixart_jax.models.transformer_config import PRESETS
 from pixart_jax.sharding import device_batch, make_mesh
 from pixart_jax.testing.random_weights import redraw_nnx
-from pixart_jax.training.controlnet import ControlNetTraining, init_controlnet_state, load_config
+from pixart_jax.training.controlnet import ControlNetTraining, load_config
 from pixart_jax.training.data import encode_example, stack_examples
 from pixart_jax.training.features import ShardWriter
-from pixart_jax.training.step import make_optimizer, split_model
 from pixart_jax.training.synthetic import synthetic_examples
-from pixart_jax.weights.controlnet import load_controlnet
+from pixart_jax.weights.controlnet import load_controlnet, save_controlnet_jax
 from pixart_jax.weights.transformer import save_jax
 from tests.helpers.paths import CONFIGS
 from train.controlnet import main
@@ -34,14 +34,14 @@ def base_dir(tmp_path_factory):
 
 
 def setup(base_dir, devices, mesh_shape):
-    cfg = load_config(TINY, ["workdir=unused", f"model.init_from={base_dir}"])
+    program = ControlNetTraining(load_config(TINY, ["workdir=unused", f"model.init_from={base_dir}"]))
+    cfg = program.cfg
     mesh = make_mesh(*mesh_shape, devices=jax.devices()[:devices])
-    model = ControlNetTraining.build_model(cfg)
+    model = program.model()
     redraw_nnx(model.after_proj, 5, scale=0.02)  # a branch that already feeds the base: every gradient flows
-    tx, schedule = make_optimizer(cfg.optimizer, cfg.data.batch_size)
     with jax.set_mesh(mesh):
-        state, shardings = init_controlnet_state(model, tx, cfg.seed, mesh, cfg.mesh.rules)
-    step = ControlNetTraining.make_step(cfg, split_model(model)[0], tx, schedule, shardings, mesh)
+        state, _ = program.state(model, mesh)
+    step = program.step(model, mesh)
     batch = stack_examples(synthetic_examples(cfg.data.batch_size, seed=1, caption_channels=32, control=True))
     return mesh, state, step, batch
 
@@ -110,3 +110,14 @@ def test_controlnet_command_trains_resumes_and_exports(base_dir, tmp_path, capsy
     capsys.readouterr()
     assert main(args + [f"workdir={tmp_path / 'other'}", f"data.source={records}"]) == 2
     assert "holds no control latents" in capsys.readouterr().err
+
+
+def test_a_controlnet_continued_from_a_checkpoint_gets_the_model_options(base_dir, tmp_path):
+    """controlnet.init_from: the loaded ControlNet runs with the configured model.remat, activation_dtype and
+    attention, as a new one copied from the base does (on TPU: splash attention, the planned activation memory)."""
+    save_controlnet_jax(load_controlnet(base=base_dir, copies=1), str(tmp_path / "controlnet"))
+    options = ["model.remat=block", "model.activation_dtype=bfloat16", "model.attention=xla"]
+    for init in ([f"model.init_from={base_dir}"], [f"controlnet.init_from={tmp_path / 'controlnet'}"]):
+        cfg = load_config(TINY, ["workdir=unused", *init, *options])
+        base = ControlNetTraining(cfg).model().base
+        assert (base.remat, base.activation_dtype, base.attention_kernel) == ("block", jnp.bfloat16, "xla"), init

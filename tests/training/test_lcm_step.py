@@ -1,5 +1,6 @@
 """The LCD train step on fake CPU devices (mesh equivalence, FSDP placement, EMA target, frozen teacher) and
 `python -m train.lcm` end to end (metrics, export loadable as a transformer and an LCM sampler)."""
+import dataclasses
 import json
 
 import jax
@@ -15,8 +16,9 @@ from pixart_jax.testing.stand_ins import save_t5, save_tokenizer
 from pixart_jax.training.config import ConfigError
 from pixart_jax.training.data import stack_examples
 from pixart_jax.training.lcm import LCMDistillation, empty_prompt, load_config
-from pixart_jax.training.lcm_step import LCMStep, init_lcd_state
-from pixart_jax.training.step import build_model, make_optimizer, split_model
+from pixart_jax.training.lcm_step import lcd_update
+from pixart_jax.training.state import split_model
+from pixart_jax.training.step import TrainStep
 from pixart_jax.training.synthetic import synthetic_examples
 from pixart_jax.weights.transformer import load_transformer
 from tests.helpers.commands import run_module
@@ -29,13 +31,14 @@ LCM_TINY = str(CONFIGS / "lcm_tiny.yaml")
 
 def setup(devices, mesh_shape):
     """(mesh, state, step, batch) for the tiny LCD run on `devices` fake devices shaped (data, fsdp)."""
-    cfg = load_config(LCM_TINY, ["workdir=unused", "optimizer.warmup_steps=0", "optimizer.lr=1e-3"])
+    program = LCMDistillation(load_config(LCM_TINY, ["workdir=unused", "optimizer.warmup_steps=0",
+                                                     "optimizer.lr=1e-3"]))
+    cfg = program.cfg
     mesh = make_mesh(*mesh_shape, devices=jax.devices()[:devices])
-    model = perturbed(build_model(cfg.model, cfg.seed))
-    tx, schedule = make_optimizer(cfg.optimizer, cfg.data.batch_size)
+    model = perturbed(program.model())
     with jax.set_mesh(mesh):
-        state, shardings = init_lcd_state(model, tx, cfg.seed, mesh, cfg.mesh.rules)
-    step = LCMDistillation.make_step(cfg, split_model(model)[0], tx, schedule, shardings, mesh)
+        state, _ = program.state(model, mesh)
+    step = program.step(model, mesh)
     examples = synthetic_examples(cfg.data.batch_size, seed=1, caption_channels=model.cfg.caption_channels,
                                   max_tokens=model.cfg.max_tokens)
     return mesh, state, step, stack_examples(examples)
@@ -103,19 +106,19 @@ def test_t5_null_caption_is_padded_with_masked_tokens():
     valid. Equal to the y_embedding mode on a model whose y_embedding is that padded caption, for prompts whose
     own masks are those T tokens; a different null caption changes the loss."""
     mesh, state, _, batch = setup(1, (1, 1))
-    cfg = load_config(LCM_TINY, ["workdir=unused"])
+    program = LCMDistillation(load_config(LCM_TINY, ["workdir=unused"]))
     length, channels = state["buffers"]["y_embedding"].shape
     null = np.asarray(jax.random.normal(jax.random.key(4), (3, channels)))
     padded = np.concatenate([null, np.zeros((length - 3, channels), np.float32)])
     batch = dict(batch, mask=np.broadcast_to(np.arange(length) < 3, batch["mask"].shape).astype(np.int32))
-    model = perturbed(build_model(cfg.model, cfg.seed))
+    model = perturbed(program.model())
     model.y_embedding.set_value(jax.numpy.asarray(padded))
-    tx, schedule = make_optimizer(cfg.optimizer, cfg.data.batch_size)
 
     def loss(null_caption):
+        settings = dataclasses.replace(program.settings, null_caption=null_caption)
         with jax.set_mesh(mesh):
-            fresh, shardings = init_lcd_state(model, tx, cfg.seed, mesh, cfg.mesh.rules)
-            lcm = LCMStep(split_model(model)[0], tx, schedule, shardings, mesh, null_caption=null_caption)
+            fresh, shardings = program.state(model, mesh)
+            lcm = TrainStep(lcd_update(split_model(model)[0], program.optimizer, settings), shardings, mesh)
             return float(lcm(fresh, device_batch(batch, mesh))[1]["loss"])
 
     t5_mode, y_embedding_mode = loss(null), loss(None)

@@ -9,8 +9,7 @@ import orbax.checkpoint as ocp
 
 from pixart_jax.sharding import make_mesh
 from pixart_jax.training.config import load_config
-from pixart_jax.training.loop import train
-from pixart_jax.training.step import abstract_state, build_model, make_optimizer
+from pixart_jax.training.pretraining import Pretraining, train
 from tests.helpers.commands import ROOT, start_module
 
 OVERRIDES = ["checkpoint_every=3", "sample.every=0", "logging.progress=false", "data.synthetic_examples=16",
@@ -55,9 +54,8 @@ def test_two_processes_match_one_process(tmp_path):
     assert sorted(multi_losses) == [1, 2, 3, 4, 5]
     loss_diff = max(abs(multi_losses[s] - single_losses[s]) for s in single_losses)
 
-    model = build_model(cfg.model, cfg.seed)
-    tx, _ = make_optimizer(cfg.optimizer, cfg.data.batch_size)
-    target, _ = abstract_state(model, tx, cfg.seed, make_mesh(8, 1), cfg.mesh.rules)
+    program = Pretraining(cfg)
+    target, _ = program.abstract_state(program.model(), make_mesh(8, 1))
     with ocp.StandardCheckpointer() as ckpt:
         saved = ckpt.restore(multi / "checkpoints" / "5" / "state", target)
     param_diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())

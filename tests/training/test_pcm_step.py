@@ -13,7 +13,7 @@ from pixart_jax.sharding import device_batch, make_mesh
 from pixart_jax.training.config import ConfigError
 from pixart_jax.training.data import stack_examples
 from pixart_jax.training.pcm import PCMDistillation, load_config
-from pixart_jax.training.step import build_model, make_optimizer, split_model
+from pixart_jax.training.state import split_model
 from pixart_jax.training.synthetic import synthetic_examples
 from pixart_jax.weights.transformer import load_transformer
 from tests.helpers.paths import CONFIGS
@@ -27,15 +27,14 @@ NETWORKS = ("teacher", "student", "target", "disc")
 def setup(devices, mesh_shape, *overrides):
     """(mesh, state, step, batch) for the tiny PCM run on `devices` fake devices shaped (data, fsdp)."""
     # Adam eps 1e-6 (the config: 1e-10) keeps rounding-level gradients from becoming whole lr steps (g / (|g| + eps))
-    cfg = load_config(PCM_TINY, ["workdir=unused", "optimizer.warmup_steps=0", "optimizer.lr=1e-3",
-                                 "optimizer.eps=1e-6", *overrides])
+    program = PCMDistillation(load_config(PCM_TINY, ["workdir=unused", "optimizer.warmup_steps=0",
+                                                     "optimizer.lr=1e-3", "optimizer.eps=1e-6", *overrides]))
+    cfg = program.cfg
     mesh = make_mesh(*mesh_shape, devices=jax.devices()[:devices])
-    model = perturbed(build_model(cfg.model, cfg.seed))
-    tx, schedule = make_optimizer(cfg.optimizer, cfg.data.batch_size)
-    program = PCMDistillation(cfg)
+    model = perturbed(program.model())
+    step = program.step(model, mesh)  # before the state: a program answers in any order
     with jax.set_mesh(mesh):
-        state, shardings = program.init_state(model, tx, cfg.seed, mesh, cfg.mesh.rules)
-    step = program.make_step(cfg, split_model(model)[0], tx, schedule, shardings, mesh)
+        state, _ = program.state(model, mesh)
     examples = synthetic_examples(cfg.data.batch_size, seed=1, caption_channels=model.cfg.caption_channels,
                                   max_tokens=model.cfg.max_tokens)
     return mesh, state, step, stack_examples(examples)

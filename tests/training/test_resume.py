@@ -10,7 +10,7 @@ import numpy as np
 
 from pixart_jax.training.command import EXIT_PREEMPTED
 from pixart_jax.training.config import load_config
-from pixart_jax.training.loop import train
+from pixart_jax.training.pretraining import train
 from tests.helpers.commands import ROOT, start_module
 
 STEPS = 100

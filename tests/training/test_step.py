@@ -13,15 +13,10 @@ from pixart_jax.testing.random_weights import redraw_nnx
 from pixart_jax.training.config import load_config
 from pixart_jax.training.data import stack_examples
 from pixart_jax.training.loss import diffusion_tables, draw_training_inputs, pixart_loss
-from pixart_jax.training.step import (
-    TrainStep,
-    build_model,
-    init_state,
-    make_optimizer,
-    optimizer_update,
-    peak_learning_rate,
-    split_model,
-)
+from pixart_jax.training.optimizer import make_optimizer, peak_learning_rate
+from pixart_jax.training.pretraining import Pretraining
+from pixart_jax.training.program import build_model
+from pixart_jax.training.state import split_model
 from pixart_jax.training.synthetic import synthetic_examples
 from tests.helpers.paths import CONFIGS
 
@@ -31,16 +26,12 @@ OVERRIDES = ["workdir=unused", "optimizer.warmup_steps=0", "optimizer.weight_dec
 
 def setup(mesh_shape, *overrides):
     """(cfg, mesh, state, step, graphdef) for the tiny model on a (data, fsdp) mesh."""
-    cfg = load_config(TINY, OVERRIDES + list(overrides))
+    program = Pretraining(load_config(TINY, OVERRIDES + list(overrides)))
     mesh = make_mesh(*mesh_shape)
-    model = build_model(cfg.model, cfg.seed)
-    graphdef = split_model(model)[0]
-    tx, schedule = make_optimizer(cfg.optimizer, cfg.data.batch_size)
+    model = program.model()
     with jax.set_mesh(mesh):
-        state, shardings = init_state(model, tx, cfg.seed, mesh, cfg.mesh.rules)
-    step = TrainStep(graphdef, tx, schedule, shardings, mesh, accum_steps=cfg.optimizer.grad_accum_steps,
-                     ema_rate=cfg.optimizer.ema_rate, caption_dropout=cfg.model.caption_dropout)
-    return cfg, mesh, state, step, graphdef
+        state, _ = program.state(model, mesh)
+    return program.cfg, mesh, state, program.step(model, mesh), split_model(model)[0]
 
 
 def batches(buckets=("1.0",), count=8, seed=0):
@@ -147,7 +138,7 @@ def test_remat_gives_the_same_loss_and_gradients(policy):
 
 
 def test_accumulating_two_micro_batches_equals_one_double_batch():
-    """optimizer_update (what every train step calls) with grad_accum_steps=2 over two halves of a batch moves the
+    """Optimizer.update (what every train step calls) with grad_accum_steps=2 over two halves of a batch moves the
     parameters exactly as one update on the whole batch (the mean loss's gradient; clipping applies to the mean)."""
     whole = batches(count=16)[0]
     cfg = load_config(TINY, OVERRIDES + ["optimizer.grad_clip=0.05"])
@@ -162,11 +153,11 @@ def test_accumulating_two_micro_batches_equals_one_double_batch():
                                      captions[rows])
 
     def updated(accum, loss_fns):
-        tx, schedule = make_optimizer(dataclasses.replace(cfg.optimizer, grad_accum_steps=accum), 16)
-        p, opt, ema = params, tx.init(params), params
+        optimizer = make_optimizer(dataclasses.replace(cfg.optimizer, grad_accum_steps=accum), 16)
+        p, opt, ema = params, optimizer.tx.init(params), params
         for step, loss_fn in enumerate(loss_fns):
-            p, opt, ema, _ = jax.jit(lambda p, o, e, s, f=loss_fn: optimizer_update(
-                tx, schedule, accum, f, p, o, e, 0.5, s))(p, opt, ema, step)
+            p, opt, ema, _ = jax.jit(lambda p, o, e, s, f=loss_fn: optimizer.update(f, p, o, e, 0.5, s))(
+                p, opt, ema, step)
         return p, ema
 
     one, one_ema = updated(1, [loss_on(slice(0, 16))])
@@ -201,5 +192,5 @@ def test_sqrt_lr_scaling_uses_the_global_batch(sqrt, expected):
 
 def test_warmup_is_linear_from_zero():
     cfg = load_config(TINY, ["workdir=w", "optimizer.warmup_steps=4", "optimizer.lr=1.0"])
-    _, schedule = make_optimizer(cfg.optimizer, 8)
+    schedule = make_optimizer(cfg.optimizer, 8).schedule
     assert [float(schedule(k)) for k in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]

@@ -15,7 +15,7 @@ from tensorboardX.proto import event_pb2
 
 from pixart_jax.training.checkpoints import NonFiniteStateError
 from pixart_jax.training.config import load_config
-from pixart_jax.training.loop import train
+from pixart_jax.training.pretraining import train
 from pixart_jax.training.workdir import LOCK_NAME, WorkdirBusyError
 from tests.helpers.commands import ROOT, start_module
 from tests.helpers.files import read_only_folder, snapshot, write_snapshot

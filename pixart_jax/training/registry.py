@@ -1,9 +1,7 @@
 """The training programs by name, for commands that handle any of them (`python -m train.plan`).
 
-A program object gives `abstract_state(model, tx, seed, mesh, rules)`, `init_state(...)` (same arguments) and
-`make_step(cfg, graphdef, tx, schedule, shardings, mesh)` returning a TrainStep-like step (callable, `lower`,
-`traces`), `build_model(cfg)`; it may add `batch_shapes(cfg, model_cfg, latent_hw)` when its batches carry more
-than the feature fields. A new program adds one entry here, with the config section that marks its YAML files.
+Each is a program.Program subclass, made from its config and asked for its model, data, state and step. A new
+program adds one entry here, with the config section that marks its YAML files.
 """
 import dataclasses
 from typing import Callable, Optional
@@ -11,18 +9,18 @@ from typing import Callable, Optional
 from omegaconf import OmegaConf
 
 from pixart_jax.training import config as config_lib
-from pixart_jax.training import controlnet, lcm, loop, pcm
+from pixart_jax.training import controlnet, lcm, pcm, pretraining
 
 
 @dataclasses.dataclass(frozen=True)
 class Program:
     load_config: Callable       # (path, overrides) -> the validated config
-    program: Callable           # cfg -> its model, state and step (loop.Pretraining's interface)
+    program: Callable           # cfg -> its program.Program
     section: Optional[str]      # a top-level config section only this program's configs have
 
 
 PROGRAMS = {
-    "pretrain": Program(config_lib.load_config, loop.Pretraining, None),
+    "pretrain": Program(config_lib.load_config, pretraining.Pretraining, None),
     "lcm": Program(lcm.load_config, lcm.LCMDistillation, "lcm"),
     "controlnet": Program(controlnet.load_config, controlnet.ControlNetTraining, "controlnet"),
     "pcm": Program(pcm.load_config, pcm.PCMDistillation, "pcm"),

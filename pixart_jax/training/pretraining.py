@@ -1,0 +1,65 @@
+"""PixArt pre-training and fine-tuning (PixArt-alpha `train_scripts/train.py`), run by `python -m train.pretrain`.
+
+The state: `step`, `params` (fp32 master weights, pure dicts), `buffers` (the never-trained y_embedding), `opt`
+(AdamW), `ema`, `rng`. One update: PixArt's loss (ε-MSE + learned-variance bound, captions dropped to y_embedding),
+AdamW, then the EMA of the weights once per optimizer step.
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pixart_jax.training import loop
+from pixart_jax.training.loss import diffusion_tables, draw_training_inputs, pixart_loss
+from pixart_jax.training.program import Program
+from pixart_jax.training.state import common_state, split_model
+from pixart_jax.training.step import Objective
+
+
+@dataclasses.dataclass(frozen=True)
+class PixArtObjective(Objective):
+    """PixArt's loss, each caption replaced by y_embedding (its mask kept) with probability caption_dropout."""
+    caption_dropout: float = 0.1
+
+
+def pretraining_state(tx, seed, params, buffers):
+    """The pre-training state; the EMA starts equal to the (possibly loaded) weights."""
+    return {**common_state(tx, seed, params, buffers), "params": params, "ema": jax.tree.map(jnp.copy, params)}
+
+
+def pretraining_update(graphdef, optimizer, objective, ema_rate):
+    """The update of `params` by PixArt's loss (an objective: PixArtObjective), then `ema` (rate `ema_rate`)."""
+    tables = diffusion_tables()
+
+    def update(state, batch, key):
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, state["buffers"])
+            inputs = draw_training_inputs(key, batch, tables, objective.caption_dropout,
+                                          state["buffers"]["y_embedding"], objective.latent_scale)
+            return pixart_loss(model, batch, tables, *inputs, objective.prediction_type)
+
+        params, opt, ema, metrics = optimizer.update(loss_fn, state["params"], state["opt"], state["ema"], ema_rate,
+                                                     state["step"])
+        return dict(state, params=params, opt=opt, ema=ema), metrics
+    return update
+
+
+class Pretraining(Program):
+    """A PixArtTransformer trained with PixArt's loss and an EMA of its weights."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.objective = PixArtObjective(latent_scale=cfg.data.latent_scale, prediction_type=cfg.model.prediction_type,
+                                         caption_dropout=cfg.model.caption_dropout)
+
+    def initial_state(self, params, buffers):
+        return pretraining_state(self.optimizer.tx, self.cfg.seed, params, buffers)
+
+    def update(self, model):
+        return pretraining_update(split_model(model)[0], self.optimizer, self.objective, self.cfg.optimizer.ema_rate)
+
+
+def train(cfg, examples=None):
+    """Runs or resumes the pre-training `cfg` describes (`examples` replace its data source); loop.train's result."""
+    return loop.train(Pretraining(cfg), examples)
