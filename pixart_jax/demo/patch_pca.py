@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pixart_jax.files import atomic_file
+
 
 def _to_patches(images, patch):
     """(B, C, H, W) -> (B, H/p, W/p, C·p·p), each patch's values in (C, py, px) order."""
@@ -66,8 +68,9 @@ class PatchPCA(nnx.Module):
         return _from_patches(patches, self.spatial_factor)
 
     def save(self, path):
-        np.savez(path, basis=np.asarray(self.basis[...]), mean=np.asarray(self.mean[...]),
-                 patch=self.spatial_factor, scaling_factor=self.scaling_factor)
+        with atomic_file(path, overwrite=True) as tmp, open(tmp, "wb") as f:
+            np.savez(f, basis=np.asarray(self.basis[...]), mean=np.asarray(self.mean[...]),
+                     patch=self.spatial_factor, scaling_factor=self.scaling_factor)
 
     @classmethod
     def load(cls, path):

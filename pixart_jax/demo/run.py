@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from pixart_jax.demo import checker, control, fidelity, pcm_stage, shapes
 from pixart_jax.demo.patch_pca import PatchPCA
+from pixart_jax.files import atomic_file
 from pixart_jax.models.t5 import T5Config, T5Encoder
 from pixart_jax.models.transformer_config import PRESETS
 from pixart_jax.pipelines.controlnet import PixArtControlNetPipeline
@@ -63,15 +64,15 @@ METHODS = (("teacher_dpm_20_cfg", "teacher", DPMSolverMultistep(prediction_type=
 class Settings:
     images: int              # training images (all 216 attribute combinations, cycled, each with its own jitter)
     teacher_steps: int
-    lcd_steps: int
+    lcm_steps: int
     batch_size: int = 64
     teacher_lr: float = 1e-3
-    lcd_lr: float = 1e-4                 # LCD's and every PCM student's
+    lcm_lr: float = 1e-4                 # LCD's and every PCM student's
     seed: int = 0
 
 
-FULL = Settings(images=4096, teacher_steps=5000, lcd_steps=400)
-QUICK = Settings(images=1024, teacher_steps=200, lcd_steps=20)
+FULL = Settings(images=4096, teacher_steps=5000, lcm_steps=400)
+QUICK = Settings(images=1024, teacher_steps=200, lcm_steps=20)
 
 
 def build_text_encoder(captions, directory, seed):
@@ -125,7 +126,7 @@ def train_teacher(examples, workdir, settings, latent_scale):
 
 def distill_student(examples, teacher_dir, workdir, settings, latent_scale):
     """LCD of the teacher saved in `teacher_dir`; returns the EMA target (what PixArt-δ ships)."""
-    overrides = train_overrides(workdir, settings, settings.lcd_steps, settings.lcd_lr, latent_scale)
+    overrides = train_overrides(workdir, settings, settings.lcm_steps, settings.lcm_lr, latent_scale)
     cfg = lcm.load_config(None, [*overrides, f"model.init_from={teacher_dir}", f"lcm.guidance={GUIDANCE}"])
     result = lcm.distill(cfg, examples)
     return nnx.merge(result.graphdef, result.state["target"], result.state["buffers"])
@@ -175,7 +176,8 @@ def write_grid(images, path, columns=6, blocks_per_row=6, gap=2, margin=12, titl
             r, c = divmod(i, columns)
             tile = Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8))
             sheet.paste(tile, (left + c * (size + gap), top + title + r * (size + gap)))
-    sheet.save(path)
+    with atomic_file(path, overwrite=True) as tmp:
+        sheet.save(tmp, format="PNG")
 
 
 def run(out, quick=False):
@@ -204,21 +206,14 @@ def run(out, quick=False):
     start = time.perf_counter()
     models.update(pcm_stage.distill_students(
         examples, teacher_dir, os.path.join(out, "pcm"),
-        lambda workdir: train_overrides(workdir, settings, settings.lcd_steps, settings.lcd_lr, vae.scaling_factor),
+        lambda workdir: train_overrides(workdir, settings, settings.lcm_steps, settings.lcm_lr, vae.scaling_factor),
         GUIDANCE))
     clock["pcm_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
     prompts = shapes.evaluation_set()
     samples = sample_all(models, text_encoder, tokenizer, vae, prompts)
-    attributes = [p.attributes for p in prompts]
-    details = {name: checker.attribute_percentages(batch, attributes) for name, batch in samples.items()}
-    fidelities = {name: fidelity.fidelity_percent(batch, attributes) for name, batch in samples.items()}
-    # what the autoencoder allows: the captions' own renderings passed through it
-    renderings = shapes.to_model_input(np.stack([shapes.render(a) for a in attributes]))
-    ceiling = fidelity.fidelity_percent(shapes.from_model_output(vae.decode(vae.encode(renderings))), attributes)
-    step_change = {family: fidelity.step_change([samples[name] for name in names])
-                   for family, names in pcm_stage.STEP_SERIES.items()}
+    evaluation = evaluate(samples, prompts, vae)
     clock["evaluation_s"] = time.perf_counter() - start
 
     start = time.perf_counter()  # the ControlNet stage (pixart_jax/demo/control.py), sampled as METHODS[0]
@@ -232,10 +227,23 @@ def run(out, quick=False):
     write_grid({**samples, **control_rows}, os.path.join(out, "grid.png"))
     clock["controlnet_s"] = time.perf_counter() - start
 
-    scores = {name: d["aligned"] for name, d in details.items()}
-    report = {**scores, "fidelity": fidelities, "step_change": step_change, "fidelity_autoencoder": ceiling,
-              "control_follow": control_follow, "attributes": details, "settings": dataclasses.asdict(settings),
+    report = {**evaluation, "control_follow": control_follow, "settings": dataclasses.asdict(settings),
               "prompts": [p.caption for p in prompts], "seconds": {k: round(v, 1) for k, v in clock.items()}}
-    with open(os.path.join(out, "scores.json"), "w") as f:
+    with atomic_file(os.path.join(out, "scores.json"), overwrite=True) as tmp, open(tmp, "w") as f:
         json.dump(report, f, indent=2)
     return report
+
+
+def evaluate(samples, prompts, vae):
+    """The scores of every method's samples of `prompts`: alignment (top level and per attribute), fidelity, the
+    autoencoder's fidelity ceiling and the step change of the LCM and PCM step series."""
+    attributes = [p.attributes for p in prompts]
+    details = {name: checker.attribute_percentages(batch, attributes) for name, batch in samples.items()}
+    fidelities = {name: fidelity.fidelity_percent(batch, attributes) for name, batch in samples.items()}
+    # what the autoencoder allows: the captions' own renderings passed through it
+    renderings = shapes.to_model_input(np.stack([shapes.render(a) for a in attributes]))
+    ceiling = fidelity.fidelity_percent(shapes.from_model_output(vae.decode(vae.encode(renderings))), attributes)
+    step_change = {family: fidelity.step_change([samples[name] for name in names])
+                   for family, names in pcm_stage.STEP_SERIES.items()}
+    return {**{name: d["aligned"] for name, d in details.items()}, "fidelity": fidelities,
+            "step_change": step_change, "fidelity_autoencoder": ceiling, "attributes": details}

@@ -249,26 +249,16 @@ class ExtractionSettings:
 
 def extract(args: ExtractionSettings):
     """Runs the extraction `args` describes; returns the final manifest dict."""
-    table = TRAIN_TABLES[args.resolution]
-    if args.control == ControlKind.hed and not args.hed:
-        raise ValueError("--control hed needs --hed (a ControlNetHED.pth)")
-    if args.control not in (None, ControlKind.canny, ControlKind.hed):
-        raise ValueError(f"--control must be canny or hed, got {args.control!r}")
-    settings = {"resolution": args.resolution, "max_length": MAX_LENGTH, "clean_caption": args.clean_caption,
-                "t5_dtype": args.t5_dtype, "vae_dtype": args.vae_dtype, "text_encoder": args.text_encoder,
-                "tokenizer": args.tokenizer, "vae": args.vae, "images": args.images, "control": args.control,
-                "hed": args.hed}
+    settings = _settings(args)
     os.makedirs(args.out, exist_ok=True)
     _check_settings(args.out, settings)
     items = list_items(args.images, args.image_root)
     shards = finished_shards(args.out)
     done = {key for shard in shards.values() for key, _ in shard["records"]}
     pending = [item for item in items if item.key not in done]
-    tokenizer = load_tokenizer(args.tokenizer)
     hed = load_hed(args.hed, DType(args.vae_dtype).jax) if args.control == ControlKind.hed else None
     encoder = FeatureEncoder(load_text_encoder(args.text_encoder, DType(args.t5_dtype).jax),
                              load_vae(args.vae, DType(args.vae_dtype).jax), args.batch_size, hed)
-
     manifest = {"settings": settings, "examples": len(done), "shards": len(shards),
                 "skipped_done": len(items) - len(pending), "failed": []}
 
@@ -278,26 +268,50 @@ def extract(args: ExtractionSettings):
         _write_json(os.path.join(args.out, MANIFEST), manifest)
 
     writer = ShardWriter(args.out, max(shards, default=-1) + 1, args.shard_size, shard_done)
+    tokenizer = load_tokenizer(args.tokenizer)
+    _encode_all(args, pending, lambda batch: _encode_batch(args, tokenizer, encoder, writer, batch), manifest)
+    writer.close()
+    _write_json(os.path.join(args.out, MANIFEST), manifest)
+    return manifest
 
-    def encode(batch):
-        """Encodes a list of (item, image, bucket, hw) of one bucket, padded to the batch size, and writes it."""
-        rows = args.batch_size - len(batch)
-        texts = preprocess([item.caption for item, *_ in batch], args.clean_caption) + [""] * rows
-        ids, mask = tokenize(tokenizer, texts, MAX_LENGTH)
-        images = np.stack([image for _, image, _, _ in batch])
-        images = np.concatenate([images, np.zeros((rows, *images.shape[1:]), np.uint8)])
-        hidden = encoder.captions(ids, mask)
-        mean, std = encoder.latents(vae_pixels(images))
-        control = [None, None]
-        if args.control:
-            edges = edge_maps(images, args.control, encoder.hed if args.control == ControlKind.hed else None)
-            control = encoder.latents(np.asarray(control_pixels(edges)))
-        for row, (item, _, bucket, hw) in enumerate(batch):
-            valid = int(mask[row].sum())  # the mask is a prefix of ones: padding is on the right
-            control_mean, control_std = (None, None) if control[0] is None else (control[0][row], control[1][row])
-            writer.write(item.key, bucket, encode_example(key=item.key, caption=hidden[row, :valid], mean=mean[row],
-                                                          std=std[row], img_hw=hw, bucket=bucket, max_length=MAX_LENGTH,
-                                                          control_mean=control_mean, control_std=control_std))
+
+def _settings(args):
+    """The settings recorded in the manifest (a resumed extraction must match them); bad choices refused."""
+    if args.control == ControlKind.hed and not args.hed:
+        raise ValueError("--control hed needs --hed (a ControlNetHED.pth)")
+    if args.control not in (None, ControlKind.canny, ControlKind.hed):
+        raise ValueError(f"--control must be canny or hed, got {args.control!r}")
+    return {"resolution": args.resolution, "max_length": MAX_LENGTH, "clean_caption": args.clean_caption,
+            "t5_dtype": args.t5_dtype, "vae_dtype": args.vae_dtype, "text_encoder": args.text_encoder,
+            "tokenizer": args.tokenizer, "vae": args.vae, "images": args.images, "control": args.control,
+            "hed": args.hed}
+
+
+def _encode_batch(args, tokenizer, encoder, writer, batch):
+    """Encodes a list of (item, image, bucket, hw) of one bucket, padded to the batch size, and writes it."""
+    rows = args.batch_size - len(batch)
+    texts = preprocess([item.caption for item, *_ in batch], args.clean_caption) + [""] * rows
+    ids, mask = tokenize(tokenizer, texts, MAX_LENGTH)
+    images = np.stack([image for _, image, _, _ in batch])
+    images = np.concatenate([images, np.zeros((rows, *images.shape[1:]), np.uint8)])
+    hidden = encoder.captions(ids, mask)
+    mean, std = encoder.latents(vae_pixels(images))
+    control = [None, None]
+    if args.control:
+        edges = edge_maps(images, args.control, encoder.hed if args.control == ControlKind.hed else None)
+        control = encoder.latents(np.asarray(control_pixels(edges)))
+    for row, (item, _, bucket, hw) in enumerate(batch):
+        valid = int(mask[row].sum())  # the mask is a prefix of ones: padding is on the right
+        control_mean, control_std = (None, None) if control[0] is None else (control[0][row], control[1][row])
+        writer.write(item.key, bucket, encode_example(key=item.key, caption=hidden[row, :valid], mean=mean[row],
+                                                      std=std[row], img_hw=hw, bucket=bucket, max_length=MAX_LENGTH,
+                                                      control_mean=control_mean, control_std=control_std))
+
+
+def _encode_all(args, pending, encode, manifest):
+    """Loads the `pending` items on worker threads, gathers them into full batches per bucket for `encode` (the
+    remainders last) and lists the images that cannot be read in manifest["failed"]."""
+    table = TRAIN_TABLES[args.resolution]
 
     def attempt(item):
         try:
@@ -322,6 +336,3 @@ def extract(args: ExtractionSettings):
             batch = by_bucket.pop(bucket)
             encode(batch)
             progress.update(len(batch))
-    writer.close()
-    _write_json(os.path.join(args.out, MANIFEST), manifest)
-    return manifest

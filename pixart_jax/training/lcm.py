@@ -23,7 +23,7 @@ from pixart_jax.samplers import LCM, save_scheduler_config
 from pixart_jax.training import config as config_lib
 from pixart_jax.training import loop
 from pixart_jax.training.lcm_loss import LossType
-from pixart_jax.training.lcm_step import LCDSettings, lcd_state, lcd_update
+from pixart_jax.training.lcm_step import LCMSettings, lcm_state, lcm_update
 from pixart_jax.training.program import Program
 from pixart_jax.training.state import split_model
 from pixart_jax.weights.t5 import load_text_encoder
@@ -36,7 +36,7 @@ class ExportWeights(enum.StrEnum):
     student = "student"    # the online weights
 
 
-class LCDNullCaption(enum.StrEnum):
+class LCMNullCaption(enum.StrEnum):
     """The teacher's unconditional branch."""
     y_embedding = "y_embedding"   # the model's null caption with each prompt's mask (PixArt-δ)
     t5 = "t5"                     # T5 of "" with its own one-token mask (diffusers' LCM-LoRA script)
@@ -50,7 +50,7 @@ class LCMConfig:
     huber_c: float = 1.0e-3
     target_decay: float = 0.95              # EMA of the student, once per optimizer step
     export: ExportWeights = ExportWeights.target
-    null_caption: LCDNullCaption = LCDNullCaption.y_embedding
+    null_caption: LCMNullCaption = LCMNullCaption.y_embedding
     text_encoder: Optional[str] = None      # null_caption "t5": a T5 encoder folder (as extract_features takes)
     tokenizer: Optional[str] = None         # its tokenizer folder (spiece.model); default: text_encoder
 
@@ -85,13 +85,13 @@ class LCMDistillation(Program):
     def __init__(self, cfg):
         super().__init__(cfg)
         lcm = cfg.lcm
-        self.settings = LCDSettings(latent_scale=cfg.data.latent_scale, prediction_type=cfg.model.prediction_type,
+        self.settings = LCMSettings(latent_scale=cfg.data.latent_scale, prediction_type=cfg.model.prediction_type,
                                     num_ddim_timesteps=lcm.num_ddim_timesteps, guidance=lcm.guidance,
                                     loss_type=lcm.loss_type, huber_c=lcm.huber_c, target_decay=lcm.target_decay,
                                     caption_dropout=cfg.model.caption_dropout)
 
     def initial_state(self, params, buffers):
-        return lcd_state(self.optimizer.tx, self.cfg.seed, params, buffers)
+        return lcm_state(self.optimizer.tx, self.cfg.seed, params, buffers)
 
     def update(self, model):
         """LCD's update; with `lcm.null_caption: t5` the T5 encoding of "" is computed here (loads T5)."""
@@ -99,7 +99,7 @@ class LCMDistillation(Program):
         if lcm.null_caption == "t5":
             settings = dataclasses.replace(settings, null_caption=empty_prompt(lcm.text_encoder,
                                                                                lcm.tokenizer or lcm.text_encoder))
-        return lcd_update(split_model(model)[0], self.optimizer, settings)
+        return lcm_update(split_model(model)[0], self.optimizer, settings)
 
 
 def export(state, graphdef, directory, which, sampler):

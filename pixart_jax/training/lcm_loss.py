@@ -5,6 +5,7 @@ Grid: N = 50 DDIM points τ_j = 20(j+1) - 1 = {19, …, 999}; a pair is (t_s, t_
 Teacher: one CFG DDIM step t_s -> t_e with the LCM guidance form ε_c + w(ε_c - ε_u). Student and EMA target are
 consistency functions f(x, t) = c_skip(t) x + c_out(t) x̂_0(x, t). Loss: elementwise pseudo-Huber (or L2).
 """
+import dataclasses
 import enum
 from typing import NamedTuple
 
@@ -21,7 +22,7 @@ from pixart_jax.samplers.schedule import PIXART_SCHEDULE
 TIMESTEP_SCALING = 10.0
 
 
-class LCDTables(NamedTuple):
+class LCMTables(NamedTuple):
     """float32 tables: a_t, σ_t over all T timesteps; grid timesteps τ_j and their pair ends over N points."""
     a: jnp.ndarray
     sigma: jnp.ndarray
@@ -35,7 +36,7 @@ def lcm_tables(num_ddim_timesteps=50, schedule=PIXART_SCHEDULE):
     k = T // num_ddim_timesteps
     abar = schedule.alphas_cumprod()
     tau = consistency_grid(T, num_ddim_timesteps)
-    return LCDTables(a=jnp.asarray(np.sqrt(abar), jnp.float32), sigma=jnp.asarray(np.sqrt(1 - abar), jnp.float32),
+    return LCMTables(a=jnp.asarray(np.sqrt(abar), jnp.float32), sigma=jnp.asarray(np.sqrt(1 - abar), jnp.float32),
                      tau=jnp.asarray(tau, jnp.int32), tau_prev=jnp.asarray(np.maximum(tau - k, 0), jnp.int32))
 
 
@@ -84,22 +85,27 @@ class LossType(enum.StrEnum):
     l2 = "l2"          # d²
 
 
-def distance(prediction, target, loss_type=LossType.huber, huber_c=1e-3):
-    """Mean over all elements of the pseudo-Huber √(d² + c²) - c, or of d² for "l2"; computed in fp32."""
-    d = prediction.astype(jnp.float32) - target.astype(jnp.float32)
-    if choose(LossType, loss_type, "loss_type") == LossType.huber:
-        return jnp.mean(jnp.sqrt(d * d + huber_c ** 2) - huber_c)
-    return jnp.mean(d * d)
+@dataclasses.dataclass(frozen=True)
+class Distance:
+    """The consistency losses' distance: the mean over all elements of the pseudo-Huber √(d² + c²) - c (c =
+    `huber_c`), or of d² for "l2"; computed in fp32."""
+    loss_type: str = LossType.huber
+    huber_c: float = 1e-3
+
+    def __call__(self, prediction, target):
+        d = prediction.astype(jnp.float32) - target.astype(jnp.float32)
+        if choose(LossType, self.loss_type, "loss_type") == LossType.huber:
+            return jnp.mean(jnp.sqrt(d * d + self.huber_c ** 2) - self.huber_c)
+        return jnp.mean(d * d)
 
 
-def lcm_loss(student, teacher, target, tables, x0, noise, n, w, loss_type="huber", huber_c=1e-3,
-             prediction_type="epsilon"):
+def lcm_loss(student, teacher, target, tables, x0, noise, n, w, distance=Distance(), prediction_type="epsilon"):
     """The LCD loss of one batch (consistency.md §1.8).
 
     student(x, t) -> output (differentiated); teacher(x, t) -> (output_cond, output_uncond); target(x, t) ->
     output; outputs are the latent channels of the prediction (ε, or v for `prediction_type` "v_prediction") for
     (B,) integer timesteps. x0: scaled latents (B, C, H, W); noise: ε of the same shape; n: (B,) grid indices in
-    [0, N); w: (B,) guidance (LCM form). Teacher and target are stop-gradient.
+    [0, N); w: (B,) guidance (LCM form); `distance` a Distance. Teacher and target are stop-gradient.
     """
     t_s, t_e = tables.tau[n], tables.tau_prev[n]
     x_s = per_sample(tables.a[t_s]) * x0 + per_sample(tables.sigma[t_s]) * noise
@@ -107,4 +113,4 @@ def lcm_loss(student, teacher, target, tables, x0, noise, n, w, loss_type="huber
     x_e = jax.lax.stop_gradient(teacher_ddim_step(tables, x_s, out_c, out_u, t_s, t_e, w, prediction_type))
     goal = jax.lax.stop_gradient(consistency(tables, x_e, target(x_e, t_e), t_e, prediction_type))
     prediction = consistency(tables, x_s, student(x_s, t_s), t_s, prediction_type)
-    return distance(prediction, goal, loss_type, huber_c)
+    return distance(prediction, goal)

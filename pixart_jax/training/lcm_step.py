@@ -15,15 +15,15 @@ import numpy as np
 from flax import nnx
 
 from pixart_jax.pipelines.guidance import Caption, guided_forward
-from pixart_jax.training.lcm_loss import lcm_loss, lcm_tables
+from pixart_jax.training.lcm_loss import Distance, lcm_loss, lcm_tables
 from pixart_jax.training.loss import diffusion_tables, draw_training_inputs
 from pixart_jax.training.state import common_state
 from pixart_jax.training.step import Objective
 
 
 @dataclasses.dataclass(frozen=True)
-class LCDSettings(Objective):
-    """One LCD step (see lcd_update)."""
+class LCMSettings(Objective):
+    """One LCD step (see lcm_update)."""
     num_ddim_timesteps: int = 50        # N: the DDIM grid {19, 39, ..., 999}
     guidance: float = 4.5               # fixed w, LCM form ε_c + w (ε_c - ε_u)
     loss_type: str = "huber"            # pseudo-Huber or L2
@@ -33,7 +33,7 @@ class LCDSettings(Objective):
     null_caption: Optional[np.ndarray] = None   # the teacher's uncond caption (T, C); None: y_embedding
 
 
-def lcd_state(tx, seed, params, buffers):
+def lcm_state(tx, seed, params, buffers):
     """The LCD state: teacher, student and target all start as the model's weights."""
     return {**common_state(tx, seed, params, buffers), "teacher": params, "student": jax.tree.map(jnp.copy, params),
             "target": jax.tree.map(jnp.copy, params)}
@@ -68,7 +68,7 @@ def micro_conditions(batch):
     return dict(resolution=batch["img_hw"], aspect_ratio=batch["aspect_ratio"])
 
 
-def lcd_update(graphdef, optimizer, settings: LCDSettings):
+def lcm_update(graphdef, optimizer, settings: LCMSettings):
     """The LCD update `(state, batch, key) -> (state, metrics {loss, grad_norm, lr})`.
 
     One step: x0 (fresh posterior sample × latent_scale), n ~ U{0..N-1}, ε and fixed w; the teacher on
@@ -103,7 +103,7 @@ def lcd_update(graphdef, optimizer, settings: LCDSettings):
             return lcm_loss(
                 lambda x, t: prediction_fn(graphdef, student, buffers)(x, t, student_captions, cond.mask, **micro),
                 teacher, lambda x, t: prediction_fn(graphdef, state["target"], buffers)(x, t, *cond, **micro),
-                tables, x0, noise, n, w, s.loss_type, s.huber_c, s.prediction_type)
+                tables, x0, noise, n, w, Distance(s.loss_type, s.huber_c), s.prediction_type)
 
         student, opt, target, metrics = optimizer.update(loss_fn, state["student"], state["opt"], state["target"],
                                                          s.target_decay, state["step"])

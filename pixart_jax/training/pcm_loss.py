@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from pixart_jax.samplers.phases import phase_of_indices
 from pixart_jax.samplers.schedule import PIXART_SCHEDULE
-from pixart_jax.training.lcm_loss import ddim_jump, distance, lcm_tables, per_sample
+from pixart_jax.training.lcm_loss import Distance, ddim_jump, lcm_tables, per_sample
 
 
 class PCMTables(NamedTuple):
@@ -36,14 +36,13 @@ def pcm_tables(num_ddim_timesteps=40, phases=4, schedule=PIXART_SCHEDULE):
                      is_edge=jnp.asarray(is_edge), adversarial_span=schedule.num_train_timesteps // phases)
 
 
-def pcm_loss(student, teacher, target, tables, x0, noise, n, loss_type="huber", huber_c=1e-3,
-             prediction_type="epsilon"):
+def pcm_loss(student, teacher, target, tables, x0, noise, n, distance=Distance(), prediction_type="epsilon"):
     """The PCM consistency loss of one batch (consistency.md §2.4) and (prediction, goal) for the adversarial term.
 
     student(x, t) -> output (differentiated); teacher(x, t) -> the teacher's output, already guided (or not) as
     the distillation mode asks; target(x, t) -> output. Outputs are the latent channels of the prediction (ε, or v
     for "v_prediction") for (B,) integer timesteps. x0: scaled latents (B, C, H, W); noise: ε of that shape; n: (B,)
-    grid indices in [0, N). Teacher and target are stop-gradient.
+    grid indices in [0, N); `distance` a Distance. Teacher and target are stop-gradient.
     """
     t, t_e, edge = tables.tau[n], tables.tau_prev[n], tables.edge[n]
     x_t = per_sample(tables.a[t]) * x0 + per_sample(tables.sigma[t]) * noise
@@ -51,7 +50,7 @@ def pcm_loss(student, teacher, target, tables, x0, noise, n, loss_type="huber", 
     jumped = ddim_jump(tables, x_e, target(x_e, t_e), t_e, edge, prediction_type)
     goal = jax.lax.stop_gradient(jnp.where(per_sample(tables.is_edge[n]), x_e, jumped))
     prediction = ddim_jump(tables, x_t, student(x_t, t), t, edge, prediction_type)
-    return distance(prediction, goal, loss_type, huber_c), (prediction, goal)
+    return distance(prediction, goal), (prediction, goal)
 
 
 def adversarial_timesteps(key, tables, n):

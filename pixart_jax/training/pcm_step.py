@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pixart_jax.pipelines.guidance import Caption, guided_forward
-from pixart_jax.training.lcm_loss import lcm_guidance
+from pixart_jax.training.lcm_loss import Distance, lcm_guidance
 from pixart_jax.training.lcm_step import micro_conditions, prediction_fn, unconditional_caption
 from pixart_jax.training.loss import diffusion_tables, draw_training_inputs, drop_captions
 from pixart_jax.training.pcm_adversarial import adversarial_update, critic_logits, draw_renoising
@@ -104,7 +104,7 @@ def consistency_loss(graphdef, settings, tables, state, batch, inputs, student):
     return pcm_loss(lambda x, t: prediction_fn(graphdef, student, buffers)(x, t, *cond, **micro),
                     guided_teacher(graphdef, settings, state, batch, inputs),
                     lambda x, t: prediction_fn(graphdef, target, buffers)(x, t, *cond, **micro),
-                    tables, inputs.x0, inputs.noise, inputs.n, settings.loss_type, settings.huber_c,
+                    tables, inputs.x0, inputs.noise, inputs.n, Distance(settings.loss_type, settings.huber_c),
                     settings.prediction_type)
 
 

@@ -4,7 +4,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pixart_jax.training.lcm_loss import boundary_scalings, consistency, lcm_loss, lcm_tables, teacher_ddim_step
+from pixart_jax.training.lcm_loss import (
+    Distance,
+    boundary_scalings,
+    consistency,
+    lcm_loss,
+    lcm_tables,
+    teacher_ddim_step,
+)
 from tests.helpers.inputs import abar64, golden_tensors
 
 T = lcm_tables()
@@ -40,7 +47,7 @@ def test_consistency_is_identity_at_t0():
     np.testing.assert_array_equal(consistency(T, x, eps, jnp.zeros(3, jnp.int32)), x)
 
 
-def numpy_lcd_loss(x0, noise, n, w, student, teacher_c, teacher_u, target, c=1e-3, prediction_type="epsilon"):
+def numpy_lcm_loss(x0, noise, n, w, student, teacher_c, teacher_u, target, c=1e-3, prediction_type="epsilon"):
     """spec §1.8 written directly in float64 with linear models out(x) = M x per role; an output is ε, or
     v = a ε - σ x0 (then x̂0 = a x - σ v, ε̂ = a v + σ x)."""
     abar = abar64()
@@ -74,7 +81,7 @@ def test_loss_matches_numpy_reference_and_gradients_reach_only_the_student(predi
     n = np.array([0, 1, 25, 49])
     w = np.full(4, 4.5)
     scales = dict(student=0.9, teacher_c=1.1, teacher_u=0.7, target=0.95)
-    expected = numpy_lcd_loss(x0, noise, n, w, **scales, prediction_type=prediction_type)
+    expected = numpy_lcm_loss(x0, noise, n, w, **scales, prediction_type=prediction_type)
 
     def loss(params):
         return lcm_loss(lambda x, t: params["student"] * x,
@@ -120,7 +127,7 @@ def test_loss_at_init_with_oracle_networks_is_the_closed_form_residual():
     for n in (0, 1):
         nn = jnp.full((64,), n)
         loss = lcm_loss(oracle(x_tilde), lambda x, t: (oracle(x_star)(x, t), oracle(x_star_u)(x, t)),
-                        oracle(x_tilde), T, x0, eps0, nn, jnp.full((64,), w), loss_type="l2")
+                        oracle(x_tilde), T, x0, eps0, nn, jnp.full((64,), w), Distance("l2"))
         t_s, t_e = T.tau[nn], T.tau_prev[nn]
         cs_s, co_s = boundary_scalings(t_s)
         cs_e, co_e = boundary_scalings(t_e)

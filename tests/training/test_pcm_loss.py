@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pixart_jax.training.lcm_loss import ddim_jump
+from pixart_jax.training.lcm_loss import Distance, ddim_jump
 from pixart_jax.training.pcm_loss import (
     adversarial_timesteps,
     hinge_discriminator_loss,
@@ -105,8 +105,8 @@ def test_loss_matches_numpy_and_gradients_reach_only_the_student(phases, guided,
             return out_c + jnp.asarray(w, jnp.float32)[:, None, None, None] * (out_c - params["teacher_u"] * x) \
                 if guided else out_c
         return pcm_loss(lambda x, t: params["student"] * x, teacher, lambda x, t: params["target"] * x, tables,
-                        jnp.asarray(x0, jnp.float32), jnp.asarray(noise, jnp.float32), jnp.asarray(n), loss_type,
-                        prediction_type=prediction_type)[0]
+                        jnp.asarray(x0, jnp.float32), jnp.asarray(noise, jnp.float32), jnp.asarray(n),
+                        Distance(loss_type), prediction_type=prediction_type)[0]
 
     params = {k: jnp.float32(v) for k, v in scales.items()}
     value, grads = jax.value_and_grad(loss)(params)
@@ -132,7 +132,7 @@ def test_loss_with_the_guided_oracle_as_student_and_target_is_zero(phases):
         return out_c + w * (out_c - out_u)
 
     loss, (prediction, goal) = pcm_loss(oracle(x_tilde), teacher, oracle(x_tilde), tables,
-                                        jnp.full(eps0.shape, x_tilde), eps0, jnp.arange(40), loss_type="l2")
+                                        jnp.full(eps0.shape, x_tilde), eps0, jnp.arange(40), Distance("l2"))
     edge = col(tables.edge[jnp.arange(40)])
     on_trajectory = col(tables.a[edge.ravel()]) * x_tilde + col(tables.sigma[edge.ravel()]) * eps0
     assert rel_error(prediction, on_trajectory) < 1e-5 and rel_error(goal, on_trajectory) < 1e-5  # float32 rounding
