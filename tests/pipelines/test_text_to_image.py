@@ -12,6 +12,7 @@ from pixart_jax.models.vae import AutoencoderKL, VAEConfig
 from pixart_jax.pipelines.guidance import guide
 from pixart_jax.pipelines.memory import OutOfMemoryError
 from pixart_jax.pipelines.prompts import load_tokenizer
+from pixart_jax.pipelines.request import GenerationRequest
 from pixart_jax.pipelines.text_to_image import PixArtPipeline
 from pixart_jax.samplers import DPMSolverMultistep, LearnedVarianceDDPM
 from pixart_jax.weights import WeightsError
@@ -56,6 +57,12 @@ def test_second_call_with_same_shapes_does_not_recompile(pipe):
     assert first.shape == second.shape == (1, 64, 64, 3) and not np.array_equal(first, second)
     call(pipe, guidance_scale=4.5, height=96)
     assert CountingPipeline.traces == before + 2
+
+
+def test_a_request_run_directly_gives_the_call_s_images(pipe):
+    request = GenerationRequest(prompt="a small red circle", num_inference_steps=3, height=64, width=64,
+                                output_type="np", use_resolution_binning=False, seed=0)
+    np.testing.assert_array_equal(pipe.generate(request, progress=False).images, call(pipe))
 
 
 def test_batches_seeds_and_output_types(pipe):
