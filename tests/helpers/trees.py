@@ -3,7 +3,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from pixart_jax.training.step import split_model
+from pixart_jax.training.state import split_model
 
 
 def perturbed(model):
