@@ -96,14 +96,14 @@ def _control(args):
     """The ControlRequest of a --controlnet call (None without one), checked before anything loads."""
     if args.controlnet is None:
         if args.control_image is not None:
-            raise ValueError("--control-image needs --controlnet (a PixArt ControlNet checkpoint)")
+            raise UsageError("--control-image needs --controlnet (a PixArt ControlNet checkpoint)")
         return None
     if args.control_image is None:
-        raise ValueError("--controlnet needs --control-image (the image whose edges the output follows)")
+        raise UsageError("--controlnet needs --control-image (the image whose edges the output follows)")
     if args.backend == "torch" and (args.control == ControlKind.hed or args.hed is not None):
-        raise ValueError("--control hed and --hed are for the JAX backend (the PyTorch path has no HED network)")
+        raise UsageError("--control hed and --hed are for the JAX backend (the PyTorch path has no HED network)")
     if args.control == ControlKind.hed and args.hed is None:
-        raise ValueError("--control hed needs --hed (the HED network's ControlNetHED.pth)")
+        raise UsageError("--control hed needs --hed (the HED network's ControlNetHED.pth)")
     control = control_request(args.control_image, args.control)  # a missing or unreadable image fails here
     controlnet_format(args.controlnet)  # a path that is no ControlNet directory fails here
     return control
@@ -159,12 +159,15 @@ def _torch_pipeline(args, device):
 
 
 def _check_jax_options(args):
-    """The JAX backend's compute DType; a ValueError for a torch-only option."""
+    """The JAX backend's compute DType; a UsageError for a torch-only option."""
     for flag, value in (("--device", args.device), ("--low-memory", args.low_memory),
                         ("--memory-report", args.memory_report)):
         if value:
-            raise ValueError(f"{flag} is for --backend torch")
-    return choose(DType, str(args.dtype), "--dtype of the JAX backend")
+            raise UsageError(f"{flag} is for --backend torch")
+    try:
+        return choose(DType, str(args.dtype), "--dtype of the JAX backend")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def _jax_pipeline(args, dtype):

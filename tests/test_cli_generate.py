@@ -97,10 +97,11 @@ def test_quantize_t5_then_generate_from_the_int8_folder(model_dir, tmp_path):
 def test_backend_options_are_checked(model_dir, tmp_path, capsys):
     from pixart_jax.cli import main  # in this process: only the error path runs
 
-    for args, message in ((("--dtype", "float16"), "--dtype of the JAX backend must be one of"),
-                          (("--low-memory",), "--low-memory is for --backend torch"),
-                          (("--backend", "torch", "--scheduler", "ddpm"), "has no diffusers scheduler class")):
-        assert main(["generate", "--model", model_dir, "--prompt", "x", *args, "--out", str(tmp_path / "x.png")]) == 1
+    for args, message, code in ((("--dtype", "float16"), "--dtype of the JAX backend must be one of", 2),
+                                (("--low-memory",), "--low-memory is for --backend torch", 2),
+                                (("--backend", "torch", "--scheduler", "ddpm"), "has no diffusers scheduler class", 1)):
+        out = str(tmp_path / "x.png")
+        assert main(["generate", "--model", model_dir, "--prompt", "x", *args, "--out", out]) == code
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
 

@@ -152,5 +152,5 @@ def test_generate_with_a_controlnet(components, tmp_path):
         assert run.returncode == 1 and len(run.stderr.strip().splitlines()) == 1, run.stderr
         assert re.search(message, run.stderr), run.stderr
     run = run_cli(*args, "--control", "hed", "--out", tmp_path / "bad.png")
-    assert run.returncode == 1 and "--control hed needs --hed" in run.stderr
+    assert run.returncode == 2 and "--control hed needs --hed" in run.stderr
     assert not (tmp_path / "bad.png").exists()

@@ -138,6 +138,6 @@ def test_generate_with_the_torch_backend_and_a_controlnet(tmp_path, capsys):
             "--controlnet", model[1], "--control-image", str(image)]
     assert main([*args, "--out", str(tmp_path / "out.png")]) == 0, capsys.readouterr().err
     assert Image.open(tmp_path / "out.png").size == (80, 80)
-    assert main([*args, "--control", "hed", "--out", str(tmp_path / "bad.png")]) == 1
+    assert main([*args, "--control", "hed", "--out", str(tmp_path / "bad.png")]) == 2
     assert "--control hed and --hed are for the JAX backend" in capsys.readouterr().err
     assert not (tmp_path / "bad.png").exists()
