@@ -105,7 +105,8 @@ class SelfAttention(nnx.Module):
         self.proj = Dense(d, d, dtype, rngs=rngs)
 
     def __call__(self, x, kernel=AttentionKernel.auto):
-        q, k, v = rearrange(self.qkv(x), "b n (qkv h d) -> qkv b n h d", qkv=3, h=self.heads)
+        qkv = rearrange(self.qkv(x), "b n (qkv h d) -> b n qkv h d", qkv=3, h=self.heads)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # slices, not a transpose: TPU plans keep no copy
         return self.proj(rearrange(attention(q, k, v, kernel=kernel), "b n h d -> b n (h d)"))
 
 
@@ -121,7 +122,8 @@ class CrossAttention(nnx.Module):
 
     def __call__(self, x, context, mask):
         q = rearrange(self.q(x), "b n (h d) -> b n h d", h=self.heads)
-        k, v = rearrange(self.kv(context), "b m (kv h d) -> kv b m h d", kv=2, h=self.heads)
+        kv = rearrange(self.kv(context), "b m (kv h d) -> b m kv h d", kv=2, h=self.heads)
+        k, v = kv[:, :, 0], kv[:, :, 1]
         return self.proj(rearrange(attention(q, k, v, mask=mask), "b n h d -> b n (h d)"))
 
 
