@@ -21,7 +21,7 @@ import numpy as np
 
 from pixart_jax.choices import choose
 from pixart_jax.pipelines.aspect_ratios import TEST_TABLES, bin_size
-from pixart_jax.pipelines.control import ControlRequest, check_control_latents
+from pixart_jax.pipelines.control import ControlRequest, check_control_latents, control_request
 from pixart_jax.seeds import check_seed
 
 BIN_TABLES = {128: TEST_TABLES[1024], 64: TEST_TABLES[512], 32: TEST_TABLES[256]}  # by transformer sample_size
@@ -91,6 +91,14 @@ class GenerationRequest:
         images = None if self.control is None else self.control.images
         if images is not None and len(images) not in (1, self.prompts):
             raise ValueError(f"pass one control image or one per prompt ({self.prompts}), got {len(images)}")
+
+    @classmethod
+    def from_call(cls, arguments: dict) -> "GenerationRequest":
+        """The request of a diffusers-style call's `arguments` (its locals(): the request's fields by name, plus
+        `control_image`, `control` and `control_latents`; others, such as `self` or `progress`, are not read)."""
+        fields = {f.name: arguments[f.name] for f in dataclasses.fields(cls) if f.name != "control"}
+        control = control_request(arguments["control_image"], arguments["control"], arguments["control_latents"])
+        return cls(**fields, control=control)
 
     def _check_prompt(self):
         if self.prompt_embeds is None:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from pixart_jax import sharding
 from pixart_jax.files import read_json
 from pixart_jax.images import to_numpy, to_pil
-from pixart_jax.pipelines.control import ControlKind, control_request
+from pixart_jax.pipelines.control import ControlKind
 from pixart_jax.pipelines.guidance import Caption
 from pixart_jax.pipelines.loop import LoopInputs, LoopSpec, run_loop
 from pixart_jax.pipelines.memory import check_fits, compiled_bytes
@@ -118,15 +118,7 @@ class PixArtPipeline:
         replaces the sampler's own; other samplers ignore it). The control arguments are
         PixArtControlNetPipeline's. Returns an ImagePipelineOutput whose `images` are a list of PIL images, an
         (N, H, W, 3) array in [0, 1] or the (N, 4, h, w) latents; with return_dict=False the tuple (images,)."""
-        request = GenerationRequest(
-            prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, height=height, width=width, num_images_per_prompt=num_images_per_prompt,
-            seed=seed, latents=latents, output_type=output_type, use_resolution_binning=use_resolution_binning,
-            clean_caption=clean_caption, prompt_embeds=prompt_embeds, prompt_attention_mask=prompt_attention_mask,
-            negative_prompt_embeds=negative_prompt_embeds,
-            negative_prompt_attention_mask=negative_prompt_attention_mask, null_caption=null_caption,
-            guidance_channels=guidance_channels, eta=eta,
-            control=control_request(control_image, control, control_latents))
+        request = GenerationRequest.from_call(locals())
         return self.generate(request, progress=progress, return_dict=return_dict)
 
     def generate(self, request: GenerationRequest, *, progress: bool = True, return_dict: bool = True):

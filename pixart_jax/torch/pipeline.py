@@ -24,7 +24,7 @@ from pixart_jax.choices import Int8Backend, TorchDType, choose
 from pixart_jax.images import cover_and_crop, pil_images
 from pixart_jax.models.transformer_config import PixArtConfig
 from pixart_jax.models.vae import VAEConfig
-from pixart_jax.pipelines.control import ControlKind, check_control, control_request, control_rows
+from pixart_jax.pipelines.control import ControlKind, check_control, control_rows
 from pixart_jax.pipelines.prompts import load_tokenizer, prompt_tokens
 from pixart_jax.pipelines.request import GenerationRequest, NullCaption, OutputType
 from pixart_jax.pipelines.text_to_image import ImagePipelineOutput, check_pipeline_directory
@@ -195,15 +195,7 @@ class PixArtTorchPipeline:
         With a ControlNet-Transformer: `control_image`, `control` ("canny" or "none"; "hed" is JAX-only) or
         `control_latents`, as PixArtControlNetPipeline.__call__ (the posterior noise of the control image's VAE
         encoding as the JAX pipeline draws it from `seed`)."""
-        request = GenerationRequest(
-            prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, height=height, width=width, num_images_per_prompt=num_images_per_prompt,
-            seed=seed, latents=latents, output_type=output_type, use_resolution_binning=use_resolution_binning,
-            clean_caption=clean_caption, prompt_embeds=prompt_embeds, prompt_attention_mask=prompt_attention_mask,
-            negative_prompt_embeds=negative_prompt_embeds,
-            negative_prompt_attention_mask=negative_prompt_attention_mask, null_caption=null_caption,
-            guidance_channels=guidance_channels, eta=eta,
-            control=control_request(control_image, control, control_latents))
+        request = GenerationRequest.from_call(locals())
         return self.generate(request, progress=progress, return_dict=return_dict, memory_report=memory_report)
 
     def generate(self, request: GenerationRequest, *, progress: bool = True, return_dict: bool = True,
