@@ -140,7 +140,10 @@ def _request(args, control):
 
 def _torch_device(args):
     """The torch device of --device (default cpu): a UsageError for one this torch or machine lacks."""
-    from pixart_jax.torch.devices import check_device  # imported on use: only this backend needs torch
+    try:
+        from pixart_jax.torch.devices import check_device  # imported on use: only this backend needs torch
+    except ImportError as e:
+        raise UsageError(f"--backend torch needs PyTorch ({e}): pip install 'pixart-jax[torch]'") from None
 
     device = args.device or "cpu"
     try:
@@ -185,8 +188,8 @@ def generate(args):
     _check_seed(args.seed)
     check_output(args.out, len(args.prompt) * args.num_images, args.overwrite)
     torch_backend = args.backend == "torch"
-    option = _torch_device(args) if torch_backend else _check_jax_options(args)
     request = _request(args, _control(args))
+    option = _torch_device(args) if torch_backend else _check_jax_options(args)
     start = time.perf_counter()
     pipe, sampler, device = (_torch_pipeline if torch_backend else _jax_pipeline)(args, option)
     print(f"loaded {args.model} in {time.perf_counter() - start:.1f} s ({sampler})")
