@@ -74,6 +74,10 @@ def initialize_distributed(dist):
         jax.distributed.initialize(dist.coordinator, dist.num_processes, dist.process_id)
     elif dist.auto:
         jax.distributed.initialize()
+    if jax.process_count() > 1 and jax.devices()[0].platform == "cpu":
+        # JAX 0.12: a multi-process CPU step read back from the persistent compilation cache hangs in its first
+        # collective (compiled afresh it runs), so several CPU processes always compile.
+        jax.config.update("jax_enable_compilation_cache", False)
 
 
 def check_data_source(source):
