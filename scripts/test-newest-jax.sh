@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs the suite under Python 3.12 with the newest JAX (no torch there: reference-parity tests skip), so the
-# code stays correct on both JAX lines. Extra arguments go to pytest.
+# Runs, under Python 3.12 with the newest JAX, the tests of what changes between JAX lines: meshes and shardings,
+# multi-process runs, Orbax checkpoints and resume, the train steps and programs, the samplers (no torch there, so
+# reference-parity tests would only skip; the whole suite runs on Python 3.11). Arguments replace the default test
+# paths and go to pytest (e.g. tests to run the whole suite here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if python3.12 --version >/dev/null 2>&1; then
@@ -10,4 +12,7 @@ else  # pyenv installs it without putting it on PATH
 fi
 [ -n "$python" ] || { echo "python3.12 not found" >&2; exit 1; }
 bash scripts/venv.sh .venv312 "$python" test-core
+if [ "$#" -eq 0 ]; then
+  set -- tests/training tests/samplers tests/test_sharding.py tests/test_imports.py tests/test_files.py
+fi
 .venv312/bin/python -m pytest "$@"

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from tests.helpers.paths import ROOT
+from tests.helpers.paths import JAX_CACHE, ROOT
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "pixart-jax")
 
@@ -13,7 +13,7 @@ def command_env(devices=None, **extra):
     """The environment of a command: CPU only, this checkout first on the path, the tests' compilation cache;
     `devices` fake CPU devices (None: one, as a user runs it)."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), JAX_COMPILATION_CACHE_DIR=str(ROOT / ".cache" / "jax"),
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), JAX_COMPILATION_CACHE_DIR=JAX_CACHE,
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5", **extra)
     if devices is not None:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
