@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs, under Python 3.12 with the newest JAX, the tests of what changes between JAX lines: meshes and shardings,
-# multi-process runs, Orbax checkpoints and resume, the train steps and programs, the samplers (no torch there, so
+# multi-process runs, Orbax checkpoints and resume, the train step, the sampling loop (no torch there, so
 # reference-parity tests would only skip; the whole suite runs on Python 3.11). Arguments replace the default test
-# paths and go to pytest (e.g. tests to run the whole suite here).
+# paths and go to pytest (e.g. `tests` to run the whole suite here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if python3.12 --version >/dev/null 2>&1; then
@@ -13,6 +13,7 @@ fi
 [ -n "$python" ] || { echo "python3.12 not found" >&2; exit 1; }
 bash scripts/venv.sh .venv312 "$python" test-core
 if [ "$#" -eq 0 ]; then
-  set -- tests/training tests/samplers tests/test_sharding.py tests/test_imports.py tests/test_files.py
+  set -- tests/test_sharding.py tests/training/test_multihost.py tests/training/test_checkpoints.py \
+    tests/training/test_step.py tests/samplers/test_base.py tests/test_imports.py
 fi
 .venv312/bin/python -m pytest "$@"
