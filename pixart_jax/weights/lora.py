@@ -207,8 +207,11 @@ def export_adapter(transformer, name):
     return out
 
 
-def _short_targets(paths, every):
-    """The shortest dotted suffixes that, matched as PEFT matches target_modules, pick exactly `paths` of `every`."""
+def _short_targets(paths, leaves):
+    """The shortest dotted suffixes that, matched as PEFT matches target_modules, pick exactly `paths` among the
+    modules of diffusers' model: the adapted `leaves` and every module holding them ("transformer_blocks.0")."""
+    pieces = [leaf.split(".") for leaf in leaves]
+    every = {".".join(p[:n]) for p in pieces for n in range(1, len(p) + 1)}
     chosen, wanted = set(), set(paths)
     for path in paths:
         pieces = path.split(".")
