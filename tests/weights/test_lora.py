@@ -24,7 +24,11 @@ from tests.helpers.transformer_io import inputs, run_ours, run_reference  # noqa
 TINY = dict(num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=8, num_layers=2,
             caption_channels=32, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
             activation_fn="gelu-approximate", attention_bias=True, cross_attention_dim=24, sample_size=128)
-X = inputs(2, 8, 12)
+# Small timesteps: at t ≈ 999 the float32 timestep features of XLA and torch differ by up to 3e-5 (their exp
+# rounds the frequencies differently; a base-model difference the transformer's parity tests bound), which random
+# adapters on the timestep MLP amplify to ~1e-5 of the output. At t = 1, 20 the comparison measures the adapters
+# (ours is then within 1.1e-6 of PEFT in float64, PEFT in float32 within 2.8e-6).
+X = {**inputs(2, 8, 12), "timestep": np.array([1.0, 20.0], np.float32)}
 # The second adapter: another rank and alpha, rsLoRA scaling, on fewer modules.
 SECOND = dict(r=2, lora_alpha=3, use_rslora=True, target_modules=["to_q", "to_v", "proj", "linear_2"])
 # diffusers block module -> original repo module, for the blocks (spec §4.4); q/k/v and k/v are fused there.
