@@ -63,7 +63,7 @@ def target_modules(model, targets) -> list[str]:
     whole paths. A name that no diffusers PixArt module has is an error naming it."""
     every = _every_site(keys.DIFFUSERS, model.cfg.depth)
     if isinstance(targets, str):
-        chosen, unknown = [p for p in every if re.fullmatch(targets, p)], []
+        chosen = [p for p in every if re.fullmatch(targets, p)]
         unknown = [] if chosen else [targets]
     else:
         chosen = [p for p in every if any(_matches(p, t) for t in targets)]
@@ -260,7 +260,9 @@ def save_lora(transformer, directory, adapter_name=None, *, base_model_name_or_p
     `overwrite`. The adapter's weight in the model (set_adapters, load_lora's scale) is not saved, as in PEFT."""
     name = _one_adapter(transformer, adapter_name)
     exported = export_adapter(transformer, name)
-    if any(part.rslora != exported[next(iter(exported))][2].rslora for *_, part in exported.values()):
+    if not exported:
+        raise WeightsError(f"adapter {name!r} holds nothing but zeros: there is nothing to save")
+    if len({part.rslora for *_, part in exported.values()}) > 1:
         raise WeightsError(f"adapter {name!r} mixes rsLoRA and plain scaling, which one PEFT config cannot say")
     tensors = {}
     for path, (a, b, _) in exported.items():

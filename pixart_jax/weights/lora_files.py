@@ -102,6 +102,8 @@ def read_adapter(path, modules) -> AdapterFile:
     file, config = _locate(path)
     _check_config(config, path)
     grouped = _grouped(read_state_dict(file), set(modules), file)
+    if not grouped:
+        raise WeightsError(f"{file} holds no LoRA tensors")
     adapter, defaulted = {}, []
     for module, t in grouped.items():
         alpha = float(t["alpha"]) if "alpha" in t else _config_alpha(module, config)

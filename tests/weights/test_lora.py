@@ -220,3 +220,11 @@ def test_a_shape_that_does_not_fit_is_an_error(ref, tmp_path):
 def test_a_folder_without_an_adapter_is_an_error(tmp_path, ref):
     with pytest.raises(WeightsError, match="holds no LoRA adapter"):
         load_lora(load_transformer(str(ref.root / "transformer")), str(tmp_path))
+
+
+def test_dora_adapters_are_refused(ref, tmp_path):
+    config = json.loads((ref.root / "peft" / "adapter_config.json").read_text())
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    (tmp_path / "adapter_model.safetensors").write_bytes((ref.root / "peft" / "adapter_model.safetensors").read_bytes())
+    with pytest.raises(WeightsError, match="use_dora=true adapters are not supported"):
+        load_lora(load_transformer(str(ref.root / "transformer")), str(tmp_path))
