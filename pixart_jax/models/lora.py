@@ -117,6 +117,15 @@ def adapter_names(model) -> list[str]:
     return sorted({name for _, m in adapted_modules(model) for name in m.lora.adapters})
 
 
+def refuse_adapters(model, what):
+    """A ValueError when `model` holds adapters: `what` (a save in a base-model layout) would drop or mangle them."""
+    names = adapter_names(model)
+    if names:
+        raise ValueError(f"{what}: the model holds LoRA adapters {names}, which this layout has no place for. "
+                         "save_lora writes the adapters, save_merged the model with them merged in; unload_lora "
+                         "(or merge_and_unload) first to write a plain model")
+
+
 def active_adapters(model) -> dict[str, float]:
     """{name: weight} of the adapters the forward applies."""
     modules = adapted_modules(model)

@@ -16,7 +16,7 @@ from pixart_jax.testing.random_weights import redraw  # noqa: E402
 from pixart_jax.weights import WeightsError, load_safetensors, save_safetensors  # noqa: E402
 from pixart_jax.weights.keymaps.lora import PIXART_TARGETS  # noqa: E402
 from pixart_jax.weights.lora import load_lora, save_lora, save_merged  # noqa: E402
-from pixart_jax.weights.transformer import load_transformer  # noqa: E402
+from pixart_jax.weights.transformer import load_transformer, save_diffusers  # noqa: E402
 from tests.helpers.parity import rel_error  # noqa: E402
 from tests.helpers.transformer_io import inputs, run_ours, run_reference  # noqa: E402
 
@@ -194,6 +194,9 @@ def test_merged_export_loads_in_diffusers(ref, tmp_path):
     expected = peft_forward(ref, {"default": 0.7, "second": 1.3})
     assert rel_error(run_reference(merged, X), expected) <= 1e-5
     assert rel_error(run_ours(load_transformer(str(tmp_path / "merged")), X), expected) <= 1e-5
+    with pytest.raises(ValueError, match=r"holds LoRA adapters \['default_0', 'default_1'\].*save_merged"):
+        save_diffusers(model, str(tmp_path / "plain"))  # would silently write the base weights
+    assert not (tmp_path / "plain").exists()
 
 
 def test_unknown_keys_are_named_with_the_file(ref, tmp_path):
