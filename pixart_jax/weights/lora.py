@@ -57,22 +57,32 @@ def _matches(path, target):
     return path == target or path.endswith("." + target)
 
 
+def _named(targets, paths):
+    """The `paths` that `targets` name: a list of names, or one regular expression matched against whole paths."""
+    if isinstance(targets, str):
+        return [p for p in paths if re.fullmatch(targets, p)]
+    return [p for p in paths if any(_matches(p, t) for t in targets)]
+
+
+def unknown_targets(targets, depth) -> list[str]:
+    """The names of `targets` (as target_modules reads them) that no module of a diffusers PixArt of `depth` blocks
+    matches; a regular expression matching nothing is itself unknown."""
+    every = _every_site(keys.DIFFUSERS, depth)
+    if isinstance(targets, str):
+        return [] if _named(targets, every) else [targets]
+    return [t for t in targets if t not in lora_keys.ABSENT_TARGETS and not _named([t], every)]
+
+
 def target_modules(model, targets) -> list[str]:
     """The diffusers module paths of `model` that `targets` name, as PEFT reads target_modules: a list of names
     each matching a path equal to it or ending in "." + it, or one string matched as a regular expression against
     whole paths. A name that no diffusers PixArt module has is an error naming it."""
-    every = _every_site(keys.DIFFUSERS, model.cfg.depth)
-    if isinstance(targets, str):
-        chosen = [p for p in every if re.fullmatch(targets, p)]
-        unknown = [] if chosen else [targets]
-    else:
-        chosen = [p for p in every if any(_matches(p, t) for t in targets)]
-        unknown = [t for t in targets if t not in lora_keys.ABSENT_TARGETS and not any(_matches(p, t) for p in every)]
+    unknown = unknown_targets(targets, model.cfg.depth)
     if unknown:
         raise ValueError(f"unknown LoRA targets {unknown}: no module of diffusers' PixArtTransformer2DModel is named "
                          f"so (targets are diffusers module names such as {', '.join(lora_keys.PIXART_TARGETS)})")
     present = module_sites(model)
-    return [p for p in chosen if p in present]
+    return [p for p in _named(targets, _every_site(keys.DIFFUSERS, model.cfg.depth)) if p in present]
 
 
 def _layer_arrays(module, site, entries, where):
