@@ -9,6 +9,7 @@ import functools
 import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -103,10 +104,11 @@ def _layer_arrays(module, site, entries, where):
     if not stacked:
         _, a, b, _ = entries[None]
         return a, b, alpha
-    a_zero, b_zero = np.zeros((*in_shape, rank), np.float32), np.zeros((rank, width), np.float32)
+    # jnp, not np: add_lora also runs under nnx.eval_shape (a training plan), where the drawn A are tracers
+    a_zero, b_zero = jnp.zeros((*in_shape, rank), jnp.float32), jnp.zeros((rank, width), jnp.float32)
     layers = range(kernel.shape[0])
-    return (np.stack([entries[i][1] if i in entries else a_zero for i in layers]),
-            np.stack([entries[i][2] if i in entries else b_zero for i in layers]), alpha)
+    return (jnp.stack([entries[i][1] if i in entries else a_zero for i in layers]),
+            jnp.stack([entries[i][2] if i in entries else b_zero for i in layers]), alpha)
 
 
 def attach(model, name, entries, rslora=False, where="adapter", rules=keys.DIFFUSERS):
@@ -116,7 +118,7 @@ def attach(model, name, entries, rslora=False, where="adapter", rules=keys.DIFFU
     groups = collections.defaultdict(dict)
     for path, (a, b, alpha) in entries.items():
         site = sites[path]
-        groups[(site.ours, site.part, site.parts)][site.layer] = (path, np.asarray(a), np.asarray(b), alpha)
+        groups[(site.ours, site.part, site.parts)][site.layer] = (path, jnp.asarray(a), jnp.asarray(b), alpha)
     parts = []
     for (ours, part, count), layers in groups.items():
         module = _our_module(model, ours)

@@ -2,6 +2,8 @@
 train (the base bitwise unchanged, optimizer state for the adapters alone), 8 devices with FSDP equal 1, a resumed
 run equals an uninterrupted one, the exported PEFT folder loads back to the trained model, bad settings are refused
 up front."""
+import dataclasses
+
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -12,9 +14,10 @@ from jax.sharding import PartitionSpec as P
 from pixart_jax.models.lora import LoRAParam
 from pixart_jax.models.transformer import PixArtTransformer
 from pixart_jax.models.transformer_config import PRESETS
+from pixart_jax.planning.training import abstract_batch
 from pixart_jax.sharding import device_batch, make_mesh
 from pixart_jax.testing.random_weights import redraw_nnx
-from pixart_jax.training import lcm
+from pixart_jax.training import lcm, pretraining
 from pixart_jax.training.config import ConfigError, load_config
 from pixart_jax.training.data import stack_examples
 from pixart_jax.training.pretraining import LoRAPretraining, adapted_model, train
@@ -140,3 +143,17 @@ def test_bad_lora_settings_are_refused_up_front(base_dir, tmp_path, capsys, over
 def test_other_programs_refuse_a_lora_section(base_dir):
     with pytest.raises(ConfigError, match="a lora: section is not supported by LCD training"):
         lcm.load_config(CONFIGS / "lcm_tiny.yaml", ["workdir=w", f"model.init_from={base_dir}", "lora.rank=4"])
+
+
+
+def test_the_lora_step_lowers_from_shapes_alone(base_dir):
+    """What train.plan does before its TPU compile (tests/planning runs that where libtpu is): the adapted model
+    of the preset's shapes (nnx.eval_shape: nothing drawn or loaded), its abstract state, the step lowered."""
+    cfg = lora_config(base_dir, "unused", "mesh.fsdp=2")
+    program = pretraining.program(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=None)))
+    model, mesh = nnx.eval_shape(program.model), make_mesh(-1, 2)
+    state, _ = program.abstract_state(model, mesh)
+    assert sorted(state) == ["buffers", "frozen", "opt", "params", "rng", "step"]
+    batch = abstract_batch(program.batch_shapes(model.cfg, (16, 16)), cfg.data.batch_size, mesh)
+    with jax.set_mesh(mesh):
+        assert "dot_general" in program.step(model, mesh).lower(state, batch).as_text()
