@@ -11,6 +11,7 @@ The package is arranged in floors, each importing only from those below it:
 """
 from pixart_jax.files import FileError
 from pixart_jax.models.controlnet import ControlNetConfig, PixArtControlNet
+from pixart_jax.models.lora import LoRAParam, fuse_lora, merge_and_unload, set_adapters, unfuse_lora, unload_lora
 from pixart_jax.models.transformer import PixArtTransformer
 from pixart_jax.models.transformer_config import PRESETS, PixArtConfig
 from pixart_jax.pipelines.controlnet import PixArtControlNetPipeline
@@ -21,13 +22,15 @@ from pixart_jax.samplers.registry import from_scheduler_config, make_sampler, to
 from pixart_jax.weights.controlnet import load_controlnet, save_controlnet, save_controlnet_jax
 from pixart_jax.weights.errors import WeightsError
 from pixart_jax.weights.hed import load_hed
+from pixart_jax.weights.lora import add_lora, load_lora, save_lora, save_merged
 from pixart_jax.weights.t5 import load_text_encoder
 from pixart_jax.weights.t5_int8 import export_int8_t5
 from pixart_jax.weights.transformer import load_transformer, save_diffusers, save_jax, save_original
 from pixart_jax.weights.vae import load_vae
 
-__all__ = ["PRESETS", "ControlNetConfig", "FileError", "GenerationRequest", "PixArtConfig", "PixArtControlNet",
-           "PixArtControlNetPipeline", "PixArtPipeline", "PixArtTransformer", "WeightsError", "encode_prompt",
-           "export_int8_t5", "from_scheduler_config", "load_controlnet", "load_hed", "load_text_encoder",
-           "load_transformer", "load_vae", "make_sampler", "save_controlnet", "save_controlnet_jax", "save_diffusers",
-           "save_jax", "save_original", "to_scheduler_config"]
+__all__ = ["PRESETS", "ControlNetConfig", "FileError", "GenerationRequest", "LoRAParam", "PixArtConfig",
+           "PixArtControlNet", "PixArtControlNetPipeline", "PixArtPipeline", "PixArtTransformer", "WeightsError",
+           "add_lora", "encode_prompt", "export_int8_t5", "from_scheduler_config", "fuse_lora", "load_controlnet",
+           "load_hed", "load_lora", "load_text_encoder", "load_transformer", "load_vae", "make_sampler",
+           "merge_and_unload", "save_controlnet", "save_controlnet_jax", "save_diffusers", "save_jax", "save_lora",
+           "save_merged", "save_original", "set_adapters", "to_scheduler_config", "unfuse_lora", "unload_lora"]

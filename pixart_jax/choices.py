@@ -47,6 +47,15 @@ class Int8Backend(enum.StrEnum):
     """How the PyTorch path stores T5 in int8."""
     weight_only = "weight-only"    # every linear as pixart_jax.models.int8's codes and scales: the JAX path's numbers
     bitsandbytes = "bitsandbytes"  # transformers' LLM.int8 (the reference recipe; `wo` stays float)
+
+
+class LoRAInit(enum.StrEnum):
+    """How a new LoRA adapter's A starts (B starts at zero, so it changes nothing yet), as PEFT's init_lora_weights:
+    True = "kaiming" (kaiming-uniform with a=√5, torch nn.Linear's default: U(±1/√fan_in)), "gaussian" N(0, 1/r²)."""
+    kaiming = "kaiming"
+    gaussian = "gaussian"
+
+
 class RematPolicy(enum.StrEnum):
     """What the backward pass of a transformer block keeps from the forward (the rest is recomputed)."""
     none = "none"      # keep every activation: fastest, most memory

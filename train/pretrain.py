@@ -4,7 +4,8 @@ CONFIG is a YAML file (configs/*.yaml) read onto the schema in pixart_jax/traini
 overrides any field. Re-running the same command on the same workdir resumes the run exactly (weights, optimizer,
 EMA, RNG and data order). SIGTERM or SIGINT (Ctrl-C) saves a checkpoint and exits with code 75 (before the first
 step or after the last, it exits 75 at once); a non-finite loss stops the run without saving (code 3); a bad config
-exits with code 2 before anything is built.
+exits with code 2 before anything is built. With a `lora:` section (e.g. `model.init_from=BASE lora.rank=16`) only
+LoRA adapters on the base train, and a finished run writes them as a PEFT folder to WORKDIR/lora.
 """
 import sys
 

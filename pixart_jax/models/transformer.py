@@ -83,6 +83,11 @@ class Dense(nnx.Linear):
         super().__init__(din, dout, dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
                          bias_init=bias_init, kernel_metadata={"axes": ("kernel_in", "kernel_out")},
                          bias_metadata={"axes": ("kernel_out",)}, rngs=rngs)
+        self.lora = nnx.data(None)  # LoRA adapters (pixart_jax/models/lora.py) attach here
+
+    def __call__(self, x):
+        y = super().__call__(x)
+        return y if self.lora is None else self.lora(x, y)
 
 
 class Mlp(nnx.Module):
@@ -171,10 +176,12 @@ class PatchEmbed(nnx.Module):
         bound = 1 / np.sqrt(p * p * c)  # PyTorch's Conv2d default bias init, which the reference keeps
         self.bias = nnx.Param(jax.random.uniform(rngs.params(), (d,), minval=-bound, maxval=bound),
                               axes=("kernel_out",))
+        self.lora = nnx.data(None)  # LoRA adapters (pixart_jax/models/lora.py) attach here, as a conv LoRA in PEFT
 
     def __call__(self, latents):
-        patches = patchify(latents, self.patch).astype(self.dtype)
-        return jnp.einsum("bnijc,ijcd->bnd", patches, self.kernel[...].astype(self.dtype)) + self.bias[...]
+        patches = patchify(latents, self.patch).astype(self.dtype)                             # (B, N, p, p, C)
+        y = jnp.einsum("bnijc,ijcd->bnd", patches, self.kernel[...].astype(self.dtype)) + self.bias[...]
+        return y if self.lora is None else self.lora(patches, y)                               # (B, N, D)
 
 
 def null_caption_init(key, cfg):

@@ -15,12 +15,14 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pixart_jax import sharding
-from pixart_jax.choices import AttentionKernel, DType, RematPolicy
+from pixart_jax.choices import AttentionKernel, DType, LoRAInit, RematPolicy
 from pixart_jax.models.transformer_config import PRESETS
 from pixart_jax.models.vae import LATENT_SCALE
 from pixart_jax.samplers import SamplerName
 from pixart_jax.samplers.prediction import PredictionType
 from pixart_jax.training import ranges
+from pixart_jax.weights.keymaps.lora import PIXART_TARGETS
+from pixart_jax.weights.lora import unknown_targets
 from pixart_jax.weights.transformer import transformer_config
 
 
@@ -62,6 +64,7 @@ RANGES = {
     "pcm.discriminator.eps": "[0, inf)", "pcm.discriminator.weight_decay": "[0, inf)",
     "pcm.discriminator.grad_clip": "(0, inf)",
     "controlnet.copies": "[1, inf)",
+    "lora.rank": "[1, inf)", "lora.alpha": "(0, inf)", "lora.dropout": "[0, 1)",
 }
 
 # Config sections renamed since: the old name -> what a config that still has it is told.
@@ -146,6 +149,18 @@ class DistributedConfig:
 
 
 @dataclasses.dataclass
+class LoRAConfig:
+    """LoRA fine-tuning of `model.init_from` (PEFT's LoraConfig): only the adapters train."""
+    rank: int = 4
+    alpha: float = 4.0                      # scale alpha / rank (alpha / sqrt(rank) with use_rslora)
+    # diffusers module names, matched as PEFT matches target_modules; default: the PixArt repo's LoRA scripts' list
+    targets: List[str] = dataclasses.field(default_factory=lambda: list(PIXART_TARGETS))
+    init: LoRAInit = LoRAInit.kaiming       # how A starts (B starts at zero): PEFT's init_lora_weights
+    use_rslora: bool = False
+    dropout: float = 0.0                    # PEFT's lora_dropout: only 0 is supported yet
+
+
+@dataclasses.dataclass
 class TrainConfig:
     workdir: str = MISSING
     steps: int = MISSING                    # total optimizer steps
@@ -160,6 +175,7 @@ class TrainConfig:
     sample: SampleConfig = dataclasses.field(default_factory=SampleConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
+    lora: Optional[LoRAConfig] = None      # a `lora:` section: LoRA fine-tuning instead of training every weight
 
 
 def check(cfg, problems=(), what="training"):
@@ -178,11 +194,36 @@ def check(cfg, problems=(), what="training"):
     return cfg
 
 
+def check_pretraining(cfg):
+    """`check(cfg)` with the problems of its `lora:` section, if it has one (pre-training's validation)."""
+    return check(cfg, lora_problems(cfg) if cfg.lora is not None else ())
+
+
+def lora_problems(cfg):
+    """What keeps the `lora:` section of `cfg` from running (RANGES checks its numbers)."""
+    problems = []
+    if not cfg.model.init_from:
+        problems.append("lora needs model.init_from: the base model the adapters fine-tune")
+    if cfg.lora.dropout:
+        problems.append(f"lora.dropout {cfg.lora.dropout} is not supported yet: set it to 0")
+    if cfg.sample.every:
+        problems.append("sample.every must be 0 with lora: sample grids are drawn from the EMA, which a LoRA run "
+                        "does not keep")
+    depth = model_depth(cfg.model)
+    unknown = unknown_targets(cfg.lora.targets, depth) if depth is not None else []
+    if unknown:
+        problems.append(f"unknown lora.targets {unknown}: no module of diffusers' PixArtTransformer2DModel is named "
+                        f"so (such as {', '.join(PIXART_TARGETS)})")
+    return problems
+
+
 def check_program(cfg, problems, what):
     """`check(cfg)` with a training program's own `problems` (and a set sample.every: sample grids are drawn by
     pre-training only); `what` names the program ("LCD", "ControlNet")."""
     if cfg.sample.every:
         problems = [*problems, f"sample.every must be 0: sample grids are not drawn during {what} training"]
+    if cfg.lora is not None:
+        problems = [*problems, f"a lora: section is not supported by {what} training (only by train.pretrain)"]
     return check(cfg, problems, what)
 
 
@@ -205,7 +246,7 @@ def make_mesh(mesh_cfg):
 
 def load_config(path=None, overrides=(), schema=None, validate=None):
     """The `schema` config (default TrainConfig) from a YAML file (optional) and dotted `key=value` overrides,
-    validated by `validate` (default `check`)."""
+    validated by `validate` (default `check_pretraining`)."""
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"overrides must be key=value, got {bad}")
@@ -224,7 +265,7 @@ def load_config(path=None, overrides=(), schema=None, validate=None):
         raise ConfigError(f"cannot read config file {path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(e).split())}") from None
-    return (validate or check)(cfg)
+    return (validate or check_pretraining)(cfg)
 
 
 def to_yaml(cfg):

@@ -178,6 +178,7 @@ class _Session:
     mesh: jax.sharding.Mesh
     graphdef: object
     train_step: object
+    unsaved: tuple      # state keys the checkpoints leave out (program.Program.unsaved)
     ckpts: Checkpoints
     progress: Progress
     preemption: Preemption
@@ -200,8 +201,8 @@ def _run(program, workdir, examples, mesh):
         del model
         writer = MetricsWriter(workdir, enabled=jax.process_index() == 0, start_step=start,
                                tb_every=cfg.logging.log_every)
-        session = _Session(cfg, workdir, mesh, graphdef, train_step, ckpts, Progress(cfg, writer, ckpts, start),
-                           Preemption(cfg.checkpoint.preemption_check_every))
+        session = _Session(cfg, workdir, mesh, graphdef, train_step, program.unsaved, ckpts,
+                           Progress(cfg, writer, ckpts, start), Preemption(cfg.checkpoint.preemption_check_every))
         try:
             state, preempted = _steps(session, state, iterator, start)
         finally:
@@ -218,10 +219,17 @@ def _start(program, model, mesh, workdir, ckpts, dataset):
     """(ckpts, start step, state, data iterator): resumed from the newest checkpoint, or the initial state."""
     iterator = iter(dataset)
     target, _ = program.abstract_state(model, mesh)
-    ckpts, start, state = _resume(program.cfg, workdir, ckpts, target, iterator)
+    ckpts, start, state = _resume(program.cfg, workdir, ckpts, _saved(target, program.unsaved), iterator)
     if state is None:  # a fresh iterator: a checkpoint that failed to restore may have moved this one
         iterator, (state, _) = iter(dataset), program.state(model, mesh)
+    elif program.unsaved:  # what the checkpoint left out is the model's, as in the initial state
+        state = {**program.state(model, mesh)[0], **state}
     return ckpts, start, state, iterator
+
+
+def _saved(state, unsaved):
+    """The part of `state` a checkpoint holds."""
+    return {k: v for k, v in state.items() if k not in unsaved}
 
 
 def _steps(session, state, iterator, start):
@@ -242,7 +250,7 @@ def _steps(session, state, iterator, start):
         preempted = session.preemption.requested(done)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps or preempted:
             session.progress.flush()  # a state is saved only once its loss is known to be finite
-            session.ckpts.save(done, state, iterator, config_lib.to_dict(cfg))
+            session.ckpts.save(done, _saved(state, session.unsaved), iterator, config_lib.to_dict(cfg))
             session.progress.writer.flush()  # what TensorBoard shows survives a kill as far as the checkpoint
         if grids is not None and done % cfg.sample.every == 0:
             _save_samples(session, grids, done, state)

@@ -3,18 +3,26 @@
 The state: `step`, `params` (fp32 master weights, pure dicts), `buffers` (the never-trained y_embedding), `opt`
 (AdamW), `ema`, `rng`. One update: PixArt's loss (ε-MSE + learned-variance bound, captions dropped to y_embedding),
 AdamW, then the EMA of the weights once per optimizer step.
+
+A config with a `lora:` section fine-tunes LoRA adapters on `model.init_from` instead (the state of lora_step.py:
+the base frozen, no EMA); a finished run writes the adapter as a PEFT folder to WORKDIR/lora.
 """
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.experimental import multihost_utils
 
+from pixart_jax import sharding
 from pixart_jax.training import loop
+from pixart_jax.training.lora_step import lora_state, lora_update, split_adapted
 from pixart_jax.training.loss import diffusion_tables, draw_training_inputs, pixart_loss
 from pixart_jax.training.program import Program
 from pixart_jax.training.state import common_state, split_model
 from pixart_jax.training.step import Objective
+from pixart_jax.weights.lora import add_lora, save_lora
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +68,51 @@ class Pretraining(Program):
         return pretraining_update(split_model(model)[0], self.optimizer, self.objective, self.cfg.optimizer.ema_rate)
 
 
+class LoRAPretraining(Pretraining):
+    """LoRA fine-tuning with PixArt's loss: new adapters (the `lora:` section) on `model.init_from`, which stays
+    frozen and out of the checkpoints."""
+    unsaved = ("frozen",)
+
+    def model(self):
+        lora = self.cfg.lora
+        return add_lora(super().model(), list(lora.targets), lora.rank, lora.alpha, use_rslora=lora.use_rslora,
+                        init=lora.init, seed=self.cfg.seed)
+
+    def networks(self, model, abstract=False):
+        return split_adapted(model)[1:], sharding.variable_axes(model)
+
+    def initial_state(self, adapters, params, buffers):
+        return lora_state(self.optimizer.tx, self.cfg.seed, adapters, params, buffers)
+
+    def update(self, model):
+        return lora_update(split_adapted(model)[0], self.optimizer, self.objective)
+
+
+def adapted_model(result):
+    """The adapted PixArtTransformer of a LoRA run's result (its state's global arrays)."""
+    state = result.state
+    return nnx.merge(result.graphdef, state["params"], state["frozen"], state["buffers"])
+
+
+def export_lora(result, directory, base=None):
+    """Writes the trained adapter as a PEFT folder `directory` (base_model_name_or_path `base`). Every process
+    gathers the weights; process 0 writes."""
+    state = multihost_utils.process_allgather(
+        {k: result.state[k] for k in ("params", "frozen", "buffers")}, tiled=True)
+    if jax.process_index() == 0:
+        save_lora(adapted_model(dataclasses.replace(result, state=state)), directory, base_model_name_or_path=base)
+
+
+def program(cfg):
+    """The program of a pre-training config: LoRAPretraining with a `lora:` section, else Pretraining."""
+    return Pretraining(cfg) if cfg.lora is None else LoRAPretraining(cfg)
+
+
 def train(cfg, examples=None):
-    """Runs or resumes the pre-training `cfg` describes (`examples` replace its data source); loop.train's result."""
-    return loop.train(Pretraining(cfg), examples)
+    """Runs or resumes the pre-training `cfg` describes (`examples` replace its data source); loop.train's result.
+    With a `lora:` section: LoRA fine-tuning, whose adapter a finished (not preempted) run writes to
+    WORKDIR/lora."""
+    result = loop.train(program(cfg), examples)
+    if cfg.lora is not None and not result.preempted:
+        export_lora(result, os.path.join(os.path.abspath(cfg.workdir), "lora"), cfg.model.init_from)
+    return result

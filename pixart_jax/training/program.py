@@ -40,6 +40,9 @@ class Program:
     """The model, data, state and step of one training config `cfg`. `optimizer` (an optimizer.Optimizer) updates
     the trained network."""
 
+    # Keys of the state that checkpoints leave out: the model supplies them again on resume (a frozen base).
+    unsaved = ()
+
     def __init__(self, cfg):
         self.cfg = cfg
         self.optimizer = make_optimizer(cfg.optimizer, cfg.data.batch_size)

@@ -20,7 +20,7 @@ class Program:
 
 
 PROGRAMS = {
-    "pretrain": Program(config_lib.load_config, pretraining.Pretraining, None),
+    "pretrain": Program(config_lib.load_config, pretraining.program, None),
     "lcm": Program(lcm.load_config, lcm.LCMDistillation, "lcm"),
     "controlnet": Program(controlnet.load_config, controlnet.ControlNetTraining, "controlnet"),
     "pcm": Program(pcm.load_config, pcm.PCMDistillation, "pcm"),

@@ -3,6 +3,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from pixart_jax.models.lora import refuse_adapters
 from pixart_jax.weights.errors import WeightsError
 
 
@@ -17,7 +18,8 @@ def abstract_shapes(make_model):
 
 
 def flat_arrays(model):
-    """{path: array} of every variable (parameters and buffers) of `model`."""
+    """{path: array} of every variable (parameters and buffers) of `model`, a model without LoRA adapters."""
+    refuse_adapters(model, f"saving a {type(model).__name__}")
     return {_dotted(p): v.get_value() for p, v in nnx.to_flat_state(nnx.state(model))}
 
 

@@ -11,6 +11,7 @@ from pixart_jax.testing.random_weights import redraw  # noqa: E402
 from pixart_jax.weights import transformer as transformer_weights  # noqa: E402
 from pixart_jax.weights.nnx_state import flat_arrays  # noqa: E402
 from tests.helpers.parity import rel_error  # noqa: E402
+from tests.helpers.transformer_io import inputs, run_ours, run_reference  # noqa: E402
 
 TINY = dict(num_attention_heads=2, attention_head_dim=24, in_channels=4, out_channels=8, num_layers=2,
             caption_channels=32, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
@@ -24,33 +25,6 @@ VARIANTS = {  # micro-conditioned (MS-like, interpolation scale 2) and plain (fi
 def reference_model(seed, **config):
     model = diffusers.PixArtTransformer2DModel(**config)
     return redraw(model, seed).eval()
-
-
-def inputs(batch, h, w, tokens=8, caption=32, seed=0):
-    rng = np.random.default_rng(seed)
-    mask = np.ones((batch, tokens), np.float32)
-    mask[0, 3:] = 0  # first sample: 3 valid tokens, the rest padding
-    return dict(latents=rng.standard_normal((batch, 4, h, w)).astype(np.float32),
-                timestep=np.linspace(999, 1, batch).round().astype(np.float32),
-                encoder_hidden_states=rng.standard_normal((batch, tokens, caption)).astype(np.float32),
-                encoder_attention_mask=mask,
-                resolution=np.tile(np.array([[8.0 * h, 8.0 * w]], np.float32), (batch, 1)),
-                aspect_ratio=np.full((batch, 1), h / w, np.float32))
-
-
-def run_reference(model, x, use_mask=True, micro=True):
-    t = {k: torch.from_numpy(v) for k, v in x.items()}
-    added = {"resolution": t["resolution"], "aspect_ratio": t["aspect_ratio"]} if micro else None
-    with torch.no_grad():
-        return model(t["latents"], encoder_hidden_states=t["encoder_hidden_states"], timestep=t["timestep"],
-                     added_cond_kwargs=added, encoder_attention_mask=t["encoder_attention_mask"] if use_mask
-                     else None, return_dict=False)[0].numpy()
-
-
-def run_ours(model, x, use_mask=True, micro=True):
-    return np.asarray(model(x["latents"], x["timestep"], x["encoder_hidden_states"],
-                            x["encoder_attention_mask"] if use_mask else None,
-                            x["resolution"] if micro else None, x["aspect_ratio"] if micro else None))
 
 
 @pytest.fixture(scope="module", params=sorted(VARIANTS))

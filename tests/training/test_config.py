@@ -4,7 +4,7 @@ and values out of range fail early."""
 import pytest
 
 from pixart_jax.training import controlnet, lcm, pcm
-from pixart_jax.training.config import RANGES, ConfigError, _flat, load_config, to_dict
+from pixart_jax.training.config import RANGES, ConfigError, LoRAConfig, _flat, load_config, to_dict
 from tests.helpers.paths import CONFIGS
 
 YAMLS = sorted(CONFIGS.glob("*.yaml"))
@@ -91,7 +91,7 @@ def test_program_sections_are_range_checked(load, override, message):
 def test_every_range_names_a_numeric_setting():
     settings = {}
     for schema in (lcm.LCMTrainConfig, pcm.PCMTrainConfig, controlnet.ControlNetTrainConfig):
-        settings.update(_flat(to_dict(schema(workdir="w", steps=1, checkpoint_every=1, seed=0))))
+        settings.update(_flat(to_dict(schema(workdir="w", steps=1, checkpoint_every=1, seed=0, lora=LoRAConfig()))))
     assert not set(RANGES) - set(settings)
     assert all(isinstance(settings[key], (int, float)) and not isinstance(settings[key], bool) for key in RANGES)
 

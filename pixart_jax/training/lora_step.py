@@ -1,0 +1,44 @@
+"""LoRA fine-tuning's train state and update: PixArt's loss, AdamW on the adapters alone.
+
+The state is a dict of global jax.Arrays: `params` (the adapters' A and B, models.lora.LoRAParam, trained),
+`frozen` (the base model's nnx.Params, float32, never differentiated), `buffers`, `opt` (AdamW of the adapters
+only; no EMA), `step`, `rng`. The frozen base passes through every step bitwise unchanged; checkpoints leave it out
+(the loop takes it from `model.init_from` again). It runs in step.TrainStep (explicit shardings, donated state,
+`fold_in(rng, step)`).
+"""
+from flax import nnx
+
+from pixart_jax.models.lora import LoRAParam
+from pixart_jax.training.loss import diffusion_tables, draw_training_inputs, pixart_loss
+from pixart_jax.training.state import common_state
+
+
+def split_adapted(model):
+    """(graphdef, adapters, params, buffers): the structure of an adapted model and pure-dict trees of its
+    LoRAParams, its nnx.Params and its other variables."""
+    graphdef, adapters, params, buffers = nnx.split(model, LoRAParam, nnx.Param, ...)
+    return graphdef, *map(nnx.to_pure_dict, (adapters, params, buffers))
+
+
+def lora_state(tx, seed, adapters, params, buffers):
+    """The LoRA state: the adapters trained, the base frozen."""
+    return {**common_state(tx, seed, adapters, buffers), "params": adapters, "frozen": params}
+
+
+def lora_update(graphdef, optimizer, objective):
+    """The update `(state, batch, key) -> (state, metrics {loss, grad_norm, lr})` of the adapters by PixArt's loss
+    (`objective`: a pretraining.PixArtObjective); the gradient is taken of the adapters only."""
+    tables = diffusion_tables()
+
+    def update(state, batch, key):
+        buffers = state["buffers"]
+
+        def loss_fn(adapters):
+            model = nnx.merge(graphdef, adapters, state["frozen"], buffers)
+            inputs = draw_training_inputs(key, batch, tables, objective.caption_dropout, buffers["y_embedding"],
+                                          objective.latent_scale)
+            return pixart_loss(model, batch, tables, *inputs, objective.prediction_type)
+
+        params, opt, _, metrics = optimizer.update(loss_fn, state["params"], state["opt"], None, 0.0, state["step"])
+        return dict(state, params=params, opt=opt), metrics
+    return update

@@ -1,0 +1,159 @@
+"""LoRA fine-tuning with `python -m train.pretrain` and a `lora:` section, on fake CPU devices: only the adapters
+train (the base bitwise unchanged, optimizer state for the adapters alone), 8 devices with FSDP equal 1, a resumed
+run equals an uninterrupted one, the exported PEFT folder loads back to the trained model, bad settings are refused
+up front."""
+import dataclasses
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from pixart_jax.models.lora import LoRAParam
+from pixart_jax.models.transformer import PixArtTransformer
+from pixart_jax.models.transformer_config import PRESETS
+from pixart_jax.planning.training import abstract_batch
+from pixart_jax.sharding import device_batch, make_mesh
+from pixart_jax.testing.random_weights import redraw_nnx
+from pixart_jax.training import lcm, pretraining
+from pixart_jax.training.config import ConfigError, load_config
+from pixart_jax.training.data import stack_examples
+from pixart_jax.training.pretraining import LoRAPretraining, adapted_model, train
+from pixart_jax.training.synthetic import synthetic_examples
+from pixart_jax.weights.lora import load_lora
+from pixart_jax.weights.transformer import load_transformer, save_jax
+from tests.helpers import transformer_io
+from tests.helpers.paths import CONFIGS
+from train.pretrain import main
+
+TINY = str(CONFIGS / "tiny.yaml")
+LORA = ["lora.rank=4", "lora.alpha=8", "sample.every=0", "logging.progress=false", "data.synthetic_buckets=[1.0]",
+        "checkpoint.async_save=false"]
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    """A random tiny base (every parameter drawn: a fresh PixArt's zero output layer would give the adapters zero
+    gradients)."""
+    path = tmp_path_factory.mktemp("base") / "tiny"
+    save_jax(redraw_nnx(PixArtTransformer(PRESETS["tiny"], rngs=nnx.Rngs(3)), 3), str(path))
+    return str(path)
+
+
+def lora_config(base_dir, workdir, *extra):
+    return load_config(TINY, [f"workdir={workdir}", f"model.init_from={base_dir}", *LORA, *extra])
+
+
+@pytest.fixture(scope="module")
+def runs(base_dir, tmp_path_factory):
+    """{"whole": 4 steps in one run, "resumed": 2 steps, then resumed to 4}: loop.train results."""
+    root = tmp_path_factory.mktemp("runs")
+    whole = train(lora_config(base_dir, root / "whole", "steps=4", "checkpoint_every=2"))
+    first = train(lora_config(base_dir, root / "resumed", "steps=2", "checkpoint_every=2"))
+    resumed = train(lora_config(base_dir, root / "resumed", "steps=4", "checkpoint_every=2"))
+    return {"whole": whole, "first": first, "resumed": resumed, "root": root}
+
+
+def leaves_equal(a, b):
+    return all(np.array_equal(np.asarray(x), np.asarray(y))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def test_only_the_adapters_train(base_dir, runs):
+    state = runs["whole"].state
+    base = nnx.to_pure_dict(nnx.state(load_transformer(base_dir), nnx.Param))
+    assert leaves_equal(base, state["frozen"])  # the base, bitwise
+    adapters = jax.tree.leaves(state["params"])
+    assert adapters and all(np.abs(np.asarray(a)).max() > 0 for a in adapters)  # every B left zero
+    untrained = nnx.to_pure_dict(nnx.state(LoRAPretraining(lora_config(base_dir, "unused")).model(), LoRAParam))
+    assert not any(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
+        jax.tree.leaves(untrained), adapters, strict=True))
+    moments = [leaf for leaf in jax.tree.leaves(state["opt"]) if np.ndim(leaf) > 0]
+    assert sorted(m.shape for m in moments) == sorted([a.shape for a in adapters] * 2)  # Adam's mu and nu only
+    assert "ema" not in state
+
+
+def test_checkpoints_hold_the_adapters_and_resume_exactly(runs):
+    whole, first, resumed = runs["whole"], runs["first"], runs["resumed"]
+    assert {**first.losses, **resumed.losses} == whole.losses and list(resumed.losses) == [3, 4]
+    assert leaves_equal(whole.state["params"], resumed.state["params"])
+    assert leaves_equal(whole.state["opt"], resumed.state["opt"])
+    saved = ocp.StandardCheckpointer().metadata(str(runs["root"] / "resumed" / "checkpoints" / "2" / "state"))
+    assert sorted(saved.item_metadata.keys()) == ["buffers", "opt", "params", "rng", "step"]  # no base weights
+
+
+def test_the_exported_peft_folder_loads_back_to_the_trained_model(base_dir, runs):
+    folder = runs["root"] / "whole" / "lora"
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in folder.iterdir()}
+    x = transformer_io.inputs(2, 8, 8)
+    trained = transformer_io.run_ours(adapted_model(runs["whole"]), x)
+    loaded = transformer_io.run_ours(load_lora(load_transformer(base_dir), str(folder)), x)
+    base = transformer_io.run_ours(load_transformer(base_dir), x)
+    print(f"LoRA export: |trained - loaded| max {np.abs(trained - loaded).max():.2e}, |trained - base| max "
+          f"{np.abs(trained - base).max():.2e}")
+    assert np.abs(trained - base).max() > 1e-3
+    np.testing.assert_array_equal(loaded, trained)
+
+
+def run_steps(base_dir, devices, mesh_shape, count=2):
+    program = LoRAPretraining(lora_config(base_dir, "unused"))
+    mesh = make_mesh(*mesh_shape, devices=jax.devices()[:devices])
+    model = program.model()
+    batch = stack_examples(synthetic_examples(program.cfg.data.batch_size, seed=1, caption_channels=32))
+    losses = []
+    with jax.set_mesh(mesh):
+        state, _ = program.state(model, mesh)
+        step = program.step(model, mesh)
+        for _ in range(count):
+            state, metrics = step(state, device_batch(batch, mesh))
+            losses.append(float(metrics["loss"]))
+    return losses, state
+
+
+def test_eight_devices_with_fsdp_equal_one_device(base_dir):
+    ref_losses, ref = run_steps(base_dir, 1, (1, 1))
+    losses, state = run_steps(base_dir, 8, (4, 2))
+    diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+               for a, b in zip(jax.tree.leaves(ref["params"]), jax.tree.leaves(state["params"]), strict=True))
+    print(f"LoRA 1 device vs 8 (data 4 x fsdp 2), 2 steps: losses {np.round(ref_losses, 6)}, max loss diff "
+          f"{np.abs(np.subtract(losses, ref_losses)).max():.2e}, adapters {diff:.2e}")
+    assert np.abs(np.subtract(losses, ref_losses)).max() < 1e-6 and diff < 1e-6
+    fc1 = state["params"]["blocks"]["mlp"]["fc1"]["lora"]["adapters"]["default_0"][0]
+    assert fc1["a"].sharding.spec == P(None, "fsdp", None)
+    assert state["frozen"]["blocks"]["mlp"]["fc1"]["kernel"].sharding.spec == P(None, "fsdp", None)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("lora.rank=0", r"lora.rank must be at least 1, got 0"),
+    ("lora.targets=[to_q,to_qq]", r"unknown lora.targets \['to_qq'\]"),
+    ("lora.dropout=0.1", r"lora.dropout 0.1 is not supported yet: set it to 0"),
+    ("model.init_from=null", r"lora needs model.init_from"),
+    ("sample.every=5", r"sample.every must be 0 with lora"),
+])
+def test_bad_lora_settings_are_refused_up_front(base_dir, tmp_path, capsys, override, message):
+    with pytest.raises(ConfigError, match=message):
+        lora_config(base_dir, tmp_path / "run", override)
+    assert main([TINY, f"workdir={tmp_path / 'run'}", f"model.init_from={base_dir}", *LORA, override]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
+def test_other_programs_refuse_a_lora_section(base_dir):
+    with pytest.raises(ConfigError, match="a lora: section is not supported by LCD training"):
+        lcm.load_config(CONFIGS / "lcm_tiny.yaml", ["workdir=w", f"model.init_from={base_dir}", "lora.rank=4"])
+
+
+
+def test_the_lora_step_lowers_from_shapes_alone(base_dir):
+    """What train.plan does before its TPU compile (tests/planning runs that where libtpu is): the adapted model
+    of the preset's shapes (nnx.eval_shape: nothing drawn or loaded), its abstract state, the step lowered."""
+    cfg = lora_config(base_dir, "unused", "mesh.fsdp=2")
+    program = pretraining.program(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=None)))
+    model, mesh = nnx.eval_shape(program.model), make_mesh(-1, 2)
+    state, _ = program.abstract_state(model, mesh)
+    assert sorted(state) == ["buffers", "frozen", "opt", "params", "rng", "step"]
+    batch = abstract_batch(program.batch_shapes(model.cfg, (16, 16)), cfg.data.batch_size, mesh)
+    with jax.set_mesh(mesh):
+        assert "dot_general" in program.step(model, mesh).lower(state, batch).as_text()
