@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs, under Python 3.12 with the newest JAX, the tests of what changes between JAX lines: meshes and shardings,
-# multi-process runs, Orbax checkpoints and resume, the train step, the sampling loop (no torch there, so
+# multi-process runs, Orbax checkpoints and resume, the sampling loop (no torch there, so
 # reference-parity tests would only skip; the whole suite runs on Python 3.11). Arguments replace the default test
 # paths and go to pytest (e.g. `tests` to run the whole suite here).
 set -euo pipefail
@@ -14,6 +14,6 @@ fi
 bash scripts/venv.sh .venv312 "$python" test-core
 if [ "$#" -eq 0 ]; then
   set -- tests/test_sharding.py tests/training/test_multihost.py tests/training/test_checkpoints.py \
-    tests/training/test_step.py tests/samplers/test_base.py tests/test_imports.py
+    tests/samplers/test_base.py tests/test_imports.py
 fi
 .venv312/bin/python -m pytest "$@"

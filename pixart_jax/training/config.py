@@ -289,6 +289,8 @@ def resume_differences(saved: dict, current: dict) -> list[str]:
     the `saved` config of a checkpoint and is not RESUMABLE. Settings the saved config lacks (added since) are not
     compared."""
     before, now = _flat(saved), _flat(json.loads(json.dumps(current)))
-    resumable = lambda key: any(key == r or key.startswith(r + ".") for r in RESUMABLE)  # noqa: E731
+    # A LoRA run's checkpoints hold only the adapters: every resume takes the base from model.init_from again.
+    settings = RESUMABLE if current.get("lora") is None else tuple(r for r in RESUMABLE if r != "model.init_from")
+    resumable = lambda key: any(key == r or key.startswith(r + ".") for r in settings)  # noqa: E731
     return [f"{key}: {before[key]!r} in the checkpoint, {value!r} now" for key, value in now.items()
             if key in before and before[key] != value and not resumable(key)]

@@ -3,6 +3,7 @@ train (the base bitwise unchanged, optimizer state for the adapters alone), 8 de
 run equals an uninterrupted one, the exported PEFT folder loads back to the trained model, bad settings are refused
 up front."""
 import dataclasses
+import shutil
 
 import jax
 import numpy as np
@@ -18,6 +19,7 @@ from pixart_jax.planning.training import abstract_batch
 from pixart_jax.sharding import device_batch, make_mesh
 from pixart_jax.testing.random_weights import redraw_nnx
 from pixart_jax.training import lcm, pretraining
+from pixart_jax.training.checkpoints import ResumeMismatchError
 from pixart_jax.training.config import ConfigError, load_config
 from pixart_jax.training.data import stack_examples
 from pixart_jax.training.pretraining import LoRAPretraining, adapted_model, train
@@ -82,6 +84,13 @@ def test_checkpoints_hold_the_adapters_and_resume_exactly(runs):
     assert leaves_equal(whole.state["opt"], resumed.state["opt"])
     saved = ocp.StandardCheckpointer().metadata(str(runs["root"] / "resumed" / "checkpoints" / "2" / "state"))
     assert sorted(saved.item_metadata.keys()) == ["buffers", "opt", "params", "rng", "step"]  # no base weights
+
+
+def test_a_lora_run_resumes_only_on_its_own_base(base_dir, runs, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(base_dir, other)  # the same weights under another name: the run cannot know they are the same
+    with pytest.raises(ResumeMismatchError, match="model.init_from: .* in the checkpoint, .*other.* now"):
+        train(lora_config(str(other), runs["root"] / "resumed", "steps=6", "checkpoint_every=2"))
 
 
 def test_the_exported_peft_folder_loads_back_to_the_trained_model(base_dir, runs):
