@@ -2,6 +2,7 @@
 pipeline directory (JAX, or `--backend torch`), `convert` / `inspect` checkpoints, `quantize-t5` (the int8 T5
 folder), `plan` a training config on a TPU slice, `sample-random` as an install check."""
 import argparse
+import math
 import os
 import sys
 import time
@@ -109,6 +110,29 @@ def _control(args):
     return control
 
 
+def _loras(args):
+    """[(path, scale)] of the --lora values PATH[:SCALE] (scale 1 by default), checked before anything loads: a
+    UsageError for a path that does not exist, a scale that is not a finite number, or --low-memory (which loads a
+    fresh transformer for every call)."""
+    adapters = []
+    for value in args.lora or ():
+        path, scale = value, "1"
+        if not os.path.exists(value) and ":" in value:  # an existing path may itself hold ":"
+            path, _, scale = value.rpartition(":")
+        try:
+            number = float(scale)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            raise UsageError(f"--lora {value}: the scale after ':' must be a finite number, got {scale!r}")
+        if not os.path.exists(path):
+            raise UsageError(f"--lora {value}: {path} does not exist")
+        adapters.append((path, number))
+    if adapters and args.low_memory:
+        raise UsageError("--lora needs the transformer resident: it cannot be combined with --low-memory")
+    return adapters
+
+
 def _check_seed(seed):
     """A UsageError for a --seed out of [0, 2**32 - 1], before anything is built."""
     try:
@@ -189,10 +213,14 @@ def generate(args):
     check_output(args.out, len(args.prompt) * args.num_images, args.overwrite)
     torch_backend = args.backend == "torch"
     request = _request(args, _control(args))
+    loras = _loras(args)
     option = _torch_device(args) if torch_backend else _check_jax_options(args)
     start = time.perf_counter()
     pipe, sampler, device = (_torch_pipeline if torch_backend else _jax_pipeline)(args, option)
-    print(f"loaded {args.model} in {time.perf_counter() - start:.1f} s ({sampler})")
+    for path, scale in loras:  # each its own adapter (default_0, default_1, ...), all active together
+        pipe.load_lora_weights(path, scale=scale)
+    print(f"loaded {args.model}{''.join(f' + LoRA {p} ({s:g})' for p, s in loras)} in "
+          f"{time.perf_counter() - start:.1f} s ({sampler})")
     extra = {"memory_report": True} if args.memory_report else {}
     images, compile_s, run_s, output = timed_call(lambda: pipe.generate(request, **extra))
     for path in save_images(images, args.out):
@@ -308,6 +336,9 @@ def _add_generate(commands):
     p.add_argument("--control", choices=list(ControlKind), type=ControlKind, default=ControlKind.canny,
                    help="edge map of the control image: canny, hed (needs --hed), none (it already is one)")
     p.add_argument("--hed", help="ControlNetHED.pth, the HED network's weights (for --control hed; JAX backend)")
+    p.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
+                   help="a LoRA adapter (PEFT folder, pytorch_lora_weights.safetensors, kohya file) at weight SCALE "
+                        "(default 1); repeat to combine several")
     p.set_defaults(run=generate)
 
 

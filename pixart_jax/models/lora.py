@@ -19,6 +19,9 @@ from flax import nnx
 
 from pixart_jax.choices import LoRAInit, choose
 
+# What changing adapters while they are merged into the kernels is refused with (here and on the PyTorch path).
+FUSED = "the model's adapters are fused into its weights: unfuse_lora it before {}"
+
 
 class LoRAParam(nnx.Variable):
     """An adapter matrix (LoRA A or B): its own Variable type, not an nnx.Param, so an optimizer can train only
@@ -107,7 +110,7 @@ def add_part(module, name, part: LoRAPart):
     if module.lora is None:
         module.lora = LoRA(module.dtype)
     if module.lora.fused:
-        raise ValueError("the model's adapters are fused into its weights: unfuse_lora it before adding adapters")
+        raise ValueError(FUSED.format("adding adapters"))
     parts = list(module.lora.adapters[name]) if name in module.lora.adapters else []
     module.lora.adapters[name] = nnx.List([*parts, part])
 
@@ -140,17 +143,23 @@ def _weights(names, weights):
     return [float(w) for w in weights]
 
 
+def chosen_adapters(names, weights, held) -> dict[str, float]:
+    """{name: weight} of a set_adapters call: `names` a name or a list, each one of `held`; `weights` a number for
+    all, a list, or None (1.0). Shared with the PyTorch path (pixart_jax/torch/lora.py), which means the same."""
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = sorted(set(names) - set(held))
+    if unknown:
+        raise ValueError(f"unknown adapter names {unknown}; the model holds {sorted(held)}")
+    return dict(zip(names, _weights(names, weights)))
+
+
 def set_adapters(model, names, weights=None):
     """Makes `names` (a name or a list) the active adapters, each with its weight (a number for all, a list, or
     None: 1.0), as PEFT's / diffusers' set_adapters; [] turns every adapter off. Returns `model`."""
-    names = [names] if isinstance(names, str) else list(names)
-    unknown = sorted(set(names) - set(adapter_names(model)))
-    if unknown:
-        raise ValueError(f"unknown adapter names {unknown}; the model holds {adapter_names(model)}")
-    active = tuple(zip(names, _weights(names, weights)))
+    active = tuple(chosen_adapters(names, weights, adapter_names(model)).items())
     for _, module in adapted_modules(model):
         if module.lora.fused:
-            raise ValueError("the model's adapters are fused into its weights: unfuse_lora it before set_adapters")
+            raise ValueError(FUSED.format("set_adapters"))
         module.lora.active = active
     return model
 

@@ -53,6 +53,11 @@ class PixArtControlNetPipeline(PixArtPipeline):
         return cls(transformer=load_controlnet(controlnet, dtype=dtype), hed=load_hed(hed, dtype) if hed else None,
                    **components)
 
+    @property
+    def lora_model(self):
+        """LoRA adapters go on the base (what they were trained on); the copies are the ControlNet's own weights."""
+        return self.transformer.base
+
     def __call__(self, prompt=None, control_image=None, control: str = ControlKind.canny, control_latents=None,
                  **kwargs):
         """PixArtPipeline's call (same arguments and output) with a control: `control_image` (a path, PIL image or

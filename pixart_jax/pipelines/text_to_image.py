@@ -24,6 +24,7 @@ from pixart_jax.images import to_numpy, to_pil
 from pixart_jax.pipelines.control import ControlKind
 from pixart_jax.pipelines.guidance import Caption
 from pixart_jax.pipelines.loop import LoopInputs, LoopSpec, run_loop
+from pixart_jax.pipelines.lora import LoRAMethods
 from pixart_jax.pipelines.memory import check_fits, compiled_bytes
 from pixart_jax.pipelines.prompts import encode_prompt, load_tokenizer
 from pixart_jax.pipelines.request import GenerationRequest, NullCaption, OutputType
@@ -51,11 +52,12 @@ class ImagePipelineOutput:
 
 
 @dataclasses.dataclass
-class PixArtPipeline:
+class PixArtPipeline(LoRAMethods):
     """transformer, text_encoder (callable (ids, mask) -> embeddings), tokenizer, vae (anything with `decode`,
     `scaling_factor` and `spatial_factor`, e.g. an AutoencoderKL) and sampler, as components; `devices` to split
     a batch over (default: every local device) and `fsdp`, the number of devices one copy of the transformer's
-    weights is sharded over (1: replicated)."""
+    weights is sharded over (1: replicated). diffusers' LoRA methods (load_lora_weights, set_adapters, fuse_lora,
+    ...: pixart_jax.pipelines.lora) act on the transformer; a changed adapter set retraces the loop."""
 
     transformer: nnx.Module
     text_encoder: object

@@ -25,6 +25,7 @@ from pixart_jax.images import cover_and_crop, pil_images
 from pixart_jax.models.transformer_config import PixArtConfig
 from pixart_jax.models.vae import VAEConfig
 from pixart_jax.pipelines.control import ControlKind, check_control, control_rows
+from pixart_jax.pipelines.lora import LoRAMethods
 from pixart_jax.pipelines.prompts import load_tokenizer, prompt_tokens
 from pixart_jax.pipelines.request import GenerationRequest, NullCaption, OutputType
 from pixart_jax.pipelines.text_to_image import ImagePipelineOutput, check_pipeline_directory
@@ -34,6 +35,7 @@ from pixart_jax.torch.control import encode_control
 from pixart_jax.torch.controlnet import PixArtControlNetTransformer, load_controlnet
 from pixart_jax.torch.devices import check_device
 from pixart_jax.torch.loading import release, to_torch
+from pixart_jax.torch.lora import TORCH_LORA
 from pixart_jax.torch.memory import MemoryStages
 from pixart_jax.torch.text_encoder import load_text_encoder
 from pixart_jax.torch.transformer import load_transformer
@@ -91,12 +93,15 @@ class ComponentConfigs:
     controlnet: bool = False
 
 
-class PixArtTorchPipeline:
+class PixArtTorchPipeline(LoRAMethods):
     """transformer (PixArtTransformer2DModel, or a PixArtControlNetTransformer: then each call takes a control
     image), text_encoder (T5EncoderModel), tokenizer, vae (AutoencoderKL) and a diffusers scheduler on `device`.
     Components are read at every call (`pipe.transformer = other` takes effect). With `loaders` ({component: () ->
     module}) a component that is None is loaded for its stage and freed after it (low_memory); `configs` then
-    describe the transformer and VAE without loading them."""
+    describe the transformer and VAE without loading them. The JAX pipelines' LoRA methods (load_lora_weights,
+    set_adapters, fuse_lora, ...) act, through PEFT, on the transformer (a ControlNet's base)."""
+
+    lora_backend = TORCH_LORA
 
     def __init__(self, transformer, text_encoder, tokenizer, vae, scheduler, *, device="cpu", dtype=torch.float32,
                  loaders=None, configs: ComponentConfigs | None = None):
@@ -153,6 +158,13 @@ class PixArtTorchPipeline:
         if self.transformer is not None:
             return PixArtConfig.from_diffusers(dict(self.transformer.config))
         return self.configs.cfg
+
+    @property
+    def lora_model(self):
+        """The PixArtTransformer2DModel adapters go on: the transformer, or a ControlNet's base."""
+        if self.transformer is None:  # low_memory loads a fresh one per call, which would not hold them
+            raise ValueError("LoRA adapters need a resident transformer: from_pretrained without low_memory")
+        return self.transformer.base_model if self.has_controlnet else self.transformer
 
     @property
     def has_controlnet(self):

@@ -15,6 +15,7 @@ from flax import nnx
 
 from pixart_jax.choices import LoRAInit
 from pixart_jax.models import lora
+from pixart_jax.models.transformer import PixArtTransformer
 from pixart_jax.weights.errors import WeightsError
 from pixart_jax.weights.keymaps import lora as lora_keys
 from pixart_jax.weights.keymaps import pixart as keys
@@ -137,8 +138,9 @@ def _activate(model, name, weight):
     return lora.set_adapters(model, list(active), list(active.values()))
 
 
-def _new_name(model, name):
-    names = lora.adapter_names(model)
+def new_adapter_name(names, name=None):
+    """`name`, or the first free "default_N" (diffusers' default names), refused if one of `names` (the adapters
+    held) already is it. Shared with the PyTorch path."""
     if name is None:
         name = next(f"default_{n}" for n in range(len(names) + 1) if f"default_{n}" not in names)
     if name in names:
@@ -153,7 +155,7 @@ def add_lora(transformer, targets=lora_keys.PIXART_TARGETS, rank=4, alpha=8.0, *
     weight 1. Returns `transformer`."""
     if not isinstance(rank, (int, np.integer)) or rank <= 0:
         raise ValueError(f"the LoRA rank must be a positive integer, got {rank!r}")
-    name, key = _new_name(transformer, adapter_name), jax.random.key(seed)
+    name, key = new_adapter_name(lora.adapter_names(transformer), adapter_name), jax.random.key(seed)
     sites, entries = module_sites(transformer), {}
     for n, path in enumerate(target_modules(transformer, targets)):
         kernel = _our_module(transformer, sites[path].ours).kernel
@@ -173,7 +175,7 @@ def load_lora(transformer, path, scale=1.0, adapter_name=None):
     """Reads the LoRA adapter at `path` (a PEFT folder, pytorch_lora_weights.safetensors, a kohya / OneTrainer file;
     keys in diffusers' or the original layout), adds it to `transformer` as `adapter_name` (default "default_N")
     and makes it active with weight `scale` beside the active ones. Returns `transformer`."""
-    name = _new_name(transformer, adapter_name)
+    name = new_adapter_name(lora.adapter_names(transformer), adapter_name)
     rules = keys.DIFFUSERS + keys.ORIGINAL
     adapter = read_adapter(path, module_sites(transformer, rules))
     entries = {m: (*_to_ours(a, b), alpha) for m, (a, b, alpha) in adapter.modules.items()}
@@ -265,22 +267,38 @@ def _one_adapter(transformer, adapter_name):
     return adapter_name
 
 
-def save_lora(transformer, directory, adapter_name=None, *, base_model_name_or_path=None, overwrite=False):
-    """Writes adapter `adapter_name` (by default the model's only one) as a PEFT folder in diffusers' module names
-    (adapter_config.json + adapter_model.safetensors), which peft.PeftModel.from_pretrained loads onto diffusers'
-    PixArtTransformer2DModel; atomically, replacing an existing folder only if pixart-jax wrote it or with
-    `overwrite`. The adapter's weight in the model (set_adapters, load_lora's scale) is not saved, as in PEFT."""
+def peft_adapter(transformer, adapter_name=None, base_model_name_or_path=None):
+    """(state dict {base_model.model.<diffusers path>.lora_A / lora_B.weight: array}, adapter_config dict) of
+    adapter `adapter_name` (by default the model's only one) as PEFT holds it on diffusers' PixArtTransformer2DModel."""
     name = _one_adapter(transformer, adapter_name)
     exported = export_adapter(transformer, name)
     if not exported:
-        raise WeightsError(f"adapter {name!r} holds nothing but zeros: there is nothing to save")
+        raise WeightsError(f"adapter {name!r} holds nothing but zeros: it has no PEFT form")
     if len({part.rslora for *_, part in exported.values()}) > 1:
         raise WeightsError(f"adapter {name!r} mixes rsLoRA and plain scaling, which one PEFT config cannot say")
     tensors = {}
     for path, (a, b, _) in exported.items():
         tensors[f"base_model.model.{path}.lora_A.weight"] = a
         tensors[f"base_model.model.{path}.lora_B.weight"] = b
-    write_peft(directory, tensors, peft_config(transformer, exported, base_model_name_or_path), overwrite=overwrite)
+    return tensors, peft_config(transformer, exported, base_model_name_or_path)
+
+
+def read_peft(cfg, path):
+    """The adapter at `path` (any file load_lora reads, in diffusers' or the original module names) in PEFT's form
+    for diffusers' PixArtTransformer2DModel of config `cfg`: (state dict, adapter_config dict), as peft_adapter.
+    Read onto a weightless (nnx.eval_shape) model of ours, so that the formats, key maps, checks and the split of
+    the original layout's fused qkv / kv into diffusers' modules are load_lora's own."""
+    model = nnx.eval_shape(lambda: PixArtTransformer(cfg, rngs=nnx.Rngs(0)))
+    return peft_adapter(load_lora(model, path))
+
+
+def save_lora(transformer, directory, adapter_name=None, *, base_model_name_or_path=None, overwrite=False):
+    """Writes adapter `adapter_name` (by default the model's only one) as a PEFT folder in diffusers' module names
+    (adapter_config.json + adapter_model.safetensors), which peft.PeftModel.from_pretrained loads onto diffusers'
+    PixArtTransformer2DModel; atomically, replacing an existing folder only if pixart-jax wrote it or with
+    `overwrite`. The adapter's weight in the model (set_adapters, load_lora's scale) is not saved, as in PEFT."""
+    tensors, config = peft_adapter(transformer, adapter_name, base_model_name_or_path)
+    write_peft(directory, tensors, config, overwrite=overwrite)
 
 
 def save_merged(transformer, dst, *, overwrite=False, keep=()):

@@ -17,6 +17,7 @@ from pixart_jax.weights import WeightsError, load_safetensors, save_safetensors 
 from pixart_jax.weights.keymaps.lora import PIXART_TARGETS  # noqa: E402
 from pixart_jax.weights.lora import load_lora, save_lora, save_merged  # noqa: E402
 from pixart_jax.weights.transformer import load_transformer, save_diffusers  # noqa: E402
+from tests.helpers.lora import kohya, randomize_adapters, to_original_names  # noqa: E402
 from tests.helpers.parity import rel_error  # noqa: E402
 from tests.helpers.transformer_io import inputs, run_ours, run_reference  # noqa: E402
 
@@ -31,20 +32,6 @@ TINY = dict(num_attention_heads=2, attention_head_dim=12, in_channels=4, out_cha
 X = {**inputs(2, 8, 12), "timestep": np.array([1.0, 20.0], np.float32)}
 # The second adapter: another rank and alpha, rsLoRA scaling, on fewer modules.
 SECOND = dict(r=2, lora_alpha=3, use_rslora=True, target_modules=["to_q", "to_v", "proj", "linear_2"])
-# diffusers block module -> original repo module, for the blocks (spec §4.4); q/k/v and k/v are fused there.
-ORIGINAL_BLOCK = {"attn1.to_out.0": "attn.proj", "attn2.to_q": "cross_attn.q_linear", "attn2.to_out.0":
-                  "cross_attn.proj", "ff.net.0.proj": "mlp.fc1", "ff.net.2": "mlp.fc2"}
-
-
-def randomize_adapters(model, seed):
-    """Every lora_A / lora_B of `model` drawn at random, A ~ N(0, 1/fan_in) and B ~ N(0, 0.25/r): the adapters
-    change the output by about as much as the base weights make it."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".lora_" in name:
-                fan_in = np.prod(p.shape[1:])
-                p.copy_(torch.randn(p.shape, generator=gen) * (0.5 if ".lora_B." in name else 1) / np.sqrt(fan_in))
 
 
 @pytest.fixture(scope="module")
@@ -87,35 +74,6 @@ def test_peft_folder_matches_peft(ref):
     assert rel_error(got, expected) <= 1e-5
 
 
-def to_original_names(state):
-    """The adapter with the blocks' modules in the original layout (kohya keys with alpha): q/k/v adapters of rank
-    r become one adapter on qkv of rank 3r, A concatenated and B block-diagonal (alpha 3·8 keeps alpha / r)."""
-    out = {}
-    for key, value in state.items():
-        path, tensor = key.removeprefix("base_model.model.").rsplit(".lora_", 1)
-        if path.startswith("transformer_blocks.") and ".to_k" not in path and ".to_v" not in path \
-                and ".attn1.to_q" not in path:
-            i, rest = path.split(".")[1], path.split(".", 2)[2]
-            path = f"blocks.{i}.{ORIGINAL_BLOCK[rest]}"
-        elif path.startswith("transformer_blocks."):
-            continue
-        out[kohya(path, tensor)] = value
-        out[f"lora_transformer_{path.replace('.', '_')}.alpha"] = torch.tensor(8.0)
-    for i in range(TINY["num_layers"]):
-        for fused, names in (("attn.qkv", ("attn1.to_q", "attn1.to_k", "attn1.to_v")),
-                             ("cross_attn.kv_linear", ("attn2.to_k", "attn2.to_v"))):
-            a = [state[f"base_model.model.transformer_blocks.{i}.{n}.lora_A.weight"] for n in names]
-            b = [state[f"base_model.model.transformer_blocks.{i}.{n}.lora_B.weight"] for n in names]
-            out[kohya(f"blocks.{i}.{fused}", "A.weight")] = torch.cat(a)
-            out[kohya(f"blocks.{i}.{fused}", "B.weight")] = torch.block_diag(*b)
-            out[f"lora_transformer_blocks_{i}_{fused.replace('.', '_')}.alpha"] = torch.tensor(8.0 * len(names))
-    return out
-
-
-def kohya(path, tensor):
-    return f"lora_transformer_{path.replace('.', '_')}.lora_{'down' if tensor.startswith('A') else 'up'}.weight"
-
-
 def other_formats(ref, root):
     """{format: path} of the default adapter re-saved in every other format we read."""
     state = {k: v.contiguous() for k, v in ref.state.items()}
@@ -128,7 +86,7 @@ def other_formats(ref, root):
              "pixart-script": root / "pytorch_lora_weights.safetensors", "kohya": root / "kohya.safetensors",
              "original-names": root / "original.safetensors", "peft-bin": root / "bin" / "adapter_model.bin"}
     for name, tensors in (("diffusers", diffusers_keys), ("pixart-script", script_keys), ("kohya", kohya_keys),
-                          ("original-names", to_original_names(state))):
+                          ("original-names", to_original_names(state, TINY["num_layers"]))):
         paths[name].parent.mkdir(exist_ok=True)
         save_safetensors({k: v.numpy() for k, v in tensors.items()}, str(paths[name]))
     paths["peft-bin"].parent.mkdir()
