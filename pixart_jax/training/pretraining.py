@@ -96,9 +96,11 @@ def adapted_model(result):
 
 def export_lora(result, directory, base=None):
     """Writes the trained adapter as a PEFT folder `directory` (base_model_name_or_path `base`). Every process
-    gathers the weights; process 0 writes."""
-    state = multihost_utils.process_allgather(
-        {k: result.state[k] for k in ("params", "frozen", "buffers")}, tiled=True)
+    gathers the adapters; process 0 writes. The base enters only as shapes (what the export reads of it), so the
+    frozen weights are never gathered."""
+    shapes = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)  # noqa: E731
+    state = {"params": multihost_utils.process_allgather(result.state["params"], tiled=True),
+             "frozen": shapes(result.state["frozen"]), "buffers": shapes(result.state["buffers"])}
     if jax.process_index() == 0:
         save_lora(adapted_model(dataclasses.replace(result, state=state)), directory, base_model_name_or_path=base)
 

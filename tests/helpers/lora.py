@@ -4,9 +4,16 @@ original code would be stored."""
 import numpy as np
 import torch
 
+from pixart_jax.testing.reference_pipeline import initial_latents
+
 # diffusers block module -> original repo module, for the blocks (spec §4.4); q/k/v and k/v are fused there.
 ORIGINAL_BLOCK = {"attn1.to_out.0": "attn.proj", "attn2.to_q": "cross_attn.q_linear", "attn2.to_out.0":
                   "cross_attn.proj", "ff.net.0.proj": "mlp.fc1", "ff.net.2": "mlp.fc2"}
+
+# The pipeline call of the LoRA pipeline tests (JAX and torch): 3 guided DPM steps at 64x64 from fixed latents.
+PROMPTS = ["a small red circle at the top left", "an astronaut riding a horse"]
+ARGS = dict(num_inference_steps=3, guidance_scale=4.5, height=64, width=64, output_type="np",
+            use_resolution_binning=False, progress=False, latents=initial_latents(2, 64, 64))
 
 
 def randomize_adapters(model, seed):

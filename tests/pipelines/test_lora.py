@@ -13,13 +13,9 @@ from pixart_jax.models import lora  # noqa: E402
 from pixart_jax.models.controlnet import PixArtControlNet  # noqa: E402
 from pixart_jax.pipelines.controlnet import PixArtControlNetPipeline  # noqa: E402
 from pixart_jax.pipelines.text_to_image import PixArtPipeline  # noqa: E402
-from pixart_jax.testing.reference_pipeline import initial_latents  # noqa: E402
 from pixart_jax.weights.lora import load_lora  # noqa: E402
-from tests.helpers.lora import pipeline_with_adapter  # noqa: E402
+from tests.helpers.lora import ARGS, PROMPTS, pipeline_with_adapter  # noqa: E402
 
-PROMPTS = ["a small red circle at the top left", "an astronaut riding a horse"]
-ARGS = dict(num_inference_steps=3, guidance_scale=4.5, height=64, width=64, output_type="np",
-            use_resolution_binning=False, progress=False, latents=initial_latents(2, 64, 64))
 # Merging changes the rounding (kernel + Σ w·s·AB in float32, then one matmul, instead of two matmuls added): the
 # fused images differ from the unfused ones by float32 rounding, far below one uint8 level.
 ROUNDING = 1e-5

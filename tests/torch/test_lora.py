@@ -9,13 +9,9 @@ diffusers = pytest.importorskip("diffusers")
 peft = pytest.importorskip("peft")
 
 from pixart_jax.pipelines.text_to_image import PixArtPipeline  # noqa: E402
-from pixart_jax.testing.reference_pipeline import initial_latents  # noqa: E402
 from pixart_jax.torch import PixArtTorchPipeline  # noqa: E402
-from tests.helpers.lora import pipeline_with_adapter  # noqa: E402
+from tests.helpers.lora import ARGS, PROMPTS, pipeline_with_adapter  # noqa: E402
 
-PROMPTS = ["a small red circle at the top left", "an astronaut riding a horse"]
-ARGS = dict(num_inference_steps=3, guidance_scale=4.5, height=64, width=64, output_type="np",
-            use_resolution_binning=False, progress=False, latents=initial_latents(2, 64, 64))
 # PEFT merges in float32 (W + s·BA, then one matmul instead of two): the fused images differ by float32 rounding.
 ROUNDING = 1e-5
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
