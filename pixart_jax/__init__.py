@@ -1,7 +1,7 @@
 """pixart-jax: PixArt-α / PixArt-δ in JAX + Flax NNX, with parity to the PyTorch reference.
 
 The package is arranged in floors, each importing only from those below it:
-  choices, files, seeds; images, sharding        primitives
+  choices, files, optim, seeds; images, sharding  primitives (optim: the CAME optimizer)
   models/, samplers/                              the networks (transformer, ControlNet, T5, VAE, HED) and samplers
   weights/                                        every weight-file reader and writer, key map and converter
   pipelines/                                      text-to-image and ControlNet pipelines, prompts, guidance, control

@@ -56,6 +56,12 @@ class LoRAInit(enum.StrEnum):
     gaussian = "gaussian"
 
 
+class OptimizerName(enum.StrEnum):
+    """The optimizer of a training program's trained network (pixart_jax/training/optimizer.py)."""
+    adamw = "adamw"    # PixArt-α, PixArt-δ, PCM
+    came = "came"      # PixArt-Σ (pixart_jax/optim.py): factored second moments, about AdamW's memory minus one copy
+
+
 class RematPolicy(enum.StrEnum):
     """What the backward pass of a transformer block keeps from the forward (the rest is recomputed)."""
     none = "none"      # keep every activation: fastest, most memory

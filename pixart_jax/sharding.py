@@ -83,7 +83,11 @@ def tree_shardings(state, mesh, rules, axes):
     axes}, from `variable_axes`) names its dims and the rules place them. Everything else is replicated."""
     def one(path, leaf):
         shape = np.shape(leaf)
-        names = axes.get(".".join(_key_names(path)[1:]), (None,) * len(shape))
+        name = ".".join(_key_names(path)[1:])
+        names = axes.get(name, (None,) * len(shape))
+        if len(names) != len(shape):  # a state array of another rank than its parameter: no rule can place it
+            raise ValueError(f"state array {jax.tree_util.keystr(path)} of shape {shape} sits at parameter {name} "
+                             f"whose logical axes are {names}")
         return NamedSharding(mesh, partition_spec(names, shape, rules, mesh))
     return jax.tree_util.tree_map_with_path(one, state)
 

@@ -9,7 +9,7 @@ from tests.helpers.paths import ROOT
 # Lowest first. A module may import its own group and any group on a lower floor; groups sharing a floor are
 # independent of each other.
 FLOORS = [
-    ["choices", "files", "seeds"],
+    ["choices", "files", "optim", "seeds"],
     ["images", "sharding"],
     ["models", "samplers"],
     ["weights"],

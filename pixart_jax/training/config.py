@@ -15,7 +15,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pixart_jax import sharding
-from pixart_jax.choices import AttentionKernel, DType, LoRAInit, RematPolicy
+from pixart_jax.choices import AttentionKernel, DType, LoRAInit, OptimizerName, RematPolicy
 from pixart_jax.models.transformer_config import PRESETS
 from pixart_jax.models.vae import LATENT_SCALE
 from pixart_jax.samplers import SamplerName
@@ -48,7 +48,8 @@ RANGES = {
     "steps": "[1, inf)", "checkpoint_every": "[1, inf)", "seed": f"[0, {2 ** 32 - 1}]",
     "model.caption_dropout": "[0, 1]",
     "optimizer.lr": "[0, inf)", "optimizer.weight_decay": "[0, inf)", "optimizer.eps": "[0, inf)",
-    "optimizer.b1": "[0, 1)", "optimizer.b2": "[0, 1)", "optimizer.grad_clip": "(0, inf)",
+    "optimizer.b1": "[0, 1)", "optimizer.b2": "[0, 1)", "optimizer.b3": "[0, 1)", "optimizer.grad_clip": "(0, inf)",
+    "optimizer.clip_threshold": "(0, inf)",
     "optimizer.warmup_steps": "[0, inf)", "optimizer.grad_accum_steps": "[1, inf)", "optimizer.ema_rate": "[0, 1]",
     "mesh.data": "[-1, inf)", "mesh.fsdp": "[1, inf)",
     "data.batch_size": "[1, inf)", "data.synthetic_examples": "[1, inf)", "data.latent_scale": "(0, inf)",
@@ -85,12 +86,16 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class OptimizerConfig:
+    name: OptimizerName = OptimizerName.adamw
     lr: float = 2e-5                        # before the optional sqrt scaling
     sqrt_lr_scaling: bool = True            # lr *= sqrt(global batch * grad_accum_steps / 256)
     weight_decay: float = 0.03
-    eps: float = 1e-10
+    eps: float = 1e-10                      # AdamW
     b1: float = 0.9
     b2: float = 0.999
+    b3: float = 0.9999                      # CAME: the instability's decay
+    came_eps: List[float] = dataclasses.field(default_factory=lambda: [1e-30, 1e-16])  # CAME: added to g², instability
+    clip_threshold: float = 1.0             # CAME: the largest RMS of the normalised update
     grad_clip: float = 0.01                 # max global L2 norm of the (accumulated) gradient
     warmup_steps: int = 1000                # linear warmup from 0, counted in optimizer steps
     grad_accum_steps: int = 1
@@ -186,6 +191,9 @@ def check(cfg, problems=(), what="training"):
         problems.append(f"model.preset {cfg.model.preset!r} is not one of {sorted(PRESETS)}")
     if cfg.mesh.data == 0:
         problems.append("mesh.data must be -1 (every device mesh.fsdp leaves) or at least 1")
+    if len(cfg.optimizer.came_eps) != 2 or min(cfg.optimizer.came_eps) < 0:
+        problems.append(f"optimizer.came_eps must be two numbers >= 0 (added to g² and to the instability), got "
+                        f"{list(cfg.optimizer.came_eps)}")
     unknown = sorted(set(cfg.mesh.rules.values()) - {None, "data", "fsdp"})
     if unknown:
         problems.append(f"mesh.rules map onto unknown mesh axes {unknown} (mesh axes: data, fsdp)")

@@ -1,5 +1,6 @@
 """The optimizer every train step updates its networks with (PixArt-alpha `train_scripts/train.py`: global-norm
-clipping, AdamW, linear warmup, optional √batch lr scaling, gradient accumulation)."""
+clipping, AdamW, linear warmup, optional √batch lr scaling, gradient accumulation; PixArt-Σ: CAME instead of
+AdamW)."""
 import dataclasses
 import math
 from typing import Callable
@@ -7,6 +8,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import optax
+
+from pixart_jax.choices import OptimizerName
+from pixart_jax.optim import came
 
 
 def peak_learning_rate(opt_cfg, global_batch):
@@ -43,9 +47,17 @@ class Optimizer:
         return params, opt, average, metrics
 
 
+def base_optimizer(opt_cfg, schedule):
+    """AdamW or CAME (`opt_cfg.name`) with the learning rate `schedule`."""
+    if opt_cfg.name == OptimizerName.came:
+        return came(schedule, betas=(opt_cfg.b1, opt_cfg.b2, opt_cfg.b3), eps=tuple(opt_cfg.came_eps),
+                    clip_threshold=opt_cfg.clip_threshold, weight_decay=opt_cfg.weight_decay)
+    return optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps, weight_decay=opt_cfg.weight_decay)
+
+
 def make_optimizer(opt_cfg, global_batch) -> Optimizer:
-    """Global-norm clip then AdamW with lr · min(1, k / warmup) at optimizer step k, wrapped in optax.MultiSteps
-    when gradients are accumulated over several micro-batches.
+    """Global-norm clip then AdamW (or CAME: `opt_cfg.name`) with lr · min(1, k / warmup) at optimizer step k,
+    wrapped in optax.MultiSteps when gradients are accumulated over several micro-batches.
 
     Warmup counts optimizer steps. (Under accelerate the reference ticks its scheduler once per process per step,
     finishing warmup after warmup / world_size steps, spec §3.9 quirk 14: set warmup_steps accordingly to match.)
@@ -58,9 +70,7 @@ def make_optimizer(opt_cfg, global_batch) -> Optimizer:
             return jnp.full((), peak, jnp.float32)
         return peak * jnp.minimum(1.0, jnp.asarray(count, jnp.float32) / warmup)
 
-    tx = optax.chain(
-        optax.clip_by_global_norm(opt_cfg.grad_clip),
-        optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps, weight_decay=opt_cfg.weight_decay))
+    tx = optax.chain(optax.clip_by_global_norm(opt_cfg.grad_clip), base_optimizer(opt_cfg, schedule))
     if opt_cfg.grad_accum_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=opt_cfg.grad_accum_steps)
     return Optimizer(tx, schedule, opt_cfg.grad_accum_steps)

@@ -54,6 +54,9 @@ def test_overrides_are_typed():
     ("mesh.fsdp=0", "mesh.fsdp must be at least 1, got 0$"),
     ("mesh.data=0", r"mesh.data must be -1 \(every device mesh.fsdp leaves\) or at least 1$"),
     ("mesh.data=-2", "mesh.data must be at least -1, got -2$"),
+    ("optimizer.name=lion", r"Invalid value .lion., expected one of \[adamw, came\]"),
+    ("optimizer.came_eps=[1e-30]", r"optimizer.came_eps must be two numbers >= 0 .*, got \[1e-30\]$"),
+    ("optimizer.b3=1", r"optimizer.b3 must be in \[0, 1\), got 1.0$"),
 ])
 def test_bad_configs_fail_with_the_key_named(override, message):
     with pytest.raises(ConfigError, match=message):
