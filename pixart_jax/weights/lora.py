@@ -112,9 +112,9 @@ def _layer_arrays(module, site, entries, where):
             jnp.stack([entries[i][2] if i in entries else b_zero for i in layers]), alpha)
 
 
-def attach(model, name, entries, rslora=False, where="adapter", rules=keys.DIFFUSERS):
+def attach(model, name, entries, rslora=False, where="adapter", rules=keys.DIFFUSERS, dropout=0.0):
     """Adds adapter `name` from {PyTorch module path: (A, B, alpha)} in our layout (A (*in, r), B (r, width)),
-    every part checked before the model changes. Returns `model`."""
+    every part checked before the model changes; `dropout`: its lora_dropout while training. Returns `model`."""
     sites = module_sites(model, rules)
     groups = collections.defaultdict(dict)
     for path, (a, b, alpha) in entries.items():
@@ -126,7 +126,8 @@ def attach(model, name, entries, rslora=False, where="adapter", rules=keys.DIFFU
         site = Site(ours, next(iter(layers)), part, count)
         a, b, alpha = _layer_arrays(module, site, layers, where)
         start = part * (module.kernel.shape[-1] // count)
-        parts.append((module, lora.LoRAPart(a, b, alpha, start, rslora, module.kernel.get_metadata("axes", None))))
+        axes = module.kernel.get_metadata("axes", None)
+        parts.append((module, lora.LoRAPart(a, b, alpha, start, rslora, axes, dropout)))
     for module, part in parts:
         lora.add_part(module, name, part)
     return model
@@ -149,12 +150,15 @@ def new_adapter_name(names, name=None):
 
 
 def add_lora(transformer, targets=lora_keys.PIXART_TARGETS, rank=4, alpha=8.0, *, use_rslora=False,
-             init=LoRAInit.kaiming, adapter_name=None, seed=0):
+             init=LoRAInit.kaiming, adapter_name=None, seed=0, dropout=0.0):
     """Adds a new adapter (A drawn as PEFT draws it, B zero: the model computes what it did) on the diffusers modules
     `targets` names (PEFT's target_modules: a list of names, or a regular expression), and makes it active with
-    weight 1. Returns `transformer`."""
+    weight 1. `dropout`: PEFT's lora_dropout, applied in train steps only (models.lora.set_dropout_keys). Returns
+    `transformer`."""
     if not isinstance(rank, (int, np.integer)) or rank <= 0:
         raise ValueError(f"the LoRA rank must be a positive integer, got {rank!r}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"the LoRA dropout must be in [0, 1), got {dropout!r}")
     name, key = new_adapter_name(lora.adapter_names(transformer), adapter_name), jax.random.key(seed)
     sites, entries = module_sites(transformer), {}
     for n, path in enumerate(target_modules(transformer, targets)):
@@ -162,7 +166,7 @@ def add_lora(transformer, targets=lora_keys.PIXART_TARGETS, rank=4, alpha=8.0, *
         in_shape = kernel.shape[int(sites[path].layer is not None):-1]
         a = lora.init_a(jax.random.fold_in(key, n), (*in_shape, rank), len(in_shape), init)
         entries[path] = (a, np.zeros((rank, kernel.shape[-1] // sites[path].parts), np.float32), alpha)
-    return _activate(attach(transformer, name, entries, use_rslora), name, 1.0)
+    return _activate(attach(transformer, name, entries, use_rslora, dropout=dropout), name, 1.0)
 
 
 def _to_ours(a, b):
@@ -241,6 +245,15 @@ def _number(x):
     return int(x) if float(x).is_integer() else float(x)
 
 
+def _one_dropout(exported):
+    """The lora_dropout of an exported adapter's parts: one PEFT config holds one."""
+    dropouts = {part.dropout for *_, part in exported.values()}
+    if len(dropouts) > 1:
+        raise WeightsError(f"the adapter's modules have different dropouts {sorted(dropouts)}; a PEFT config holds "
+                           "one lora_dropout")
+    return dropouts.pop()
+
+
 def peft_config(transformer, exported, base_model_name_or_path=None):
     """adapter_config.json of an exported adapter: the commonest rank and alpha, patterns for the others."""
     ranks = {p: part.rank for p, (*_, part) in exported.items()}
@@ -253,7 +266,7 @@ def peft_config(transformer, exported, base_model_name_or_path=None):
         "rank_pattern": {re.escape(p): int(v) for p, v in ranks.items() if v != r},
         "alpha_pattern": {re.escape(p): _number(v) for p, v in alphas.items() if v != alpha},
         "use_rslora": any(part.rslora for *_, part in exported.values()), "use_dora": False,
-        "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False, "init_lora_weights": True,
+        "lora_dropout": _one_dropout(exported), "bias": "none", "fan_in_fan_out": False, "init_lora_weights": True,
         "inference_mode": True, "task_type": None, "base_model_name_or_path": base_model_name_or_path,
     }
 
