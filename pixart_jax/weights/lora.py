@@ -2,7 +2,11 @@
 paths as PEFT matches them, and adapter files keyed by diffusers' or the original repo's module paths, mapped onto
 our modules through the transformer key maps (keymaps/pixart.py). A diffusers module fused into ours (to_q / to_k /
 to_v of self-attention into `qkv`, to_k / to_v of cross-attention into `kv`) becomes a part of the adapter on that
-slice of our outputs; an original-layout adapter on `qkv` is one part over all of it."""
+slice of our outputs; an original-layout adapter on `qkv` is one part over all of it.
+
+A PixArtControlNet is adapted the same way by the names of the PyTorch ControlNet wrapper (keymaps/controlnet.py:
+`base_model.<diffusers path>` for its frozen base, `controlnet.{k}.copied_block.<diffusers block path>` for the
+copies, `controlnet.0.before_proj` and `controlnet.{k}.after_proj`), the names PEFT gives it."""
 import collections
 import dataclasses
 import functools
@@ -15,8 +19,11 @@ from flax import nnx
 
 from pixart_jax.choices import LoRAInit
 from pixart_jax.models import lora
+from pixart_jax.models.controlnet import PixArtControlNet
 from pixart_jax.models.transformer import PixArtTransformer
+from pixart_jax.weights.controlnet import save_controlnet
 from pixart_jax.weights.errors import WeightsError
+from pixart_jax.weights.keymaps import controlnet as controlnet_keys
 from pixart_jax.weights.keymaps import lora as lora_keys
 from pixart_jax.weights.keymaps import pixart as keys
 from pixart_jax.weights.lora_files import read_adapter, write_peft
@@ -37,6 +44,19 @@ def _our_module(model, ours):
     return functools.reduce(lambda m, name: getattr(m, name, None), ours.split("."), model)
 
 
+def _key_maps(model):
+    """(rules naming `model`'s modules in diffusers' names, rules in the original layout's): a ControlNet's (its
+    PyTorch wrapper's names) or a transformer's."""
+    if isinstance(model, PixArtControlNet):
+        return controlnet_keys.DIFFUSERS_CONTROLNET, controlnet_keys.ORIGINAL_CONTROLNET
+    return keys.DIFFUSERS, keys.ORIGINAL
+
+
+def _model_kind(model):
+    return "the PyTorch ControlNet-Transformer" if isinstance(model, PixArtControlNet) else \
+        "diffusers' PixArtTransformer2DModel"
+
+
 def _every_site(rules, depth):
     """{PyTorch module path: Site} of every linear and conv a key-map table names (any config)."""
     sites = {}
@@ -49,10 +69,16 @@ def _every_site(rules, depth):
     return sites
 
 
-def module_sites(model, rules=keys.DIFFUSERS):
-    """{PyTorch module path: Site} of the modules `model` has (the micro-condition embedders only in MS models)."""
-    return {path: site for path, site in _every_site(rules, model.cfg.depth).items()
-            if _our_module(model, site.ours) is not None}
+def _has(model, site):
+    module = _our_module(model, site.ours)
+    return module is not None and (site.layer is None or site.layer < module.kernel.shape[0])
+
+
+def module_sites(model, rules=None):
+    """{PyTorch module path: Site} of the modules `model` has (the micro-condition embedders only in MS models, a
+    ControlNet's copies only up to its count); `rules`: a key-map table, by default the model's diffusers names."""
+    rules = _key_maps(model)[0] if rules is None else rules
+    return {path: site for path, site in _every_site(rules, model.cfg.depth).items() if _has(model, site)}
 
 
 def _matches(path, target):
@@ -66,10 +92,10 @@ def _named(targets, paths):
     return [p for p in paths if any(_matches(p, t) for t in targets)]
 
 
-def unknown_targets(targets, depth) -> list[str]:
+def unknown_targets(targets, depth, rules=keys.DIFFUSERS) -> list[str]:
     """The names of `targets` (as target_modules reads them) that no module of a diffusers PixArt of `depth` blocks
-    matches; a regular expression matching nothing is itself unknown."""
-    every = _every_site(keys.DIFFUSERS, depth)
+    (of the models `rules` name) matches; a regular expression matching nothing is itself unknown."""
+    every = _every_site(rules, depth)
     if isinstance(targets, str):
         return [] if _named(targets, every) else [targets]
     return [t for t in targets if t not in lora_keys.ABSENT_TARGETS and not _named([t], every)]
@@ -79,12 +105,13 @@ def target_modules(model, targets) -> list[str]:
     """The diffusers module paths of `model` that `targets` name, as PEFT reads target_modules: a list of names
     each matching a path equal to it or ending in "." + it, or one string matched as a regular expression against
     whole paths. A name that no diffusers PixArt module has is an error naming it."""
-    unknown = unknown_targets(targets, model.cfg.depth)
+    rules = _key_maps(model)[0]
+    unknown = unknown_targets(targets, model.cfg.depth, rules)
     if unknown:
-        raise ValueError(f"unknown LoRA targets {unknown}: no module of diffusers' PixArtTransformer2DModel is named "
-                         f"so (targets are diffusers module names such as {', '.join(lora_keys.PIXART_TARGETS)})")
+        raise ValueError(f"unknown LoRA targets {unknown}: no module of {_model_kind(model)} is named so (targets "
+                         f"are diffusers module names such as {', '.join(lora_keys.PIXART_TARGETS)})")
     present = module_sites(model)
-    return [p for p in _named(targets, _every_site(keys.DIFFUSERS, model.cfg.depth)) if p in present]
+    return [p for p in _named(targets, _every_site(rules, model.cfg.depth)) if p in present]
 
 
 def _layer_arrays(module, site, entries, where):
@@ -112,7 +139,7 @@ def _layer_arrays(module, site, entries, where):
             jnp.stack([entries[i][2] if i in entries else b_zero for i in layers]), alpha)
 
 
-def attach(model, name, entries, rslora=False, where="adapter", rules=keys.DIFFUSERS, dropout=0.0):
+def attach(model, name, entries, rslora=False, where="adapter", rules=None, dropout=0.0):
     """Adds adapter `name` from {PyTorch module path: (A, B, alpha)} in our layout (A (*in, r), B (r, width)),
     every part checked before the model changes; `dropout`: its lora_dropout while training. Returns `model`."""
     sites = module_sites(model, rules)
@@ -180,7 +207,7 @@ def load_lora(transformer, path, scale=1.0, adapter_name=None):
     keys in diffusers' or the original layout), adds it to `transformer` as `adapter_name` (default "default_N")
     and makes it active with weight `scale` beside the active ones. Returns `transformer`."""
     name = new_adapter_name(lora.adapter_names(transformer), adapter_name)
-    rules = keys.DIFFUSERS + keys.ORIGINAL
+    rules = sum(_key_maps(transformer), [])
     adapter = read_adapter(path, module_sites(transformer, rules))
     entries = {m: (*_to_ours(a, b), alpha) for m, (a, b, alpha) in adapter.modules.items()}
     attach(transformer, name, entries, adapter.rslora, adapter.where, rules)
@@ -316,5 +343,6 @@ def save_lora(transformer, directory, adapter_name=None, *, base_model_name_or_p
 
 def save_merged(transformer, dst, *, overwrite=False, keep=()):
     """Writes `transformer` with its active adapters merged in (at their weights) as a diffusers `transformer/`
-    folder (see save_diffusers); the model itself is left as it is."""
-    save_diffusers(lora.merge_and_unload(nnx.clone(transformer)), dst, overwrite=overwrite, keep=keep)
+    folder (see save_diffusers), a ControlNet as save_controlnet writes it; the model itself is left as it is."""
+    save = save_controlnet if isinstance(transformer, PixArtControlNet) else save_diffusers
+    save(lora.merge_and_unload(nnx.clone(transformer)), dst, overwrite=overwrite, keep=keep)
