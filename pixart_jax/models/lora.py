@@ -1,7 +1,8 @@
 """LoRA adapters (Hu et al. 2021, arXiv 2106.09685) on the linears and the patch-embedding conv of our models, with
 PEFT's conventions: y = base(x) + weight · scale · (x A) B, scale = alpha / r (alpha / √r with rsLoRA), A drawn as
 PEFT draws it and B zero, several named adapters per module with per-adapter weights, merge into the base kernel
-and back.
+and back. PEFT's lora_dropout drops the adapter's input (not the base's) during training only: a train step gives
+the model dropout keys (set_dropout_keys), a model without them (inference, export) never drops.
 
 An adapted module (a `Dense` or the `PatchEmbed`) holds a `LoRA` in its `lora` attribute. Each named adapter is a
 list of `LoRAPart`s, each covering a slice of the module's outputs: one part for a plain linear, or one per PyTorch
@@ -28,6 +29,11 @@ class LoRAParam(nnx.Variable):
     adapters (nnx.state(model, LoRAParam)) and one that trains nnx.Param leaves them alone."""
 
 
+class LoRADropoutKey(nnx.Variable):
+    """A train step's dropout key of one adapted module (one per layer in the stacked blocks, so that scan gives each
+    block its own). Set on a model the step builds from its state, never part of a stored state."""
+
+
 def init_a(key, shape, in_ndim, init=LoRAInit.kaiming):
     """A of `shape` (..., *in, r) float32, drawn as PEFT draws lora_A; fan_in is the product of the last `in_ndim`
     dimensions before the rank (a conv's in-channels × kernel size)."""
@@ -41,14 +47,15 @@ def init_a(key, shape, in_ndim, init=LoRAInit.kaiming):
 class LoRAPart(nnx.Module):
     """One adapter on outputs [start, start + width) of a module: delta = (u A) B · scale.
     a: (*in, r), b: (r, width), both with a leading layers axis in stacked blocks. `axes`: the logical axes of the
-    module's kernel (..., *in, out), from which the adapter's take theirs (the rank axis is not sharded)."""
+    module's kernel (..., *in, out), from which the adapter's take theirs (the rank axis is not sharded). `dropout`:
+    PEFT's lora_dropout, the probability of zeroing each element of the part's input while training."""
 
-    def __init__(self, a, b, alpha, start=0, rslora=False, axes=None):
+    def __init__(self, a, b, alpha, start=0, rslora=False, axes=None, dropout=0.0):
         axes = axes or (None,) * np.ndim(a)
         layers = np.ndim(b) - 2
         self.a = LoRAParam(jnp.asarray(a, jnp.float32), axes=(*axes[:-1], None))
         self.b = LoRAParam(jnp.asarray(b, jnp.float32), axes=(*axes[:layers], None, axes[-1]))
-        self.alpha, self.start, self.rslora = float(alpha), int(start), bool(rslora)
+        self.alpha, self.start, self.rslora, self.dropout = float(alpha), int(start), bool(rslora), float(dropout)
 
     @property
     def rank(self):
@@ -70,22 +77,39 @@ class LoRAPart(nnx.Module):
 
 class LoRA(nnx.Module):
     """The adapters of one module: {name: [LoRAPart]}, the active names with their weights (set_adapters), and
-    whether those are merged into the base kernel (then the forward adds nothing more)."""
+    whether those are merged into the base kernel (then the forward adds nothing more), and a train step's dropout
+    key (None: no dropout)."""
 
     def __init__(self, dtype):
         self.adapters = nnx.Dict()
         self.active = ()   # ((name, weight), ...): static, so changing it retraces a jitted model
         self.fused = False
         self.dtype = dtype
+        self.dropout_key = nnx.data(None)
+
+    def parts(self):
+        """Every part of every adapter held, active or not."""
+        return [part for name in self.adapters for part in self.adapters[name]]
+
+    def dropped(self, u, part, index):
+        """u as `part` sees it: with PEFT's lora_dropout (each element zeroed with probability p, the rest scaled
+        by 1 / (1 - p)) drawn from the dropout key folded with `index` (each part its own mask, as each PyTorch
+        module draws its own); u itself without a key or dropout."""
+        if not part.dropout or self.dropout_key is None:
+            return u
+        keep = jax.random.bernoulli(jax.random.fold_in(self.dropout_key[...], index), 1 - part.dropout, u.shape)
+        return jnp.where(keep, u / (1 - part.dropout), 0).astype(u.dtype)
 
     def __call__(self, u, y):
         """y (..., out) plus every active, unmerged adapter's delta of the module's input u (..., *in)."""
         if self.fused:
             return y
+        u, index = u.astype(self.dtype), 0
         for name, weight in self.active:
             for part in self.adapters[name] if name in self.adapters else ():
                 a, b = part.a[...].astype(self.dtype), part.b[...].astype(self.dtype)
-                h = jnp.tensordot(u.astype(self.dtype), a, a.ndim - 1)               # (..., r)
+                h = jnp.tensordot(self.dropped(u, part, index), a, a.ndim - 1)        # (..., r)
+                index += 1
                 delta = (h @ b) * (weight * part.scale)                              # (..., width)
                 y = y.at[..., part.start:part.start + part.width].add(delta.astype(y.dtype))
         return y
@@ -102,6 +126,18 @@ class LoRA(nnx.Module):
 def adapted_modules(model):
     """[(path, module)] of the modules of `model` that hold adapters."""
     return [(path, m) for path, m in nnx.iter_modules(model) if isinstance(getattr(m, "lora", None), LoRA)]
+
+
+def set_dropout_keys(model, key):
+    """Gives every adapted module of `model` whose adapters have dropout its own key drawn from `key` (split per
+    layer in the stacked blocks), so that its next forwards drop the adapters' inputs. For the model a train step
+    builds from its state: inference and export never set keys, so dropout is off there. Returns `model`."""
+    for n, (_, module) in enumerate(adapted_modules(model)):
+        parts = module.lora.parts()
+        if any(part.dropout for part in parts):
+            layers = parts[0].b.shape[:-2]
+            module.lora.dropout_key = LoRADropoutKey(jax.random.split(jax.random.fold_in(key, n), layers))
+    return model
 
 
 def add_part(module, name, part: LoRAPart):

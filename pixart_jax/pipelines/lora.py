@@ -5,6 +5,8 @@ is a call of its backend's LoRA functions on the pipeline's adapted model (the t
 A backend is anything with load_lora(model, path, scale, adapter_name), set_adapters(model, names, weights),
 active_adapters(model) -> {name: weight}, fuse_lora(model), unfuse_lora(model) and unload_lora(model): JAX_LORA
 (the LoRA core, pixart_jax/models/lora.py and weights/lora.py) or pixart_jax.torch.lora's TORCH_LORA (PEFT)."""
+import math
+import os
 import types
 
 from pixart_jax.models import lora
@@ -13,6 +15,23 @@ from pixart_jax.weights.lora import load_lora
 JAX_LORA = types.SimpleNamespace(load_lora=load_lora, set_adapters=lora.set_adapters,
                                  active_adapters=lora.active_adapters, fuse_lora=lora.fuse_lora,
                                  unfuse_lora=lora.unfuse_lora, unload_lora=lora.unload_lora)
+
+
+def lora_adapters(adapters) -> list[tuple[str, float]]:
+    """[(path, scale)] of a pipeline's `lora=` argument: None, a path, or a list of paths and (path, scale) pairs
+    (scale 1 for a bare path); a ValueError names a path that does not exist or a scale that is not a finite
+    number, so that nothing loads for a bad one."""
+    if adapters is None:
+        return []
+    checked = []
+    for item in [adapters] if isinstance(adapters, (str, os.PathLike)) else adapters:
+        path, scale = (item, 1.0) if isinstance(item, (str, os.PathLike)) else item
+        if not os.path.exists(path):
+            raise ValueError(f"lora: {path} does not exist")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise ValueError(f"lora: the scale of {path} must be a finite number, got {scale!r}")
+        checked.append((os.fspath(path), float(scale)))
+    return checked
 
 
 class LoRAMethods:

@@ -25,7 +25,7 @@ from pixart_jax.images import cover_and_crop, pil_images
 from pixart_jax.models.transformer_config import PixArtConfig
 from pixart_jax.models.vae import VAEConfig
 from pixart_jax.pipelines.control import ControlKind, check_control, control_rows
-from pixart_jax.pipelines.lora import LoRAMethods
+from pixart_jax.pipelines.lora import LoRAMethods, lora_adapters
 from pixart_jax.pipelines.prompts import load_tokenizer, prompt_tokens
 from pixart_jax.pipelines.request import GenerationRequest, NullCaption, OutputType
 from pixart_jax.pipelines.text_to_image import ImagePipelineOutput, check_pipeline_directory
@@ -116,7 +116,7 @@ class PixArtTorchPipeline(LoRAMethods):
     def from_pretrained(cls, directory: str, device="cpu", dtype=torch.float32, int8: bool = False,
                         low_memory: bool = False, sampler: str | None = None,
                         int8_backend: Int8Backend | str = Int8Backend.weight_only, controlnet: str | None = None,
-                        **sampler_options) -> "PixArtTorchPipeline":
+                        lora=None, **sampler_options) -> "PixArtTorchPipeline":
         """The pipeline directory `PixArtPipeline.from_pretrained` reads (model_index.json, transformer/ in the
         diffusers or pixart-jax layout, text_encoder/ float or int8, tokenizer/, vae/, scheduler/).
 
@@ -127,9 +127,14 @@ class PixArtTorchPipeline(LoRAMethods):
         three never share the device, at the price of reading each from disk per call). sampler: "dpm", "ddim"
         or "lcm" instead of the scheduler config's class; sampler_options as in PixArtPipeline. controlnet: a
         PixArt ControlNet checkpoint (any layout pixart_jax.load_controlnet reads) as the transformer, in place of
-        the directory's, as PixArtControlNetPipeline.from_pretrained.
+        the directory's, as PixArtControlNetPipeline.from_pretrained. lora: LoRA adapters loaded now, each as
+        load_lora_weights loads it (default_0, default_1, ..., all active): a path, or a list of paths and
+        (path, scale) pairs; every path and scale is checked before anything loads.
         """
         check_pipeline_directory(directory)
+        adapters = lora_adapters(lora)
+        if adapters and low_memory:
+            raise ValueError("lora= needs the transformer resident: low_memory loads a fresh one for every call")
         device = check_device(device)
         dtype = choose(TorchDType, str(dtype).removeprefix("torch."), "dtype").torch
         int8_backend = choose(Int8Backend, int8_backend, "int8_backend")
@@ -149,8 +154,11 @@ class PixArtTorchPipeline(LoRAMethods):
             "vae": functools.partial(_load_vae, path("vae"), device, dtype),
         }
         resident = {name: None if low_memory else load() for name, load in loaders.items()}
-        return cls(**resident, tokenizer=load_tokenizer(path("tokenizer")), scheduler=scheduler, device=device,
+        pipe = cls(**resident, tokenizer=load_tokenizer(path("tokenizer")), scheduler=scheduler, device=device,
                    dtype=dtype, loaders=loaders, configs=ComponentConfigs(cfg, vae_config, controlnet is not None))
+        for adapter, scale in adapters:
+            pipe.load_lora_weights(adapter, scale=scale)
+        return pipe
 
     @property
     def cfg(self):

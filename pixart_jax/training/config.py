@@ -162,7 +162,7 @@ class LoRAConfig:
     targets: List[str] = dataclasses.field(default_factory=lambda: list(PIXART_TARGETS))
     init: LoRAInit = LoRAInit.kaiming       # how A starts (B starts at zero): PEFT's init_lora_weights
     use_rslora: bool = False
-    dropout: float = 0.0                    # PEFT's lora_dropout: only 0 is supported yet
+    dropout: float = 0.0                    # PEFT's lora_dropout on the adapters' inputs, while training
 
 
 @dataclasses.dataclass
@@ -212,8 +212,6 @@ def lora_problems(cfg):
     problems = []
     if not cfg.model.init_from:
         problems.append("lora needs model.init_from: the base model the adapters fine-tune")
-    if cfg.lora.dropout:
-        problems.append(f"lora.dropout {cfg.lora.dropout} is not supported yet: set it to 0")
     if cfg.sample.every:
         problems.append("sample.every must be 0 with lora: sample grids are drawn from the EMA, which a LoRA run "
                         "does not keep")

@@ -4,13 +4,17 @@ The state is a dict of global jax.Arrays: `params` (the adapters' A and B, model
 `frozen` (the base model's nnx.Params, float32, never differentiated), `buffers`, `opt` (AdamW of the adapters
 only; no EMA), `step`, `rng`. The frozen base passes through every step bitwise unchanged; checkpoints leave it out
 (the loop takes it from `model.init_from` again). It runs in step.TrainStep (explicit shardings, donated state,
-`fold_in(rng, step)`).
+`fold_in(rng, step)`). Adapters with lora_dropout drop their inputs by keys drawn from the step's key, so a step is
+deterministic for a seed and a resumed run draws what an uninterrupted one would.
 """
+import jax
 from flax import nnx
 
-from pixart_jax.models.lora import LoRAParam
+from pixart_jax.models.lora import LoRAParam, set_dropout_keys
 from pixart_jax.training.loss import diffusion_tables, draw_training_inputs, pixart_loss
 from pixart_jax.training.state import common_state
+
+DROPOUT_STREAM = 1  # the step key's fold the adapters' dropout keys are drawn from
 
 
 def split_adapted(model):
@@ -34,7 +38,9 @@ def lora_update(graphdef, optimizer, objective):
         buffers = state["buffers"]
 
         def loss_fn(adapters):
-            model = nnx.merge(graphdef, adapters, state["frozen"], buffers)
+            # the dropout keys come from their own fold of the step's key: the training inputs' draws stay as they are
+            model = set_dropout_keys(nnx.merge(graphdef, adapters, state["frozen"], buffers),
+                                     jax.random.fold_in(key, DROPOUT_STREAM))
             inputs = draw_training_inputs(key, batch, tables, objective.caption_dropout, buffers["y_embedding"],
                                           objective.latent_scale)
             return pixart_loss(model, batch, tables, *inputs, objective.prediction_type)

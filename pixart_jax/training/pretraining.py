@@ -76,7 +76,7 @@ class LoRAPretraining(Pretraining):
     def model(self):
         lora = self.cfg.lora
         return add_lora(super().model(), list(lora.targets), lora.rank, lora.alpha, use_rslora=lora.use_rslora,
-                        init=lora.init, seed=self.cfg.seed)
+                        init=lora.init, seed=self.cfg.seed, dropout=lora.dropout)
 
     def networks(self, model, abstract=False):
         return split_adapted(model)[1:], sharding.variable_axes(model)

@@ -2,7 +2,11 @@
 paths as PEFT matches them, and adapter files keyed by diffusers' or the original repo's module paths, mapped onto
 our modules through the transformer key maps (keymaps/pixart.py). A diffusers module fused into ours (to_q / to_k /
 to_v of self-attention into `qkv`, to_k / to_v of cross-attention into `kv`) becomes a part of the adapter on that
-slice of our outputs; an original-layout adapter on `qkv` is one part over all of it."""
+slice of our outputs; an original-layout adapter on `qkv` is one part over all of it.
+
+A PixArtControlNet is adapted the same way by the names of the PyTorch ControlNet wrapper (keymaps/controlnet.py:
+`base_model.<diffusers path>` for its frozen base, `controlnet.{k}.copied_block.<diffusers block path>` for the
+copies, `controlnet.0.before_proj` and `controlnet.{k}.after_proj`), the names PEFT gives it."""
 import collections
 import dataclasses
 import functools
@@ -15,8 +19,11 @@ from flax import nnx
 
 from pixart_jax.choices import LoRAInit
 from pixart_jax.models import lora
+from pixart_jax.models.controlnet import PixArtControlNet
 from pixart_jax.models.transformer import PixArtTransformer
+from pixart_jax.weights.controlnet import save_controlnet
 from pixart_jax.weights.errors import WeightsError
+from pixart_jax.weights.keymaps import controlnet as controlnet_keys
 from pixart_jax.weights.keymaps import lora as lora_keys
 from pixart_jax.weights.keymaps import pixart as keys
 from pixart_jax.weights.lora_files import read_adapter, write_peft
@@ -37,6 +44,19 @@ def _our_module(model, ours):
     return functools.reduce(lambda m, name: getattr(m, name, None), ours.split("."), model)
 
 
+def _key_maps(model):
+    """(rules naming `model`'s modules in diffusers' names, rules in the original layout's): a ControlNet's (its
+    PyTorch wrapper's names) or a transformer's."""
+    if isinstance(model, PixArtControlNet):
+        return controlnet_keys.DIFFUSERS_CONTROLNET, controlnet_keys.ORIGINAL_CONTROLNET
+    return keys.DIFFUSERS, keys.ORIGINAL
+
+
+def _model_kind(model):
+    return "the PyTorch ControlNet-Transformer" if isinstance(model, PixArtControlNet) else \
+        "diffusers' PixArtTransformer2DModel"
+
+
 def _every_site(rules, depth):
     """{PyTorch module path: Site} of every linear and conv a key-map table names (any config)."""
     sites = {}
@@ -49,10 +69,16 @@ def _every_site(rules, depth):
     return sites
 
 
-def module_sites(model, rules=keys.DIFFUSERS):
-    """{PyTorch module path: Site} of the modules `model` has (the micro-condition embedders only in MS models)."""
-    return {path: site for path, site in _every_site(rules, model.cfg.depth).items()
-            if _our_module(model, site.ours) is not None}
+def _has(model, site):
+    module = _our_module(model, site.ours)
+    return module is not None and (site.layer is None or site.layer < module.kernel.shape[0])
+
+
+def module_sites(model, rules=None):
+    """{PyTorch module path: Site} of the modules `model` has (the micro-condition embedders only in MS models, a
+    ControlNet's copies only up to its count); `rules`: a key-map table, by default the model's diffusers names."""
+    rules = _key_maps(model)[0] if rules is None else rules
+    return {path: site for path, site in _every_site(rules, model.cfg.depth).items() if _has(model, site)}
 
 
 def _matches(path, target):
@@ -66,10 +92,10 @@ def _named(targets, paths):
     return [p for p in paths if any(_matches(p, t) for t in targets)]
 
 
-def unknown_targets(targets, depth) -> list[str]:
+def unknown_targets(targets, depth, rules=keys.DIFFUSERS) -> list[str]:
     """The names of `targets` (as target_modules reads them) that no module of a diffusers PixArt of `depth` blocks
-    matches; a regular expression matching nothing is itself unknown."""
-    every = _every_site(keys.DIFFUSERS, depth)
+    (of the models `rules` name) matches; a regular expression matching nothing is itself unknown."""
+    every = _every_site(rules, depth)
     if isinstance(targets, str):
         return [] if _named(targets, every) else [targets]
     return [t for t in targets if t not in lora_keys.ABSENT_TARGETS and not _named([t], every)]
@@ -79,12 +105,13 @@ def target_modules(model, targets) -> list[str]:
     """The diffusers module paths of `model` that `targets` name, as PEFT reads target_modules: a list of names
     each matching a path equal to it or ending in "." + it, or one string matched as a regular expression against
     whole paths. A name that no diffusers PixArt module has is an error naming it."""
-    unknown = unknown_targets(targets, model.cfg.depth)
+    rules = _key_maps(model)[0]
+    unknown = unknown_targets(targets, model.cfg.depth, rules)
     if unknown:
-        raise ValueError(f"unknown LoRA targets {unknown}: no module of diffusers' PixArtTransformer2DModel is named "
-                         f"so (targets are diffusers module names such as {', '.join(lora_keys.PIXART_TARGETS)})")
+        raise ValueError(f"unknown LoRA targets {unknown}: no module of {_model_kind(model)} is named so (targets "
+                         f"are diffusers module names such as {', '.join(lora_keys.PIXART_TARGETS)})")
     present = module_sites(model)
-    return [p for p in _named(targets, _every_site(keys.DIFFUSERS, model.cfg.depth)) if p in present]
+    return [p for p in _named(targets, _every_site(rules, model.cfg.depth)) if p in present]
 
 
 def _layer_arrays(module, site, entries, where):
@@ -112,9 +139,9 @@ def _layer_arrays(module, site, entries, where):
             jnp.stack([entries[i][2] if i in entries else b_zero for i in layers]), alpha)
 
 
-def attach(model, name, entries, rslora=False, where="adapter", rules=keys.DIFFUSERS):
+def attach(model, name, entries, rslora=False, where="adapter", rules=None, dropout=0.0):
     """Adds adapter `name` from {PyTorch module path: (A, B, alpha)} in our layout (A (*in, r), B (r, width)),
-    every part checked before the model changes. Returns `model`."""
+    every part checked before the model changes; `dropout`: its lora_dropout while training. Returns `model`."""
     sites = module_sites(model, rules)
     groups = collections.defaultdict(dict)
     for path, (a, b, alpha) in entries.items():
@@ -126,7 +153,8 @@ def attach(model, name, entries, rslora=False, where="adapter", rules=keys.DIFFU
         site = Site(ours, next(iter(layers)), part, count)
         a, b, alpha = _layer_arrays(module, site, layers, where)
         start = part * (module.kernel.shape[-1] // count)
-        parts.append((module, lora.LoRAPart(a, b, alpha, start, rslora, module.kernel.get_metadata("axes", None))))
+        axes = module.kernel.get_metadata("axes", None)
+        parts.append((module, lora.LoRAPart(a, b, alpha, start, rslora, axes, dropout)))
     for module, part in parts:
         lora.add_part(module, name, part)
     return model
@@ -149,12 +177,15 @@ def new_adapter_name(names, name=None):
 
 
 def add_lora(transformer, targets=lora_keys.PIXART_TARGETS, rank=4, alpha=8.0, *, use_rslora=False,
-             init=LoRAInit.kaiming, adapter_name=None, seed=0):
+             init=LoRAInit.kaiming, adapter_name=None, seed=0, dropout=0.0):
     """Adds a new adapter (A drawn as PEFT draws it, B zero: the model computes what it did) on the diffusers modules
     `targets` names (PEFT's target_modules: a list of names, or a regular expression), and makes it active with
-    weight 1. Returns `transformer`."""
+    weight 1. `dropout`: PEFT's lora_dropout, applied in train steps only (models.lora.set_dropout_keys). Returns
+    `transformer`."""
     if not isinstance(rank, (int, np.integer)) or rank <= 0:
         raise ValueError(f"the LoRA rank must be a positive integer, got {rank!r}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"the LoRA dropout must be in [0, 1), got {dropout!r}")
     name, key = new_adapter_name(lora.adapter_names(transformer), adapter_name), jax.random.key(seed)
     sites, entries = module_sites(transformer), {}
     for n, path in enumerate(target_modules(transformer, targets)):
@@ -162,7 +193,7 @@ def add_lora(transformer, targets=lora_keys.PIXART_TARGETS, rank=4, alpha=8.0, *
         in_shape = kernel.shape[int(sites[path].layer is not None):-1]
         a = lora.init_a(jax.random.fold_in(key, n), (*in_shape, rank), len(in_shape), init)
         entries[path] = (a, np.zeros((rank, kernel.shape[-1] // sites[path].parts), np.float32), alpha)
-    return _activate(attach(transformer, name, entries, use_rslora), name, 1.0)
+    return _activate(attach(transformer, name, entries, use_rslora, dropout=dropout), name, 1.0)
 
 
 def _to_ours(a, b):
@@ -176,7 +207,7 @@ def load_lora(transformer, path, scale=1.0, adapter_name=None):
     keys in diffusers' or the original layout), adds it to `transformer` as `adapter_name` (default "default_N")
     and makes it active with weight `scale` beside the active ones. Returns `transformer`."""
     name = new_adapter_name(lora.adapter_names(transformer), adapter_name)
-    rules = keys.DIFFUSERS + keys.ORIGINAL
+    rules = sum(_key_maps(transformer), [])
     adapter = read_adapter(path, module_sites(transformer, rules))
     entries = {m: (*_to_ours(a, b), alpha) for m, (a, b, alpha) in adapter.modules.items()}
     attach(transformer, name, entries, adapter.rslora, adapter.where, rules)
@@ -241,6 +272,15 @@ def _number(x):
     return int(x) if float(x).is_integer() else float(x)
 
 
+def _one_dropout(exported):
+    """The lora_dropout of an exported adapter's parts: one PEFT config holds one."""
+    dropouts = {part.dropout for *_, part in exported.values()}
+    if len(dropouts) > 1:
+        raise WeightsError(f"the adapter's modules have different dropouts {sorted(dropouts)}; a PEFT config holds "
+                           "one lora_dropout")
+    return dropouts.pop()
+
+
 def peft_config(transformer, exported, base_model_name_or_path=None):
     """adapter_config.json of an exported adapter: the commonest rank and alpha, patterns for the others."""
     ranks = {p: part.rank for p, (*_, part) in exported.items()}
@@ -253,7 +293,7 @@ def peft_config(transformer, exported, base_model_name_or_path=None):
         "rank_pattern": {re.escape(p): int(v) for p, v in ranks.items() if v != r},
         "alpha_pattern": {re.escape(p): _number(v) for p, v in alphas.items() if v != alpha},
         "use_rslora": any(part.rslora for *_, part in exported.values()), "use_dora": False,
-        "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False, "init_lora_weights": True,
+        "lora_dropout": _one_dropout(exported), "bias": "none", "fan_in_fan_out": False, "init_lora_weights": True,
         "inference_mode": True, "task_type": None, "base_model_name_or_path": base_model_name_or_path,
     }
 
@@ -303,5 +343,6 @@ def save_lora(transformer, directory, adapter_name=None, *, base_model_name_or_p
 
 def save_merged(transformer, dst, *, overwrite=False, keep=()):
     """Writes `transformer` with its active adapters merged in (at their weights) as a diffusers `transformer/`
-    folder (see save_diffusers); the model itself is left as it is."""
-    save_diffusers(lora.merge_and_unload(nnx.clone(transformer)), dst, overwrite=overwrite, keep=keep)
+    folder (see save_diffusers), a ControlNet as save_controlnet writes it; the model itself is left as it is."""
+    save = save_controlnet if isinstance(transformer, PixArtControlNet) else save_diffusers
+    save(lora.merge_and_unload(nnx.clone(transformer)), dst, overwrite=overwrite, keep=keep)

@@ -13,6 +13,7 @@ from pixart_jax.torch import load_controlnet  # noqa: E402
 from pixart_jax.weights import WeightsError  # noqa: E402
 from pixart_jax.weights.controlnet import base_config, save_controlnet_jax  # noqa: E402
 from pixart_jax.weights.controlnet import load_controlnet as load_jax_controlnet  # noqa: E402
+from tests.helpers.controlnet_fixtures import run_torch  # noqa: E402
 from tests.helpers.fixtures import shared_fixture  # noqa: E402
 from tests.helpers.parity import rel_error  # noqa: E402
 
@@ -21,15 +22,6 @@ def fixture(name):
     """(fixture folder: controlnet.pth + the official constructor's config.json, its inputs and outputs)."""
     folder = shared_fixture(f"controlnet-{name}-tiny")
     return folder, dict(np.load(folder / "io.npz"))
-
-
-def run_torch(model, io, control):
-    added = {"resolution": torch.from_numpy(io["img_hw"]), "aspect_ratio": torch.from_numpy(io["aspect_ratio"])}
-    with torch.inference_mode():
-        (out,) = model(*(torch.from_numpy(io[k]) for k in ("x", "y", "t")),
-                       added if model.config.use_additional_conditions else None, torch.from_numpy(io["mask"]),
-                       control_latents=torch.from_numpy(io["c"]) if control else None, return_dict=False)
-    return out.numpy()
 
 
 @pytest.mark.parametrize("name", ["ms", "512"])

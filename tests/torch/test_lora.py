@@ -1,6 +1,7 @@
 """The PyTorch pipeline's LoRA methods (pixart_jax/torch/lora.py, through PEFT) on a tiny random pipeline and a
 random PEFT adapter: the JAX pipeline's images with the same adapter and latents (within one uint8 level), any file
-our reader reads (the original module names too), set_adapters weights, fuse / unfuse and unload."""
+our reader reads (the original module names too), set_adapters weights, fuse / unfuse and unload, adapters loaded by
+from_pretrained(lora=...)."""
 import numpy as np
 import pytest
 
@@ -10,6 +11,7 @@ peft = pytest.importorskip("peft")
 
 from pixart_jax.pipelines.text_to_image import PixArtPipeline  # noqa: E402
 from pixart_jax.torch import PixArtTorchPipeline  # noqa: E402
+from pixart_jax.torch import lora as torch_lora  # noqa: E402
 from tests.helpers.lora import ARGS, PROMPTS, pipeline_with_adapter  # noqa: E402
 
 # PEFT merges in float32 (W + s·BA, then one matmul instead of two): the fused images differ by float32 rounding.
@@ -104,3 +106,25 @@ def test_low_memory_pipelines_refuse_adapters(files):
     pipe = PixArtTorchPipeline.from_pretrained(files[0], low_memory=True)
     with pytest.raises(ValueError, match="LoRA adapters need a resident transformer"):
         pipe.load_lora_weights(files[1])
+
+
+def test_from_pretrained_loads_the_adapters(pipe, files):
+    """lora= at load time equals load_lora_weights after it, adapter by adapter (names, weights, images)."""
+    pipe.load_lora_weights(files[1], scale=0.7)
+    pipe.load_lora_weights(files[2])
+    expected = pipe(PROMPTS, **ARGS).images
+    loaded = PixArtTorchPipeline.from_pretrained(files[0], lora=[(files[1], 0.7), files[2]])
+    assert torch_lora.active_adapters(loaded.transformer) == {"default_0": 0.7, "default_1": 1.0}
+    np.testing.assert_array_equal(loaded(PROMPTS, **ARGS).images, expected)
+    assert PixArtTorchPipeline.from_pretrained(files[0], lora=files[1]).get_active_adapters() == ["default_0"]
+
+
+@pytest.mark.parametrize("options, message", [
+    (lambda adapter: dict(lora="missing/"), "lora: missing/ does not exist"),
+    (lambda adapter: dict(lora=[(adapter, float("nan"))]), "lora: the scale of .* must be a finite number, got nan"),
+    (lambda adapter: dict(lora=[adapter], low_memory=True), "lora= needs the transformer resident"),
+])
+def test_from_pretrained_refuses_bad_adapters_before_loading(files, monkeypatch, options, message):
+    monkeypatch.setattr("pixart_jax.torch.pipeline.transformer_config", lambda *a: pytest.fail("read before the check"))
+    with pytest.raises(ValueError, match=message):
+        PixArtTorchPipeline.from_pretrained(files[0], **options(files[1]))

@@ -136,8 +136,8 @@ def test_eight_devices_with_fsdp_equal_one_device(base_dir):
 
 @pytest.mark.parametrize("override, message", [
     ("lora.rank=0", r"lora.rank must be at least 1, got 0"),
+    ("lora.dropout=1", r"lora.dropout must be in \[0, 1\), got 1"),
     ("lora.targets=[to_q,to_qq]", r"unknown lora.targets \['to_qq'\]"),
-    ("lora.dropout=0.1", r"lora.dropout 0.1 is not supported yet: set it to 0"),
     ("model.init_from=null", r"lora needs model.init_from"),
     ("sample.every=5", r"sample.every must be 0 with lora"),
 ])
