@@ -9,7 +9,7 @@ only; no EMA), `step`, `rng`. The frozen base passes through every step bitwise 
 from flax import nnx
 
 from pixart_jax.models.lora import LoRAParam
-from pixart_jax.training.loss import diffusion_tables, draw_training_inputs, pixart_loss
+from pixart_jax.training.loss import diffusion_tables
 from pixart_jax.training.state import common_state
 
 
@@ -26,8 +26,8 @@ def lora_state(tx, seed, adapters, params, buffers):
 
 
 def lora_update(graphdef, optimizer, objective):
-    """The update `(state, batch, key) -> (state, metrics {loss, grad_norm, lr})` of the adapters by PixArt's loss
-    (`objective`: a pretraining.PixArtObjective); the gradient is taken of the adapters only."""
+    """The update `(state, batch, key) -> (state, metrics {loss, grad_norm, lr, and the objective's parts})` of the
+    adapters by `objective`'s loss (a pretraining.PixArtObjective); the gradient is taken of the adapters only."""
     tables = diffusion_tables()
 
     def update(state, batch, key):
@@ -35,10 +35,9 @@ def lora_update(graphdef, optimizer, objective):
 
         def loss_fn(adapters):
             model = nnx.merge(graphdef, adapters, state["frozen"], buffers)
-            inputs = draw_training_inputs(key, batch, tables, objective.caption_dropout, buffers["y_embedding"],
-                                          objective.latent_scale)
-            return pixart_loss(model, batch, tables, *inputs, objective.prediction_type)
+            return objective.loss(model, batch, key, tables, buffers["y_embedding"])
 
-        params, opt, _, metrics = optimizer.update(loss_fn, state["params"], state["opt"], None, 0.0, state["step"])
+        params, opt, _, metrics = optimizer.update(loss_fn, state["params"], state["opt"], None, 0.0, state["step"],
+                                                   has_aux=True)
         return dict(state, params=params, opt=opt), metrics
     return update
