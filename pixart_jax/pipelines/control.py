@@ -26,17 +26,17 @@ class ControlKind(enum.StrEnum):
     none = "none"     # the image already is an edge map
 
 
-def read_image(image) -> np.ndarray:
+def read_image(image, what="control image") -> np.ndarray:
     """(H, W, 3) uint8 RGB of a path, a PIL image or an (H, W[, 3]) array (uint8, or float in [0, 1]); a
-    ValueError names a file that is missing or not an image."""
+    ValueError names (as `what`) a file that is missing or not an image."""
     if isinstance(image, (str, os.PathLike)):
         if not os.path.isfile(image):
-            raise ValueError(f"control image {os.fspath(image)} does not exist")
+            raise ValueError(f"{what} {os.fspath(image)} does not exist")
         try:
             with Image.open(image) as opened:
                 image = opened.convert("RGB")
         except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"cannot read control image {os.fspath(image)}: {e}") from None
+            raise ValueError(f"cannot read {what} {os.fspath(image)}: {e}") from None
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"))
     array = np.asarray(image)

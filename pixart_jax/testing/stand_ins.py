@@ -1,16 +1,24 @@
-"""Tiny stand-ins for the real T5 tokenizer, T5 encoder and VAE, saved in their real on-disk layouts (no torch)."""
+"""Tiny stand-ins for the real T5 tokenizer, T5 encoder and VAE, and a whole PixArt pipeline folder of them, saved in
+their real on-disk layouts (no torch)."""
 import dataclasses
 import json
+import os
+import pathlib
 
 from flax import nnx
 
 from pixart_jax.models.t5 import T5Config, T5Encoder
+from pixart_jax.models.transformer import PixArtTransformer
+from pixart_jax.models.transformer_config import PRESETS
 from pixart_jax.models.vae import AutoencoderKL, VAEConfig
 from pixart_jax.pipelines.prompts import train_tokenizer
+from pixart_jax.samplers import DPMSolverMultistep, save_scheduler_config
+from pixart_jax.testing.random_weights import redraw_nnx
 from pixart_jax.weights import export_weights, save_safetensors
 from pixart_jax.weights.keymaps.t5 import t5_rules
 from pixart_jax.weights.keymaps.vae import vae_rules
 from pixart_jax.weights.nnx_state import flat_arrays
+from pixart_jax.weights.transformer import save_diffusers
 
 TOKENIZER_TEXT = ["a photo of a cat sitting on a red sofa", "an astronaut riding a horse on the moon, high quality",
                   "un chat noir dans la neige, très beau, photo de chats", "ein hund läuft über die straße",
@@ -49,3 +57,21 @@ def save_vae(directory, seed=0, **config):
                   down_block_types=["DownEncoderBlock2D"] * levels, up_block_types=["UpDecoderBlock2D"] * levels)
     (directory / "config.json").write_text(json.dumps(config))
     return str(directory), model
+
+
+def save_pipeline(directory, transformer=None, sampler=None, seed=0):
+    """A PixArt pipeline folder in the diffusers layout (model_index.json, transformer/, text_encoder/, tokenizer/,
+    vae/, scheduler/) of the stand-ins above and `transformer` (default: the "tiny" preset with every weight drawn
+    at random, so its output is not zero) with `sampler`'s scheduler config (default DPM-Solver++); returns the
+    folder's path. `PixArtPipeline.from_pretrained` reads it."""
+    directory = os.fspath(directory)
+    if transformer is None:
+        transformer = redraw_nnx(PixArtTransformer(PRESETS["tiny"], rngs=nnx.Rngs(seed)), seed)
+    save_diffusers(transformer, os.path.join(directory, "transformer"))
+    save_t5(pathlib.Path(directory, "text_encoder"), seed)
+    save_tokenizer(os.path.join(directory, "tokenizer"))
+    save_vae(pathlib.Path(directory, "vae"), seed)
+    save_scheduler_config(sampler or DPMSolverMultistep(), os.path.join(directory, "scheduler"))
+    with open(os.path.join(directory, "model_index.json"), "w") as f:
+        json.dump({"_class_name": "PixArtAlphaPipeline"}, f)
+    return directory

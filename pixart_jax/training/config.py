@@ -43,7 +43,8 @@ RESUMABLE = ("workdir", "steps", "checkpoint_every", "on_mismatch", "mesh", "dis
              "checkpoint", "model.init_from", "model.remat")
 
 # The allowed values of the numeric settings whose range is plain (ranges.py's interval notation; a program's
-# section, "lcm.", "pcm.", "controlnet.", applies where the config has it). Every float setting must be finite.
+# section, "lcm.", "pcm.", "controlnet.", "dreambooth.", applies where the config has it). Every float setting
+# must be finite.
 RANGES = {
     "steps": "[1, inf)", "checkpoint_every": "[1, inf)", "seed": f"[0, {2 ** 32 - 1}]",
     "model.caption_dropout": "[0, 1]",
@@ -66,6 +67,8 @@ RANGES = {
     "pcm.discriminator.grad_clip": "(0, inf)",
     "controlnet.copies": "[1, inf)",
     "lora.rank": "[1, inf)", "lora.alpha": "(0, inf)", "lora.dropout": "[0, 1)",
+    "dreambooth.num_class_images": "[1, inf)", "dreambooth.prior_loss_weight": "[0, inf)",
+    "dreambooth.class_steps": "[1, inf)", "dreambooth.class_guidance": "[0, inf)",
 }
 
 # Config sections renamed since: the old name -> what a config that still has it is told.

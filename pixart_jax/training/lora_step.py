@@ -11,7 +11,7 @@ import jax
 from flax import nnx
 
 from pixart_jax.models.lora import LoRAParam, set_dropout_keys
-from pixart_jax.training.loss import diffusion_tables, draw_training_inputs, pixart_loss
+from pixart_jax.training.loss import diffusion_tables
 from pixart_jax.training.state import common_state
 
 DROPOUT_STREAM = 1  # the step key's fold the adapters' dropout keys are drawn from
@@ -30,8 +30,8 @@ def lora_state(tx, seed, adapters, params, buffers):
 
 
 def lora_update(graphdef, optimizer, objective):
-    """The update `(state, batch, key) -> (state, metrics {loss, grad_norm, lr})` of the adapters by PixArt's loss
-    (`objective`: a pretraining.PixArtObjective); the gradient is taken of the adapters only."""
+    """The update `(state, batch, key) -> (state, metrics {loss, grad_norm, lr, and the objective's parts})` of the
+    adapters by `objective`'s loss (a pretraining.PixArtObjective); the gradient is taken of the adapters only."""
     tables = diffusion_tables()
 
     def update(state, batch, key):
@@ -41,10 +41,9 @@ def lora_update(graphdef, optimizer, objective):
             # the dropout keys come from their own fold of the step's key: the training inputs' draws stay as they are
             model = set_dropout_keys(nnx.merge(graphdef, adapters, state["frozen"], buffers),
                                      jax.random.fold_in(key, DROPOUT_STREAM))
-            inputs = draw_training_inputs(key, batch, tables, objective.caption_dropout, buffers["y_embedding"],
-                                          objective.latent_scale)
-            return pixart_loss(model, batch, tables, *inputs, objective.prediction_type)
+            return objective.loss(model, batch, key, tables, buffers["y_embedding"])
 
-        params, opt, _, metrics = optimizer.update(loss_fn, state["params"], state["opt"], None, 0.0, state["step"])
+        params, opt, _, metrics = optimizer.update(loss_fn, state["params"], state["opt"], None, 0.0, state["step"],
+                                                   has_aux=True)
         return dict(state, params=params, opt=opt), metrics
     return update

@@ -144,9 +144,14 @@ def draw_training_inputs(key, batch, tables, caption_dropout, null_caption, late
     return latent_scale * z, t, noise, captions
 
 
-def pixart_loss(model, batch, tables, x0, t, noise, captions, prediction_type="epsilon"):
-    """The batch-mean loss of `model` (a PixArtTransformer) for given x0, timesteps, noise and captions; micro-
-    conditions (`img_hw`, `aspect_ratio`) are taken from the batch and ignored by non-MS models."""
+def pixart_sample_losses(model, batch, tables, x0, t, noise, captions, prediction_type="epsilon"):
+    """The per-sample losses (B,) of `model` (a PixArtTransformer) for given x0, timesteps, noise and captions;
+    micro-conditions (`img_hw`, `aspect_ratio`) are taken from the batch and ignored by non-MS models."""
     x_t = q_sample(tables, x0, t, noise)
     out = model(x_t, t, captions, batch["mask"], resolution=batch["img_hw"], aspect_ratio=batch["aspect_ratio"])
-    return diffusion_loss(tables, out, x0, x_t, t, noise, prediction_type).mean()
+    return diffusion_loss(tables, out, x0, x_t, t, noise, prediction_type)
+
+
+def pixart_loss(model, batch, tables, x0, t, noise, captions, prediction_type="epsilon"):
+    """The batch mean of `pixart_sample_losses`."""
+    return pixart_sample_losses(model, batch, tables, x0, t, noise, captions, prediction_type).mean()

@@ -30,6 +30,13 @@ class PixArtObjective(Objective):
     """PixArt's loss, each caption replaced by y_embedding (its mask kept) with probability caption_dropout."""
     caption_dropout: float = 0.1
 
+    def loss(self, model, batch, key, tables, null_caption):
+        """(loss, {}): the batch-mean loss of `model` on `batch`, its noise, timesteps and caption dropout drawn from
+        `key` (`tables`: loss.diffusion_tables(); `null_caption`: the model's y_embedding). Objectives that report
+        more return their parts in the dict."""
+        inputs = draw_training_inputs(key, batch, tables, self.caption_dropout, null_caption, self.latent_scale)
+        return pixart_loss(model, batch, tables, *inputs, self.prediction_type), {}
+
 
 def pretraining_state(tx, seed, params, buffers):
     """The pre-training state; the EMA starts equal to the (possibly loaded) weights."""
@@ -37,18 +44,16 @@ def pretraining_state(tx, seed, params, buffers):
 
 
 def pretraining_update(graphdef, optimizer, objective, ema_rate):
-    """The update of `params` by PixArt's loss (an objective: PixArtObjective), then `ema` (rate `ema_rate`)."""
+    """The update of `params` by `objective`'s loss (a PixArtObjective), then `ema` (rate `ema_rate`)."""
     tables = diffusion_tables()
 
     def update(state, batch, key):
         def loss_fn(params):
             model = nnx.merge(graphdef, params, state["buffers"])
-            inputs = draw_training_inputs(key, batch, tables, objective.caption_dropout,
-                                          state["buffers"]["y_embedding"], objective.latent_scale)
-            return pixart_loss(model, batch, tables, *inputs, objective.prediction_type)
+            return objective.loss(model, batch, key, tables, state["buffers"]["y_embedding"])
 
         params, opt, ema, metrics = optimizer.update(loss_fn, state["params"], state["opt"], state["ema"], ema_rate,
-                                                     state["step"])
+                                                     state["step"], has_aux=True)
         return dict(state, params=params, opt=opt, ema=ema), metrics
     return update
 

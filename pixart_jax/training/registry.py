@@ -9,7 +9,7 @@ from typing import Callable, Optional
 from omegaconf import OmegaConf
 
 from pixart_jax.training import config as config_lib
-from pixart_jax.training import controlnet, lcm, pcm, pretraining
+from pixart_jax.training import controlnet, dreambooth, lcm, pcm, pretraining
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +24,7 @@ PROGRAMS = {
     "lcm": Program(lcm.load_config, lcm.LCMDistillation, "lcm"),
     "controlnet": Program(controlnet.load_config, controlnet.ControlNetTraining, "controlnet"),
     "pcm": Program(pcm.load_config, pcm.PCMDistillation, "pcm"),
+    "dreambooth": Program(dreambooth.load_config, dreambooth.program, "dreambooth"),
 }
 
 

@@ -2,7 +2,6 @@
 new ControlNet sampling exactly as its base, compile-once, bad input before any compute; and
 `pixart-jax generate --controlnet` on a pipeline directory written in the diffusers layout."""
 import dataclasses
-import json
 import re
 
 import jax
@@ -18,11 +17,11 @@ from pixart_jax.models.transformer_config import PRESETS
 from pixart_jax.pipelines.controlnet import PixArtControlNetPipeline
 from pixart_jax.pipelines.guidance import Caption, guide, guided_forward
 from pixart_jax.pipelines.text_to_image import PixArtPipeline
-from pixart_jax.samplers import DDIM, save_scheduler_config
+from pixart_jax.samplers import DDIM
 from pixart_jax.testing.random_weights import redraw_nnx
-from pixart_jax.testing.stand_ins import save_t5, save_tokenizer, save_vae
+from pixart_jax.testing.stand_ins import save_pipeline
 from pixart_jax.weights.controlnet import save_controlnet
-from pixart_jax.weights.transformer import save_diffusers, save_original
+from pixart_jax.weights.transformer import save_original
 from tests.helpers.commands import run_cli
 
 pytest.importorskip("sentencepiece")
@@ -42,12 +41,7 @@ def components(tmp_path_factory):
     transformer (every branch weight drawn at random) saved as an original .pth."""
     root = tmp_path_factory.mktemp("pipe")
     base = redraw_nnx(PixArtTransformer(PRESETS["tiny"].replace(sample_size=32), rngs=nnx.Rngs(0)), 0)  # 256 px bins
-    save_diffusers(base, str(root / "tiny" / "transformer"))
-    save_t5(root / "tiny" / "text_encoder")
-    save_tokenizer(str(root / "tiny" / "tokenizer"))
-    save_vae(root / "tiny" / "vae")
-    save_scheduler_config(DDIM(), root / "tiny" / "scheduler")
-    (root / "tiny" / "model_index.json").write_text(json.dumps({"_class_name": "PixArtAlphaPipeline"}))
+    save_pipeline(root / "tiny", base, DDIM())
     controlnet = PixArtControlNet(base, 1)
     for module in (controlnet.before_proj, controlnet.after_proj):
         redraw_nnx(module, 1, scale=0.1)
