@@ -5,6 +5,9 @@ freshly initialised `model.preset`; student and EMA target start as copies of it
 schema plus an `lcm:` section (pixart_jax/training/lcm.py). Checkpoints, exact resume, metrics and exit codes
 are those of `train.pretrain`. A finished run exports the EMA target as a diffusers transformer to
 WORKDIR/export/transformer, with an LCMScheduler config in WORKDIR/export/scheduler.
+
+With a `lora:` section (LCM-LoRA; needs model.init_from) the student is the base plus LoRA adapters, the teacher the
+base with them off, the target an EMA of the adapters; the adapter is exported as a PEFT folder to WORKDIR/lora.
 """
 import sys
 

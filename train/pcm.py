@@ -7,6 +7,9 @@ none with null captions), EMA or stop-gradient target, pseudo-Huber or L2, the o
 Checkpoints, exact resume, metrics and exit codes are those of `train.pretrain`. A finished run exports the EMA
 target as a diffusers transformer to WORKDIR/export/transformer, with a scheduler config in WORKDIR/export/scheduler
 that samples the trained phases (`pixart-jax generate --scheduler pcm --steps M`).
+
+With a `lora:` section (PCM-LoRA; needs model.init_from) the student is the base plus LoRA adapters, the teacher the
+base with them off, the target an EMA of the adapters; the adapter is exported as a PEFT folder to WORKDIR/lora.
 """
 import sys
 

@@ -207,7 +207,13 @@ def check(cfg, problems=(), what="training"):
 
 def check_pretraining(cfg):
     """`check(cfg)` with the problems of its `lora:` section, if it has one (pre-training's validation)."""
-    return check(cfg, lora_problems(cfg) if cfg.lora is not None else ())
+    if cfg.lora is None:
+        return check(cfg)
+    problems = lora_problems(cfg)
+    if cfg.sample.every:
+        problems.append("sample.every must be 0 with lora: sample grids are drawn from the EMA, which a LoRA run "
+                        "does not keep")
+    return check(cfg, problems)
 
 
 def lora_problems(cfg):
@@ -215,9 +221,6 @@ def lora_problems(cfg):
     problems = []
     if not cfg.model.init_from:
         problems.append("lora needs model.init_from: the base model the adapters fine-tune")
-    if cfg.sample.every:
-        problems.append("sample.every must be 0 with lora: sample grids are drawn from the EMA, which a LoRA run "
-                        "does not keep")
     depth = model_depth(cfg.model)
     unknown = unknown_targets(cfg.lora.targets, depth) if depth is not None else []
     if unknown:
@@ -226,13 +229,19 @@ def lora_problems(cfg):
     return problems
 
 
-def check_program(cfg, problems, what):
+def check_program(cfg, problems, what, lora=False):
     """`check(cfg)` with a training program's own `problems` (and a set sample.every: sample grids are drawn by
-    pre-training only); `what` names the program ("LCD", "ControlNet")."""
+    pre-training only); `what` names the program ("LCD", "ControlNet"); `lora`: whether it trains LoRA adapters
+    when the config has a `lora:` section (else that section is refused)."""
     if cfg.sample.every:
         problems = [*problems, f"sample.every must be 0: sample grids are not drawn during {what} training"]
     if cfg.lora is not None:
-        problems = [*problems, f"a lora: section is not supported by {what} training (only by train.pretrain)"]
+        problems = [*problems, *(lora_problems(cfg) if lora else [
+            f"a lora: section is not supported by {what} training (only by train.pretrain, train.dreambooth, "
+            "train.lcm, train.pcm)"])]
+        if lora and cfg.lora.dropout:  # the consistency steps give the adapters no dropout keys
+            problems.append(f"lora.dropout {cfg.lora.dropout} is not supported by {what} training (only by "
+                            "train.pretrain and train.dreambooth): set it to 0")
     return check(cfg, problems, what)
 
 

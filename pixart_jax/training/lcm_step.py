@@ -4,7 +4,9 @@
 The state is a dict of global jax.Arrays: `step` (micro-steps done), `teacher` (frozen), `student` (trained),
 `target` (EMA of the student), all three fp32 pure-dict parameter trees initialised to the same weights and
 placed by the same logical-axis rules (FSDP shards each copy); `buffers` (y_embedding), `opt` (AdamW state of
-the student), `rng`. The update runs in step.TrainStep (explicit shardings, donated state, `fold_in(rng, step)`).
+the student), `rng`. With LoRA the student and target are adapters on a `frozen` base, which with the adapters off
+is the teacher (consistency_networks.py). The update runs in step.TrainStep (explicit shardings, donated state,
+`fold_in(rng, step)`).
 """
 import dataclasses
 from typing import Optional
@@ -12,12 +14,10 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from pixart_jax.pipelines.guidance import Caption, guided_forward
 from pixart_jax.training.lcm_loss import Distance, lcm_loss, lcm_tables
 from pixart_jax.training.loss import diffusion_tables, draw_training_inputs
-from pixart_jax.training.state import common_state
 from pixart_jax.training.step import Objective
 
 
@@ -33,17 +33,9 @@ class LCMSettings(Objective):
     null_caption: Optional[np.ndarray] = None   # the teacher's uncond caption (T, C); None: y_embedding
 
 
-def lcm_state(tx, seed, params, buffers):
-    """The LCD state: teacher, student and target all start as the model's weights."""
-    return {**common_state(tx, seed, params, buffers), "teacher": params, "student": jax.tree.map(jnp.copy, params),
-            "target": jax.tree.map(jnp.copy, params)}
-
-
-def prediction_fn(graphdef, params, buffers):
+def prediction_fn(model):
     """model_fn(x, t, captions, mask, resolution, aspect_ratio) -> the prediction channels (ε or v: the first
-    x.shape[1] of the 8) of the model `params`, as float32."""
-    model = nnx.merge(graphdef, params, buffers)
-
+    x.shape[1] of the 8) of `model`, as float32."""
     def model_fn(x, t, captions, mask, resolution, aspect_ratio):
         return model(x, t, captions, mask, resolution, aspect_ratio)[:, :x.shape[1]].astype(jnp.float32)
     return model_fn
@@ -68,8 +60,9 @@ def micro_conditions(batch):
     return dict(resolution=batch["img_hw"], aspect_ratio=batch["aspect_ratio"])
 
 
-def lcm_update(graphdef, optimizer, settings: LCMSettings):
-    """The LCD update `(state, batch, key) -> (state, metrics {loss, grad_norm, lr})`.
+def lcm_update(copies, optimizer, settings: LCMSettings):
+    """The LCD update `(state, batch, key) -> (state, metrics {loss, grad_norm, lr})` of the networks `copies`
+    (consistency_networks: FullCopies or AdapterCopies).
 
     One step: x0 (fresh posterior sample × latent_scale), n ~ U{0..N-1}, ε and fixed w; the teacher on
     [cond, uncond] (uncond = y_embedding with each prompt's own mask, or `null_caption`: the (T, C) T5 encoding of
@@ -82,7 +75,7 @@ def lcm_update(graphdef, optimizer, settings: LCMSettings):
 
     def update(state, batch, key):
         k_inputs, k_n = jax.random.split(key)
-        buffers, null = state["buffers"], state["buffers"]["y_embedding"]
+        null = state["buffers"]["y_embedding"]
         # the DDPM timestep this draws is unused: LCD draws grid indices n instead
         x0, _, noise, student_captions = draw_training_inputs(k_inputs, batch, draw_tables, s.caption_dropout,
                                                               null, s.latent_scale)
@@ -95,14 +88,13 @@ def lcm_update(graphdef, optimizer, settings: LCMSettings):
         micro = micro_conditions(batch)
 
         def teacher(x, t):
-            out_uncond, out_cond = guided_forward(prediction_fn(graphdef, state["teacher"], buffers), x, t, cond,
-                                                  uncond, **micro)
+            out_uncond, out_cond = guided_forward(prediction_fn(copies.teacher(state)), x, t, cond, uncond, **micro)
             return out_cond, out_uncond
 
         def loss_fn(student):
             return lcm_loss(
-                lambda x, t: prediction_fn(graphdef, student, buffers)(x, t, student_captions, cond.mask, **micro),
-                teacher, lambda x, t: prediction_fn(graphdef, state["target"], buffers)(x, t, *cond, **micro),
+                lambda x, t: prediction_fn(copies.model(state, student))(x, t, student_captions, cond.mask, **micro),
+                teacher, lambda x, t: prediction_fn(copies.model(state, state["target"]))(x, t, *cond, **micro),
                 tables, x0, noise, n, w, Distance(s.loss_type, s.huber_c), s.prediction_type)
 
         student, opt, target, metrics = optimizer.update(loss_fn, state["student"], state["opt"], state["target"],

@@ -8,10 +8,15 @@ then DDIM-trailing timesteps), M = 4, CFG-augmented teacher with w ~ U[3, 4], EM
 A finished run exports the EMA target (`pcm.export: student` for the online weights) as a diffusers transformer to
 WORKDIR/export/transformer with a scheduler config that samples the trained phase edges with M steps
 (WORKDIR/export/scheduler: a TCDScheduler config diffusers samples the same way at eta 0; ours reads it as "pcm").
+
+With a `lora:` section (PCM-LoRA, as PCM's released weights) the student is `model.init_from` plus new LoRA
+adapters, the teacher that base with the adapters off and the EMA target an EMA of the adapters
+(consistency_networks.AdapterCopies; the adversarial heads read the adapter-off base's features); checkpoints leave
+the base out, and a finished run writes the exported adapter as a PEFT folder to WORKDIR/lora instead of a
+transformer.
 """
 import dataclasses
 import functools
-import os
 
 from flax import nnx
 
@@ -19,13 +24,14 @@ from pixart_jax import sharding
 from pixart_jax.samplers import PCM
 from pixart_jax.training import config as config_lib
 from pixart_jax.training import loop
+from pixart_jax.training.consistency_networks import AdapterCopies, FullCopies
 from pixart_jax.training.lcm import ExportWeights, export
 from pixart_jax.training.lcm_loss import LossType
+from pixart_jax.training.lora_program import LoRAProgram
 from pixart_jax.training.optimizer import make_optimizer
 from pixart_jax.training.pcm_adversarial import Adversarial, discriminator_heads
-from pixart_jax.training.pcm_step import PCMSettings, PCMTarget, TeacherGuidance, pcm_state, pcm_update
+from pixart_jax.training.pcm_step import PCMSettings, PCMTarget, TeacherGuidance, pcm_update, with_heads
 from pixart_jax.training.program import Program
-from pixart_jax.training.state import split_model
 
 
 @dataclasses.dataclass
@@ -76,7 +82,7 @@ def _check(cfg):
     if cfg.model.caption_dropout:
         problems.append("model.caption_dropout must be 0: PCM drops captions with pcm.null_caption_prob "
                         "(guidance 'none')")
-    return config_lib.check_program(cfg, problems, "PCM")
+    return config_lib.check_program(cfg, problems, "PCM", lora=True)
 
 
 load_config = functools.partial(config_lib.load_config, schema=PCMTrainConfig, validate=_check)
@@ -85,6 +91,7 @@ load_config = functools.partial(config_lib.load_config, schema=PCMTrainConfig, v
 class PCMDistillation(Program):
     """The PCM program: teacher, student (and EMA target) from the model's weights; with `pcm.adversarial` also
     discriminator heads (one per block, seeded from seed + 1) with their own AdamW."""
+    copies = FullCopies   # where the state keeps teacher, student and target (consistency_networks.py)
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -110,16 +117,30 @@ class PCMDistillation(Program):
         # the heads' paths ("heads.…") do not clash with the transformer's
         return (*networks, nnx.to_pure_dict(nnx.state(heads, nnx.Param))), axes | sharding.variable_axes(heads)
 
-    def initial_state(self, params, buffers, heads=None):
-        return pcm_state(self.optimizer.tx, self.cfg.seed, self.settings.target == PCMTarget.ema, params, buffers,
-                         heads, self.heads_optimizer.tx)
+    def initial_state(self, *networks):
+        """From `networks` and, with the adversarial loss, the heads' parameters after them."""
+        adversarial = self.cfg.pcm.adversarial
+        state = self.copies.initial_state(self.optimizer.tx, self.cfg.seed, self.settings.target == PCMTarget.ema,
+                                          *(networks[:-1] if adversarial else networks))
+        return with_heads(state, networks[-1], self.heads_optimizer.tx) if adversarial else state
 
     def update(self, model):
         adversarial = None
         if self.cfg.pcm.adversarial:
             heads = nnx.graphdef(nnx.eval_shape(functools.partial(discriminator_heads, model, self.cfg.seed)))
             adversarial = Adversarial(heads, self.heads_optimizer, self.cfg.pcm.adversarial_weight)
-        return pcm_update(split_model(model)[0], self.optimizer, self.settings, adversarial)
+        return pcm_update(self.copies.of(model), self.optimizer, self.settings, adversarial)
+
+
+class LoRAPCMDistillation(PCMDistillation, LoRAProgram):
+    """PCM-LoRA: the student (and its EMA target) are LoRA adapters on the frozen `model.init_from`, which with
+    the adapters off is the teacher (and the adversarial heads' feature extractor)."""
+    copies = AdapterCopies
+
+
+def program(cfg):
+    """The program of a PCM config: LoRAPCMDistillation with a `lora:` section, else PCMDistillation."""
+    return PCMDistillation(cfg) if cfg.lora is None else LoRAPCMDistillation(cfg)
 
 
 def exported_sampler(cfg):
@@ -131,8 +152,7 @@ def exported_sampler(cfg):
 def distill(cfg, examples=None):
     """Runs or resumes the PCM distillation `cfg` describes; exports when it finishes (not when preempted).
     Returns loop.train's result."""
-    result = loop.train(PCMDistillation(cfg), examples)
+    result = loop.train(program(cfg), examples)
     if not result.preempted:
-        export(result.state, result.graphdef, os.path.join(os.path.abspath(cfg.workdir), "export"), cfg.pcm.export,
-               exported_sampler(cfg))
+        export(result, cfg, cfg.pcm.export, exported_sampler(cfg))
     return result

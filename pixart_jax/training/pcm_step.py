@@ -3,8 +3,10 @@
 The state is a dict of global jax.Arrays: `step` (micro-steps done), `teacher` (frozen), `student` (trained),
 `target` (EMA of the student; absent when the target is the stop-gradient student), `buffers` (y_embedding), `opt`
 (AdamW of the student), `rng`; with the adversarial loss also `disc` (the discriminator heads) and `disc_opt` (their
-own AdamW, pcm_adversarial.py). Every network is placed by the logical axes its parameters declare (FSDP shards each
-copy). The update runs in step.TrainStep (explicit shardings, donated state, `fold_in(rng, step)`).
+own AdamW, pcm_adversarial.py). With LoRA the student and target are adapters on a `frozen` base, which with the
+adapters off is the teacher (consistency_networks.py). Every network is placed by the logical axes its parameters
+declare (FSDP shards each copy). The update runs in step.TrainStep (explicit shardings, donated state,
+`fold_in(rng, step)`).
 """
 import dataclasses
 import enum
@@ -13,7 +15,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from pixart_jax.pipelines.guidance import Caption, guided_forward
 from pixart_jax.training.lcm_loss import Distance, lcm_guidance
@@ -21,7 +22,6 @@ from pixart_jax.training.lcm_step import micro_conditions, prediction_fn, uncond
 from pixart_jax.training.loss import diffusion_tables, draw_training_inputs, drop_captions
 from pixart_jax.training.pcm_adversarial import adversarial_update, critic_logits, draw_renoising
 from pixart_jax.training.pcm_loss import pcm_loss, pcm_tables
-from pixart_jax.training.state import common_state
 from pixart_jax.training.step import Objective
 
 
@@ -51,15 +51,10 @@ class PCMSettings(Objective):
     huber_c: float = 1e-3
 
 
-def pcm_state(tx, seed, ema_target, params, buffers, heads=None, heads_tx=None):
-    """The PCM state: teacher, student (and the EMA target) start as the model's weights; `heads` (pure-dict
-    discriminator parameters) and their optimizer `heads_tx` with the adversarial loss."""
-    state = {**common_state(tx, seed, params, buffers), "teacher": params, "student": jax.tree.map(jnp.copy, params)}
-    if ema_target:
-        state["target"] = jax.tree.map(jnp.copy, params)
-    if heads is not None:
-        state["disc"], state["disc_opt"] = heads, heads_tx.init(heads)
-    return state
+def with_heads(state, heads, heads_tx):
+    """The PCM `state` with the adversarial loss's discriminator heads (pure-dict parameters) and the state of their
+    optimizer `heads_tx`."""
+    return {**state, "disc": heads, "disc_opt": heads_tx.init(heads)}
 
 
 class PCMInputs(NamedTuple):
@@ -83,9 +78,9 @@ def draw_inputs(settings, draw_tables, null, batch, keys):
     return PCMInputs(x0, noise, captions, n, w)
 
 
-def guided_teacher(graphdef, settings, state, batch, inputs):
+def guided_teacher(copies, settings, state, batch, inputs):
     """teacher(x, t): the frozen teacher's prediction, CFG-augmented with w (LCM form) or unguided."""
-    teacher_fn = prediction_fn(graphdef, state["teacher"], state["buffers"])
+    teacher_fn = prediction_fn(copies.teacher(state))
     cond, micro = Caption(inputs.captions, batch["mask"]), micro_conditions(batch)
 
     def teacher(x, t):
@@ -97,13 +92,13 @@ def guided_teacher(graphdef, settings, state, batch, inputs):
     return teacher
 
 
-def consistency_loss(graphdef, settings, tables, state, batch, inputs, student):
+def consistency_loss(copies, settings, tables, state, batch, inputs, student):
     """(L_PCM, (prediction, goal)) of the student parameters `student` (pcm_loss)."""
-    buffers, cond, micro = state["buffers"], Caption(inputs.captions, batch["mask"]), micro_conditions(batch)
+    cond, micro = Caption(inputs.captions, batch["mask"]), micro_conditions(batch)
     target = state["target"] if settings.target == PCMTarget.ema else state["student"]
-    return pcm_loss(lambda x, t: prediction_fn(graphdef, student, buffers)(x, t, *cond, **micro),
-                    guided_teacher(graphdef, settings, state, batch, inputs),
-                    lambda x, t: prediction_fn(graphdef, target, buffers)(x, t, *cond, **micro),
+    return pcm_loss(lambda x, t: prediction_fn(copies.model(state, student))(x, t, *cond, **micro),
+                    guided_teacher(copies, settings, state, batch, inputs),
+                    lambda x, t: prediction_fn(copies.model(state, target))(x, t, *cond, **micro),
                     tables, inputs.x0, inputs.noise, inputs.n, Distance(settings.loss_type, settings.huber_c),
                     settings.prediction_type)
 
@@ -121,24 +116,25 @@ def with_student(settings, state, student, opt, target, **others):
                 **({"target": target} if settings.target == PCMTarget.ema else {}))
 
 
-def pcm_update(graphdef, optimizer, settings: PCMSettings, adversarial=None):
-    """The PCM update `(state, batch, key) -> (state, metrics)`. Metrics: `loss` (the consistency loss L_PCM),
+def pcm_update(copies, optimizer, settings: PCMSettings, adversarial=None):
+    """The PCM update `(state, batch, key) -> (state, metrics)` of the networks `copies` (consistency_networks:
+    FullCopies or AdapterCopies). Metrics: `loss` (the consistency loss L_PCM),
     `grad_norm` and `lr` of the network updated this step, and with `adversarial` (a pcm_adversarial.Adversarial)
     `adversarial` (L_D on discriminator steps, L_G on generator steps) and `discriminator_step` (1 or 0)."""
     tables = pcm_tables(settings.num_ddim_timesteps, settings.phases), diffusion_tables()
-    return functools.partial(_update, graphdef, optimizer, settings, adversarial, tables)
+    return functools.partial(_update, copies, optimizer, settings, adversarial, tables)
 
 
-def _update(graphdef, optimizer, settings, adversarial, tables, state, batch, key):
+def _update(copies, optimizer, settings, adversarial, tables, state, batch, key):
     tables, draw_tables = tables
     keys = jax.random.split(key, 7)
     inputs = draw_inputs(settings, draw_tables, state["buffers"]["y_embedding"], batch, keys[:4])
-    consistency = functools.partial(consistency_loss, graphdef, settings, tables, state, batch, inputs)
+    consistency = functools.partial(consistency_loss, copies, settings, tables, state, batch, inputs)
     update_student = functools.partial(student_update, optimizer, settings, state)
     if adversarial is None:
         student, opt, target, metrics = update_student(lambda student: (consistency(student)[0], {}))
         return with_student(settings, state, student, opt, target), metrics
-    teacher = nnx.merge(graphdef, state["teacher"], state["buffers"])
+    teacher = copies.teacher(state)
     renoising = draw_renoising(tables, inputs.n, inputs.x0.shape, keys[4:7])
     critic = functools.partial(critic_logits, teacher, adversarial.heads, renoising.t_adv, batch, inputs.captions)
     student, opt, target, disc, disc_opt, metrics = adversarial_update(adversarial, tables, renoising, critic,

@@ -13,16 +13,14 @@ import os
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.experimental import multihost_utils
 
-from pixart_jax import sharding
 from pixart_jax.training import loop
+from pixart_jax.training.lora_program import LoRAProgram, export_lora
 from pixart_jax.training.lora_step import lora_state, lora_update, split_adapted
 from pixart_jax.training.loss import diffusion_tables, draw_training_inputs, pixart_loss
 from pixart_jax.training.program import Program
 from pixart_jax.training.state import common_state, split_model
 from pixart_jax.training.step import Objective
-from pixart_jax.weights.lora import add_lora, save_lora
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,41 +71,15 @@ class Pretraining(Program):
         return pretraining_update(split_model(model)[0], self.optimizer, self.objective, self.cfg.optimizer.ema_rate)
 
 
-class LoRAPretraining(Pretraining):
+class LoRAPretraining(Pretraining, LoRAProgram):
     """LoRA fine-tuning with PixArt's loss: new adapters (the `lora:` section) on `model.init_from`, which stays
     frozen and out of the checkpoints."""
-    unsaved = ("frozen",)
-
-    def model(self):
-        lora = self.cfg.lora
-        return add_lora(super().model(), list(lora.targets), lora.rank, lora.alpha, use_rslora=lora.use_rslora,
-                        init=lora.init, seed=self.cfg.seed, dropout=lora.dropout)
-
-    def networks(self, model, abstract=False):
-        return split_adapted(model)[1:], sharding.variable_axes(model)
 
     def initial_state(self, adapters, params, buffers):
         return lora_state(self.optimizer.tx, self.cfg.seed, adapters, params, buffers)
 
     def update(self, model):
         return lora_update(split_adapted(model)[0], self.optimizer, self.objective)
-
-
-def adapted_model(result):
-    """The adapted PixArtTransformer of a LoRA run's result (its state's global arrays)."""
-    state = result.state
-    return nnx.merge(result.graphdef, state["params"], state["frozen"], state["buffers"])
-
-
-def export_lora(result, directory, base=None):
-    """Writes the trained adapter as a PEFT folder `directory` (base_model_name_or_path `base`). Every process
-    gathers the adapters; process 0 writes. The base enters only as shapes (what the export reads of it), so the
-    frozen weights are never gathered."""
-    shapes = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)  # noqa: E731
-    state = {"params": multihost_utils.process_allgather(result.state["params"], tiled=True),
-             "frozen": shapes(result.state["frozen"]), "buffers": shapes(result.state["buffers"])}
-    if jax.process_index() == 0:
-        save_lora(adapted_model(dataclasses.replace(result, state=state)), directory, base_model_name_or_path=base)
 
 
 def program(cfg):

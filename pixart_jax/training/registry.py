@@ -21,9 +21,9 @@ class Program:
 
 PROGRAMS = {
     "pretrain": Program(config_lib.load_config, pretraining.program, None),
-    "lcm": Program(lcm.load_config, lcm.LCMDistillation, "lcm"),
+    "lcm": Program(lcm.load_config, lcm.program, "lcm"),
     "controlnet": Program(controlnet.load_config, controlnet.ControlNetTraining, "controlnet"),
-    "pcm": Program(pcm.load_config, pcm.PCMDistillation, "pcm"),
+    "pcm": Program(pcm.load_config, pcm.program, "pcm"),
     "dreambooth": Program(dreambooth.load_config, dreambooth.program, "dreambooth"),
 }
 

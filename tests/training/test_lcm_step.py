@@ -14,10 +14,10 @@ from pixart_jax.samplers.lcm import LCM
 from pixart_jax.sharding import device_batch, make_mesh
 from pixart_jax.testing.stand_ins import save_t5, save_tokenizer
 from pixart_jax.training.config import ConfigError
+from pixart_jax.training.consistency_networks import FullCopies
 from pixart_jax.training.data import stack_examples
 from pixart_jax.training.lcm import LCMDistillation, empty_prompt, load_config
 from pixart_jax.training.lcm_step import lcm_update
-from pixart_jax.training.state import split_model
 from pixart_jax.training.step import TrainStep
 from pixart_jax.training.synthetic import synthetic_examples
 from pixart_jax.weights.transformer import load_transformer
@@ -118,7 +118,7 @@ def test_t5_null_caption_is_padded_with_masked_tokens():
         settings = dataclasses.replace(program.settings, null_caption=null_caption)
         with jax.set_mesh(mesh):
             fresh, shardings = program.state(model, mesh)
-            lcm = TrainStep(lcm_update(split_model(model)[0], program.optimizer, settings), shardings, mesh)
+            lcm = TrainStep(lcm_update(FullCopies.of(model), program.optimizer, settings), shardings, mesh)
             return float(lcm(fresh, device_batch(batch, mesh))[1]["loss"])
 
     t5_mode, y_embedding_mode = loss(null), loss(None)

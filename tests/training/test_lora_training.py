@@ -13,21 +13,19 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from pixart_jax.models.lora import LoRAParam
-from pixart_jax.models.transformer import PixArtTransformer
-from pixart_jax.models.transformer_config import PRESETS
 from pixart_jax.planning.training import abstract_batch
-from pixart_jax.sharding import device_batch, make_mesh
-from pixart_jax.testing.random_weights import redraw_nnx
-from pixart_jax.training import lcm, pretraining
+from pixart_jax.sharding import make_mesh
+from pixart_jax.training import controlnet, pretraining
 from pixart_jax.training.checkpoints import ResumeMismatchError
 from pixart_jax.training.config import ConfigError, load_config
-from pixart_jax.training.data import stack_examples
-from pixart_jax.training.pretraining import LoRAPretraining, adapted_model, train
-from pixart_jax.training.synthetic import synthetic_examples
+from pixart_jax.training.lora_program import adapted_model
+from pixart_jax.training.pretraining import LoRAPretraining, train
 from pixart_jax.weights.lora import load_lora
-from pixart_jax.weights.transformer import load_transformer, save_jax
+from pixart_jax.weights.transformer import load_transformer
 from tests.helpers import transformer_io
 from tests.helpers.paths import CONFIGS
+from tests.helpers.steps import run_program_steps
+from tests.helpers.trees import save_random_tiny
 from train.pretrain import main
 
 TINY = str(CONFIGS / "tiny.yaml")
@@ -37,11 +35,7 @@ LORA = ["lora.rank=4", "lora.alpha=8", "sample.every=0", "logging.progress=false
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
-    """A random tiny base (every parameter drawn: a fresh PixArt's zero output layer would give the adapters zero
-    gradients)."""
-    path = tmp_path_factory.mktemp("base") / "tiny"
-    save_jax(redraw_nnx(PixArtTransformer(PRESETS["tiny"], rngs=nnx.Rngs(3)), 3), str(path))
-    return str(path)
+    return save_random_tiny(tmp_path_factory.mktemp("base") / "tiny")
 
 
 def lora_config(base_dir, workdir, *extra):
@@ -106,18 +100,8 @@ def test_the_exported_peft_folder_loads_back_to_the_trained_model(base_dir, runs
     np.testing.assert_array_equal(loaded, trained)
 
 
-def run_steps(base_dir, devices, mesh_shape, count=2):
-    program = LoRAPretraining(lora_config(base_dir, "unused"))
-    mesh = make_mesh(*mesh_shape, devices=jax.devices()[:devices])
-    model = program.model()
-    batch = stack_examples(synthetic_examples(program.cfg.data.batch_size, seed=1, caption_channels=32))
-    losses = []
-    with jax.set_mesh(mesh):
-        state, _ = program.state(model, mesh)
-        step = program.step(model, mesh)
-        for _ in range(count):
-            state, metrics = step(state, device_batch(batch, mesh))
-            losses.append(float(metrics["loss"]))
+def run_steps(base_dir, devices, mesh_shape):
+    losses, _, state = run_program_steps(LoRAPretraining(lora_config(base_dir, "unused")), devices, mesh_shape)
     return losses, state
 
 
@@ -149,9 +133,10 @@ def test_bad_lora_settings_are_refused_up_front(base_dir, tmp_path, capsys, over
     assert err.startswith("error: ") and err.count("\n") == 1 and not (tmp_path / "run").exists()
 
 
-def test_other_programs_refuse_a_lora_section(base_dir):
-    with pytest.raises(ConfigError, match="a lora: section is not supported by LCD training"):
-        lcm.load_config(CONFIGS / "lcm_tiny.yaml", ["workdir=w", f"model.init_from={base_dir}", "lora.rank=4"])
+def test_controlnet_training_refuses_a_lora_section(base_dir):
+    with pytest.raises(ConfigError, match="a lora: section is not supported by ControlNet training"):
+        controlnet.load_config(CONFIGS / "controlnet_tiny.yaml", ["workdir=w", f"model.init_from={base_dir}",
+                                                                  "lora.rank=4"])
 
 
 
