@@ -18,7 +18,6 @@ The SDXL VAE (`scaling_factor` 0.13025) is the pipeline's, read from its `vae/co
 import dataclasses
 import re
 
-
 ALPHA_TOKENS, SIGMA_TOKENS = 120, 300
 # The caption length of each diffusers pipeline class (its `max_sequence_length` default): a diffusers transformer
 # config does not store it, its pipeline's model_index.json tells.

@@ -77,10 +77,10 @@ class PixArtPipeline(LoRAMethods):
     @classmethod
     def from_pretrained(cls, directory: str, dtype=jnp.float32, sampler: str | None = None, int8: bool = False,
                         **sampler_options) -> "PixArtPipeline":
-        """A diffusers PixArt-α or PixArt-Σ pipeline directory (model_index.json, transformer/, text_encoder/, tokenizer/, vae/,
-        scheduler/). `sampler` (a SamplerName: "dpm", "ddim", "lcm", "tcd", "pcm", "sa", "ddpm") overrides the
-        scheduler config's choice. `int8` stores every T5 linear as int8 codes + scales (pixart_jax.models.int8; needed
-        for an int8 text_encoder/ written by pixart_jax.weights.t5_int8)."""
+        """A diffusers PixArt-α or PixArt-Σ pipeline directory (model_index.json, transformer/, text_encoder/,
+        tokenizer/, vae/, scheduler/). `sampler` (a SamplerName: "dpm", "ddim", "lcm", "tcd", "pcm", "sa", "ddpm")
+        overrides the scheduler config's choice. `int8` stores every T5 linear as int8 codes + scales
+        (pixart_jax.models.int8; needed for an int8 text_encoder/ written by pixart_jax.weights.t5_int8)."""
         check_pipeline_directory(directory)
         components = load_components(directory, dtype, sampler, int8=int8, **sampler_options)  # tokenizer first
         return cls(transformer=load_transformer(os.path.join(directory, "transformer"), dtype), **components)
@@ -115,15 +115,16 @@ class PixArtPipeline(LoRAMethods):
                  return_dict: bool = True, control_image=None, control: str = ControlKind.canny,
                  control_latents=None, max_sequence_length: int | None = None):
         """Generates images; arguments as diffusers' PixArtAlphaPipeline / PixArtSigmaPipeline
-        (`max_sequence_length`: the caption tokens, by default the transformer's: 120 for α, 300 for Σ), plus `seed` (an integer in [0, 2**32 - 1]:
-        the initial noise and any sampler noise come from jax.random.key(seed); random when None), `null_caption`:
-        "negative_prompt" (T5 of the negative prompt, as diffusers) or "y_embedding" (the checkpoint's null caption
-        with the prompt's mask, as the original repo), and `guidance_channels`: None guides every ε channel (a
-        learned variance comes from the conditional half), 3 reproduces the original repo's IDDPM sampling, which
-        guides only ε channels 0-2. `eta` is, as in diffusers, DDIM's η and TCD's / PCM's γ for this call (it
-        replaces the sampler's own; other samplers ignore it). The control arguments are
-        PixArtControlNetPipeline's. Returns an ImagePipelineOutput whose `images` are a list of PIL images, an
-        (N, H, W, 3) array in [0, 1] or the (N, 4, h, w) latents; with return_dict=False the tuple (images,)."""
+        (`max_sequence_length`: the caption tokens, by default the transformer's: 120 for α, 300 for Σ), plus
+        `seed` (an integer in [0, 2**32 - 1]: the initial noise and any sampler noise come from
+        jax.random.key(seed); random when None), `null_caption`: "negative_prompt" (T5 of the negative prompt, as
+        diffusers) or "y_embedding" (the checkpoint's null caption with the prompt's mask, as the original repo),
+        and `guidance_channels`: None guides every ε channel (a learned variance comes from the conditional half),
+        3 reproduces the original repo's IDDPM sampling, which guides only ε channels 0-2. `eta` is, as in
+        diffusers, DDIM's η and TCD's / PCM's γ for this call (it replaces the sampler's own; other samplers ignore
+        it). The control arguments are PixArtControlNetPipeline's. Returns an ImagePipelineOutput whose `images`
+        are a list of PIL images, an (N, H, W, 3) array in [0, 1] or the (N, 4, h, w) latents; with
+        return_dict=False the tuple (images,)."""
         request = GenerationRequest.from_call(locals())
         return self.generate(request, progress=progress, return_dict=return_dict)
 
