@@ -110,7 +110,7 @@ def test_generate_checks_its_values_before_loading_a_model(tmp_path, capsys, arg
 def test_generate_checks_the_model_dependent_values_with_its_config_files(tmp_path, capsys):
     model = config_only_pipeline(tmp_path / "pipe", sample_size=16)
     err = refused(capsys, ["generate", "--model", model, "--prompt", "x", "--out", tmp_path / "x.png"])
-    assert "resolution binning needs a transformer sample_size in [32, 64, 128], this one has 16" in err
+    assert "resolution binning needs a transformer sample_size in [32, 64, 128, 256], this one has 16" in err
 
 
 def test_seeds_out_of_range_are_one_line_before_anything_is_built(tmp_path, capsys):

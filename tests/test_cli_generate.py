@@ -6,7 +6,7 @@ from PIL import Image
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-from pixart_jax.testing.reference_pipeline import build_pipeline  # noqa: E402
+from pixart_jax.testing.reference_pipeline import build_pipeline, build_sigma_pipeline  # noqa: E402
 from tests.helpers.commands import run_cli  # noqa: E402
 
 
@@ -31,6 +31,16 @@ def test_generate_writes_png_of_requested_size(model_dir, tmp_path):
     assert "compile" in run.stdout and "run" in run.stdout and "denoising" in run.stderr
     image = Image.open(out)
     image.verify()
+    assert Image.open(out).size == (96, 64)
+
+
+def test_generate_from_a_sigma_pipeline(tmp_path):
+    """A diffusers PixArtSigmaPipeline folder (300-token captions, the SDXL VAE's scaling factor) as it is."""
+    build_sigma_pipeline(tmp_path / "sigma", scheduler=diffusers.DPMSolverMultistepScheduler())
+    out = tmp_path / "sigma.png"
+    run = generate("--model", str(tmp_path / "sigma"), "--prompt", "a small red circle", "--steps", "2",
+                   "--height", "64", "--width", "96", "--out", str(out))
+    assert run.returncode == 0, run.stderr
     assert Image.open(out).size == (96, 64)
 
 

@@ -1,8 +1,10 @@
 """Multi-scale aspect-ratio buckets (PixArt-alpha `diffusion/data/datasets/utils.py`, diffusers
-`pipeline_pixart_alpha.py`): key = nominal height/width, value = (height, width) in pixels.
+`pipeline_pixart_alpha.py`; PixArt-Σ's 2048 table: PixArt-sigma's same file, diffusers `pipeline_pixart_sigma.py`):
+key = nominal height/width, value = (height, width) in pixels.
 
 The 40-entry training tables; the 33-entry test tables (= diffusers' resolution-binning tables) drop 7 extreme
-keys. The 512 and 256 tables are the 1024 table divided by 2 and 4 exactly.
+keys, except at 2048, where diffusers bins to all 40. The 512 and 256 tables are the 1024 table divided by 2 and 4
+exactly, the 2048 table is it times 2.
 """
 ASPECT_RATIO_1024 = {
     "0.25": (512, 2048), "0.26": (512, 1984), "0.27": (512, 1920), "0.28": (512, 1856), "0.32": (576, 1792),
@@ -16,10 +18,12 @@ ASPECT_RATIO_1024 = {
 }
 ASPECT_RATIO_512 = {k: (h // 2, w // 2) for k, (h, w) in ASPECT_RATIO_1024.items()}
 ASPECT_RATIO_256 = {k: (h // 4, w // 4) for k, (h, w) in ASPECT_RATIO_1024.items()}
-TRAIN_TABLES = {1024: ASPECT_RATIO_1024, 512: ASPECT_RATIO_512, 256: ASPECT_RATIO_256}
+ASPECT_RATIO_2048 = {k: (h * 2, w * 2) for k, (h, w) in ASPECT_RATIO_1024.items()}
+TRAIN_TABLES = {2048: ASPECT_RATIO_2048, 1024: ASPECT_RATIO_1024, 512: ASPECT_RATIO_512, 256: ASPECT_RATIO_256}
 
 _NOT_IN_TEST = ("0.26", "0.27", "2.89", "3.11", "3.62", "3.75", "3.88")
-TEST_TABLES = {size: {k: v for k, v in table.items() if k not in _NOT_IN_TEST} for size, table in TRAIN_TABLES.items()}
+TEST_TABLES = {size: {k: v for k, v in table.items() if size == 2048 or k not in _NOT_IN_TEST}
+               for size, table in TRAIN_TABLES.items()}
 
 
 def closest_bucket(height, width, table):

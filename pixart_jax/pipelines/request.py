@@ -24,7 +24,8 @@ from pixart_jax.pipelines.aspect_ratios import TEST_TABLES, bin_size
 from pixart_jax.pipelines.control import ControlRequest, check_control_latents, control_request
 from pixart_jax.seeds import check_seed
 
-BIN_TABLES = {128: TEST_TABLES[1024], 64: TEST_TABLES[512], 32: TEST_TABLES[256]}  # by transformer sample_size
+# by transformer sample_size, as diffusers' pipelines pick them (256: PixArt-Σ 2K)
+BIN_TABLES = {256: TEST_TABLES[2048], 128: TEST_TABLES[1024], 64: TEST_TABLES[512], 32: TEST_TABLES[256]}
 
 
 class OutputType(enum.StrEnum):
@@ -74,6 +75,7 @@ class GenerationRequest:
     null_caption: NullCaption = NullCaption.negative_prompt
     guidance_channels: int | None = None
     eta: float = 0.0
+    max_sequence_length: int | None = None
     control: ControlRequest | None = None
 
     def __post_init__(self):
@@ -122,6 +124,11 @@ class GenerationRequest:
         """Whether classifier-free guidance runs (a scale above 1)."""
         return self.guidance_scale > 1.0
 
+    def tokens(self, cfg) -> int:
+        """The caption length prompts are padded or truncated to: `max_sequence_length`, else the transformer's
+        (`cfg.max_tokens`: 120 for PixArt-α, 300 for PixArt-Σ, diffusers' defaults for each pipeline)."""
+        return self.max_sequence_length or cfg.max_tokens
+
     @property
     def decoded(self) -> bool:
         """Whether the latents go through the VAE (any output but "latent")."""
@@ -147,7 +154,7 @@ class GenerationRequest:
         if height % multiple or width % multiple:
             raise ValueError(f"height and width must be multiples of {multiple} (VAE factor {vae_scale} x patch "
                              f"{cfg.patch_size}) without resolution binning, got {height}x{width}")
-        self._check_captions((cfg.max_tokens, cfg.caption_channels))
+        self._check_captions((self.tokens(cfg), cfg.caption_channels))
         shape = (self.images, cfg.in_channels, height // vae_scale, width // vae_scale)
         if self.latents is not None and tuple(self.latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(self.latents.shape)}")
@@ -189,6 +196,9 @@ def _check_numbers(request):
     per_prompt = request.num_images_per_prompt
     if not _is_int(per_prompt) or per_prompt < 1:
         raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {per_prompt!r}")
+    tokens = request.max_sequence_length
+    if tokens is not None and (not _is_int(tokens) or tokens < 1):
+        raise ValueError(f"max_sequence_length must be None or an integer >= 1, got {tokens!r}")
 
 
 def check_size(height, width):

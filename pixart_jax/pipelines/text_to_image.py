@@ -1,4 +1,6 @@
-"""Text-to-image: `PixArtPipeline`, with the diffusers `PixArtAlphaPipeline` call signature and behaviour.
+"""Text-to-image: `PixArtPipeline`, with the diffusers `PixArtAlphaPipeline` / `PixArtSigmaPipeline` call
+signature and behaviour (PixArt-Σ: 300-token captions, no micro-conditions, the 2048 bins: the transformer's config
+says which; the SDXL VAE's scaling factor: its config).
 
 A call's arguments become one GenerationRequest (pixart_jax.pipelines.request), checked before any compute;
 `generate(request)` runs it. The denoising loop, the VAE decode and the resize-back of resolution binning run in one
@@ -21,6 +23,7 @@ from tqdm.auto import tqdm
 from pixart_jax import sharding
 from pixart_jax.files import read_json
 from pixart_jax.images import to_numpy, to_pil
+from pixart_jax.models.transformer_config import PIPELINE_TOKENS
 from pixart_jax.pipelines.control import ControlKind
 from pixart_jax.pipelines.guidance import Caption
 from pixart_jax.pipelines.loop import LoopInputs, LoopSpec, run_loop
@@ -35,7 +38,7 @@ from pixart_jax.weights.t5 import load_text_encoder
 from pixart_jax.weights.transformer import load_transformer
 from pixart_jax.weights.vae import load_vae
 
-PIPELINE_CLASSES = ("PixArtAlphaPipeline",)
+PIPELINE_CLASSES = tuple(PIPELINE_TOKENS)
 FSDP_RULES = {"kernel_in": "fsdp"}  # the transformer's kernels split along their input dim, as in training
 PLAIN_CONTROL = ("control_image and control_latents need a ControlNet-Transformer: use PixArtControlNetPipeline "
                  "(pixart_jax.load_controlnet)")
@@ -74,10 +77,10 @@ class PixArtPipeline(LoRAMethods):
     @classmethod
     def from_pretrained(cls, directory: str, dtype=jnp.float32, sampler: str | None = None, int8: bool = False,
                         **sampler_options) -> "PixArtPipeline":
-        """A diffusers PixArt pipeline directory (model_index.json, transformer/, text_encoder/, tokenizer/, vae/,
-        scheduler/). `sampler` (a SamplerName: "dpm", "ddim", "lcm", "tcd", "pcm", "sa", "ddpm") overrides the
-        scheduler config's choice. `int8` stores every T5 linear as int8 codes + scales (pixart_jax.models.int8; needed
-        for an int8 text_encoder/ written by pixart_jax.weights.t5_int8)."""
+        """A diffusers PixArt-α or PixArt-Σ pipeline directory (model_index.json, transformer/, text_encoder/,
+        tokenizer/, vae/, scheduler/). `sampler` (a SamplerName: "dpm", "ddim", "lcm", "tcd", "pcm", "sa", "ddpm")
+        overrides the scheduler config's choice. `int8` stores every T5 linear as int8 codes + scales
+        (pixart_jax.models.int8; needed for an int8 text_encoder/ written by pixart_jax.weights.t5_int8)."""
         check_pipeline_directory(directory)
         components = load_components(directory, dtype, sampler, int8=int8, **sampler_options)  # tokenizer first
         return cls(transformer=load_transformer(os.path.join(directory, "transformer"), dtype), **components)
@@ -110,16 +113,18 @@ class PixArtPipeline(LoRAMethods):
                  negative_prompt_attention_mask=None, null_caption: str = "negative_prompt",
                  guidance_channels: int | None = None, eta: float = 0.0, progress: bool = True,
                  return_dict: bool = True, control_image=None, control: str = ControlKind.canny,
-                 control_latents=None):
-        """Generates images; arguments as diffusers' PixArtAlphaPipeline, plus `seed` (an integer in [0, 2**32 - 1]:
-        the initial noise and any sampler noise come from jax.random.key(seed); random when None), `null_caption`:
-        "negative_prompt" (T5 of the negative prompt, as diffusers) or "y_embedding" (the checkpoint's null caption
-        with the prompt's mask, as the original repo), and `guidance_channels`: None guides every ε channel (a
-        learned variance comes from the conditional half), 3 reproduces the original repo's IDDPM sampling, which
-        guides only ε channels 0-2. `eta` is, as in diffusers, DDIM's η and TCD's / PCM's γ for this call (it
-        replaces the sampler's own; other samplers ignore it). The control arguments are
-        PixArtControlNetPipeline's. Returns an ImagePipelineOutput whose `images` are a list of PIL images, an
-        (N, H, W, 3) array in [0, 1] or the (N, 4, h, w) latents; with return_dict=False the tuple (images,)."""
+                 control_latents=None, max_sequence_length: int | None = None):
+        """Generates images; arguments as diffusers' PixArtAlphaPipeline / PixArtSigmaPipeline
+        (`max_sequence_length`: the caption tokens, by default the transformer's: 120 for α, 300 for Σ), plus
+        `seed` (an integer in [0, 2**32 - 1]: the initial noise and any sampler noise come from
+        jax.random.key(seed); random when None), `null_caption`: "negative_prompt" (T5 of the negative prompt, as
+        diffusers) or "y_embedding" (the checkpoint's null caption with the prompt's mask, as the original repo),
+        and `guidance_channels`: None guides every ε channel (a learned variance comes from the conditional half),
+        3 reproduces the original repo's IDDPM sampling, which guides only ε channels 0-2. `eta` is, as in
+        diffusers, DDIM's η and TCD's / PCM's γ for this call (it replaces the sampler's own; other samplers ignore
+        it). The control arguments are PixArtControlNetPipeline's. Returns an ImagePipelineOutput whose `images`
+        are a list of PIL images, an (N, H, W, 3) array in [0, 1] or the (N, 4, h, w) latents; with
+        return_dict=False the tuple (images,)."""
         request = GenerationRequest.from_call(locals())
         return self.generate(request, progress=progress, return_dict=return_dict)
 
@@ -205,7 +210,7 @@ class PixArtPipeline(LoRAMethods):
             null = transformer.y_embedding[...] if request.null_caption == NullCaption.y_embedding else None
             embeds, mask, neg_embeds, neg_mask = encode_prompt(
                 request.prompt, request.negative_prompt, tokenizer=self.tokenizer, text_encoder=self.text_encoder,
-                max_length=transformer.cfg.max_tokens, clean_caption=request.clean_caption, null_embedding=null,
+                max_length=request.tokens(transformer.cfg), clean_caption=request.clean_caption, null_embedding=null,
                 do_classifier_free_guidance=request.guided)
             cond = Caption(embeds, mask)
             return cond, (Caption(neg_embeds, neg_mask) if request.guided else cond)

@@ -1,4 +1,4 @@
-"""Tiny random diffusers PixArt pipelines saved in the real on-disk layout (no hub): the reference of the
+"""Tiny random diffusers PixArt-α and PixArt-Σ pipelines saved in the real on-disk layout (no hub): the reference of the
 end-to-end tests. Every weight is re-drawn at random; the tokenizer is a SentencePiece model trained here."""
 import numpy as np
 
@@ -35,18 +35,35 @@ def build_pipeline(directory, *, micro, scheduler, seed=0, transformer=TINY_TRAN
     micro: a micro-conditioned transformer (sample_size 128, as the pipeline passes micro-conditions only then)
     or a plain one with sample_size 32 (256 px resolution binning). scheduler: a diffusers scheduler instance.
     """
+    from diffusers import PixArtAlphaPipeline
+
+    size = dict(sample_size=128, use_additional_conditions=True) if micro else dict(sample_size=32)
+    return _save(PixArtAlphaPipeline, directory, scheduler, seed, dict(transformer, **size), t5, vae)
+
+
+def build_sigma_pipeline(directory, *, scheduler, seed=0, transformer=TINY_TRANSFORMER, t5=TINY_T5, vae=TINY_VAE):
+    """A diffusers PixArtSigmaPipeline with random components saved to `directory`; returns it: PixArt-Σ 256's
+    transformer settings (sample_size 32, position interpolation 0.5, no micro-conditions) and the SDXL VAE's
+    scaling factor 0.13025."""
+    from diffusers import PixArtSigmaPipeline
+
+    size = dict(sample_size=32, interpolation_scale=0.5, use_additional_conditions=False)
+    return _save(PixArtSigmaPipeline, directory, scheduler, seed, dict(transformer, **size), t5,
+                 dict(vae, scaling_factor=0.13025))
+
+
+def _save(pipeline_class, directory, scheduler, seed, transformer, t5, vae):
+    """`pipeline_class` of random components with these diffusers configs, saved to `directory`."""
     import torch
-    from diffusers import AutoencoderKL, PixArtAlphaPipeline, PixArtTransformer2DModel
+    from diffusers import AutoencoderKL, PixArtTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
     tokenizer = write_tokenizer(directory / "spm")
-    size = dict(sample_size=128, use_additional_conditions=True) if micro else dict(sample_size=32)
-    transformer = redraw(PixArtTransformer2DModel(**transformer, **size), seed + 1).eval()
-    text_encoder = redraw(T5EncoderModel(T5Config(**t5)), seed + 2).eval()
-    vae = redraw(AutoencoderKL(**vae), seed + 3, scale=0.5).eval()
-    pipe = PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                               scheduler=scheduler)
+    pipe = pipeline_class(tokenizer=tokenizer, scheduler=scheduler,
+                          transformer=redraw(PixArtTransformer2DModel(**transformer), seed + 1).eval(),
+                          text_encoder=redraw(T5EncoderModel(T5Config(**t5)), seed + 2).eval(),
+                          vae=redraw(AutoencoderKL(**vae), seed + 3, scale=0.5).eval())
     pipe.save_pretrained(directory)
     return pipe
 

@@ -207,7 +207,7 @@ class PixArtTorchPipeline(LoRAMethods):
                  negative_prompt_attention_mask=None, null_caption: str = "negative_prompt",
                  guidance_channels: int | None = None, eta: float = 0.0, progress: bool = True,
                  return_dict: bool = True, memory_report: bool = False, control_image=None,
-                 control: str = ControlKind.canny, control_latents=None):
+                 control: str = ControlKind.canny, control_latents=None, max_sequence_length: int | None = None):
         """Generates images; arguments and results as PixArtPipeline.__call__, except: `seed` seeds a
         torch.Generator("cpu") that draws the initial noise and any sampler noise, as diffusers does with that
         generator (the JAX pipeline draws from jax.random: pass `latents` to compare the two); "latent" output is
@@ -288,7 +288,7 @@ class PixArtTorchPipeline(LoRAMethods):
         """(cond, uncond) as (embeds float32 (B, L, C), mask (B, L)); uncond None: the null caption with the
         prompts' mask (resolved with the transformer, which holds it)."""
         tokens = prompt_tokens(request.prompt, request.negative_prompt, tokenizer=self.tokenizer,
-                               max_length=self.cfg.max_tokens, clean_caption=request.clean_caption,
+                               max_length=request.tokens(self.cfg), clean_caption=request.clean_caption,
                                negatives=request.null_caption != NullCaption.y_embedding)
         ids, mask = tokens.ids, tokens.mask
         if tokens.negative_ids is not None:  # one encoder call for both branches, as the JAX pipeline

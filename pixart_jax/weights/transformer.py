@@ -16,7 +16,7 @@ from flax import nnx
 from pixart_jax.choices import AttentionKernel, RematPolicy
 from pixart_jax.files import atomic_directory, check_destination, read_json
 from pixart_jax.models.transformer import PixArtTransformer, null_caption_init
-from pixart_jax.models.transformer_config import PixArtConfig, preset
+from pixart_jax.models.transformer_config import PIPELINE_TOKENS, PixArtConfig, preset
 from pixart_jax.weights import WeightsError, export_weights, import_weights, save_pth, save_safetensors
 from pixart_jax.weights.files import read_state_dict, read_weights
 from pixart_jax.weights.keymaps import pixart as keys
@@ -70,12 +70,20 @@ def _diffusers_folder(path):
     return os.path.join(path, "transformer") if os.path.exists(os.path.join(path, "model_index.json")) else path
 
 
+def _pipeline_tokens(folder):
+    """The caption length of the pipeline a diffusers transformer/ folder belongs to (PixArtSigmaPipeline: 300), or
+    None outside a pipeline folder."""
+    index_path = os.path.join(os.path.dirname(os.path.abspath(folder)), "model_index.json")
+    return PIPELINE_TOKENS.get(read_json(index_path).get("_class_name")) if os.path.isfile(index_path) else None
+
+
 def transformer_config(path: str, config: PixArtConfig | str | None = None) -> PixArtConfig:
     """The PixArtConfig of a transformer in any layout `load_transformer` reads, without reading its weights.
     `config` (original files only): a PixArtConfig or a variant name; by default read from the file name."""
     fmt = detect_format(path)
     if fmt == "diffusers":
-        return PixArtConfig.from_diffusers(read_json(os.path.join(_diffusers_folder(path), "config.json")))
+        folder = _diffusers_folder(path)
+        return PixArtConfig.from_diffusers(read_json(os.path.join(folder, "config.json")), _pipeline_tokens(folder))
     if fmt == "jax":
         return PixArtConfig.from_dict(read_json(os.path.join(path, "config.json"))["config"])
     return config if isinstance(config, PixArtConfig) else preset(config or os.path.basename(path))

@@ -7,11 +7,12 @@ diffusers = pytest.importorskip("diffusers")
 
 import jax.numpy as jnp  # noqa: E402
 
+from pixart_jax.models.transformer_config import MAX_TOKENS_KEY, PRESETS  # noqa: E402
 from pixart_jax.testing.random_weights import redraw  # noqa: E402
 from pixart_jax.weights import transformer as transformer_weights  # noqa: E402
 from pixart_jax.weights.nnx_state import flat_arrays  # noqa: E402
 from tests.helpers.parity import rel_error  # noqa: E402
-from tests.helpers.transformer_io import inputs, run_ours, run_reference  # noqa: E402
+from tests.helpers.transformer_io import inputs, original_layout, run_ours, run_reference  # noqa: E402
 
 TINY = dict(num_attention_heads=2, attention_head_dim=24, in_channels=4, out_channels=8, num_layers=2,
             caption_channels=32, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
@@ -44,40 +45,6 @@ def test_tiny_parity(saved, shape, use_mask):
     x = inputs(*shape)
     expected = run_reference(ref, x, use_mask, micro)
     assert rel_error(run_ours(ours, x, use_mask, micro), expected) <= 1e-5
-
-
-def original_layout(diffusers_sd, y_embedding):
-    """The original repo's state dict, built from diffusers' keys by the mapping of spec §4.4 (reversed)."""
-    sd = {"pos_embed": torch.zeros(1, 64, 48), "y_embedder.y_embedding": y_embedding}
-    plain = {"pos_embed.proj": "x_embedder.proj", "caption_projection.linear_1": "y_embedder.y_proj.fc1",
-             "caption_projection.linear_2": "y_embedder.y_proj.fc2",
-             "adaln_single.emb.timestep_embedder.linear_1": "t_embedder.mlp.0",
-             "adaln_single.emb.timestep_embedder.linear_2": "t_embedder.mlp.2",
-             "adaln_single.emb.resolution_embedder.linear_1": "csize_embedder.mlp.0",
-             "adaln_single.emb.resolution_embedder.linear_2": "csize_embedder.mlp.2",
-             "adaln_single.emb.aspect_ratio_embedder.linear_1": "ar_embedder.mlp.0",
-             "adaln_single.emb.aspect_ratio_embedder.linear_2": "ar_embedder.mlp.2",
-             "adaln_single.linear": "t_block.1", "proj_out": "final_layer.linear",
-             "scale_shift_table": "final_layer.scale_shift_table"}
-    block = {"scale_shift_table": "scale_shift_table", "attn1.to_out.0": "attn.proj",
-             "attn2.to_q": "cross_attn.q_linear", "attn2.to_out.0": "cross_attn.proj",
-             "ff.net.0.proj": "mlp.fc1", "ff.net.2": "mlp.fc2"}
-    for key, value in diffusers_sd.items():
-        if key.startswith("transformer_blocks."):
-            _, i, rest = key.split(".", 2)
-            for src, dst in block.items():
-                if rest.startswith(src):
-                    sd[f"blocks.{i}.{dst}{rest[len(src):]}"] = value
-        else:
-            module, leaf = key.rsplit(".", 1) if key != "scale_shift_table" else (key, "")
-            sd[plain[module] + ("." + leaf if leaf else "")] = value
-    for i in range(TINY["num_layers"]):
-        b = f"transformer_blocks.{i}"
-        for leaf in ("weight", "bias"):
-            sd[f"blocks.{i}.attn.qkv.{leaf}"] = torch.cat([diffusers_sd[f"{b}.attn1.to_{n}.{leaf}"] for n in "qkv"])
-            sd[f"blocks.{i}.cross_attn.kv_linear.{leaf}"] = torch.cat(
-                [diffusers_sd[f"{b}.attn2.to_{n}.{leaf}"] for n in "kv"])
-    return sd
 
 
 @pytest.fixture(scope="module")
@@ -135,21 +102,37 @@ def test_bf16_compute_close_to_fp32(saved):
     assert rel_error(run_ours(bf16_model, x, micro=micro), fp32) <= 3e-2  # bf16 has an 8-bit mantissa
 
 
+def full_size_parity(tmp_path, cfg, parameters, h, w, micro):
+    """Relative error of ours vs diffusers at `cfg`'s full size (a diffusers folder of it loaded by ours), batch
+    2 at an h x w latent, cfg.max_tokens caption tokens (the second row's mask cut at 20)."""
+    config = cfg.to_diffusers()
+    config.pop("_class_name")
+    config.pop(MAX_TOKENS_KEY)
+    ref = reference_model(4, **config)
+    assert sum(p.numel() for p in ref.parameters()) == parameters
+    ref.save_pretrained(tmp_path / "transformer", safe_serialization=True)
+    x = inputs(2, h, w, tokens=cfg.max_tokens, caption=4096)
+    x["encoder_attention_mask"][1, 20:] = 0
+    expected = run_reference(ref, x, micro=micro)
+    del ref
+    ours = transformer_weights.load_transformer(str(tmp_path / "transformer"))
+    return rel_error(run_ours(ours, x, micro=micro), expected)
+
+
 @pytest.mark.slow
 def test_full_size_xl2_1024_ms_parity(tmp_path):
     """The real PixArt-XL-2-1024-MS size (611M parameters) at a 256x256 image (32x32 latent), batch 2."""
-    config = transformer_weights.PixArtConfig().to_diffusers()
-    config.pop("_class_name")
-    ref = reference_model(4, **config)
-    assert sum(p.numel() for p in ref.parameters()) == 611_349_152
-    ref.save_pretrained(tmp_path / "transformer", safe_serialization=True)
-    x = inputs(2, 32, 32, tokens=120, caption=4096)
-    x["encoder_attention_mask"][1, 20:] = 0
-    expected = run_reference(ref, x)
-    del ref
-    ours = transformer_weights.load_transformer(str(tmp_path / "transformer"))
-    err = rel_error(run_ours(ours, x), expected)
+    err = full_size_parity(tmp_path, PRESETS["PixArt-XL-2-1024-MS"], 611_349_152, 32, 32, micro=True)
     print(f"XL/2-1024-MS rel error {err:.2e}")
+    assert err <= 1e-5
+
+
+@pytest.mark.slow
+def test_full_size_sigma_xl2_2k_parity(tmp_path):
+    """The real PixArt-Sigma-XL-2-2K-MS (no micro-conditions, position interpolation 4 on a 128-patch base, 300
+    caption tokens) at a small non-square 192x320 image (24x40 latent): a 2K bucket's attention does not fit here."""
+    err = full_size_parity(tmp_path, PRESETS["PixArt-Sigma-XL-2-2K-MS"], 610_856_096, 24, 40, micro=False)
+    print(f"Sigma XL/2-2K-MS rel error {err:.2e}")
     assert err <= 1e-5
 
 

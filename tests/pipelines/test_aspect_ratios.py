@@ -5,7 +5,8 @@ from pixart_jax.pipelines.aspect_ratios import ASPECT_RATIO_1024, TEST_TABLES, T
 
 
 def test_tables():
-    assert len(ASPECT_RATIO_1024) == 40 and all(len(t) == 33 for t in TEST_TABLES.values())
+    assert len(ASPECT_RATIO_1024) == 40 and all(len(TEST_TABLES[size]) == 33 for size in (256, 512, 1024))
+    assert len(TEST_TABLES[2048]) == 40  # diffusers' PixArt-Σ bins to every 2048 bucket
     for size, table in TRAIN_TABLES.items():
         for key, (h, w) in table.items():
             assert h % (size // 16) == 0 and w % (size // 16) == 0, (size, key)  # multiples of 64 px at 1024
@@ -25,7 +26,8 @@ def test_assignment():
 def test_same_bins_as_diffusers():
     pytest.importorskip("torch")
     from diffusers.pipelines.pixart_alpha import pipeline_pixart_alpha as ref
+    from diffusers.pipelines.pixart_alpha import pipeline_pixart_sigma as sigma
 
-    for size, table in ((1024, ref.ASPECT_RATIO_1024_BIN), (512, ref.ASPECT_RATIO_512_BIN),
-                        (256, ref.ASPECT_RATIO_256_BIN)):
+    for size, table in ((2048, sigma.ASPECT_RATIO_2048_BIN), (1024, ref.ASPECT_RATIO_1024_BIN),
+                        (512, ref.ASPECT_RATIO_512_BIN), (256, ref.ASPECT_RATIO_256_BIN)):
         assert {k: tuple(map(int, v)) for k, v in table.items()} == TEST_TABLES[size]

@@ -36,6 +36,8 @@ def test_a_request_is_a_frozen_value_with_choices_as_enums():
     (dict(height=60), r"height must be a positive multiple of 8, got 60 \(height x width: 60xdefault\)"),
     (dict(height=64, width=-8), r"width must be a positive multiple of 8, got -8 \(height x width: 64x-8\)"),
     (dict(num_images_per_prompt=0), "num_images_per_prompt must be an integer >= 1, got 0"),
+    (dict(max_sequence_length=0), "max_sequence_length must be None or an integer >= 1, got 0"),
+    (dict(max_sequence_length=1.5), "max_sequence_length must be None or an integer >= 1, got 1.5"),
     (dict(output_type="jpg"), r"output_type must be one of \['pil', 'np', 'latent'\], got 'jpg'"),
     (dict(null_caption="zeros"), "null_caption must be one of"),
     (dict(seed=2**32), r"seed must be an integer from 0 to 2\*\*32 - 1 = 4294967295, got 4294967296"),
@@ -102,3 +104,14 @@ def test_control_sizes_counts_and_shapes():
     wrong = GenerationRequest(prompt="a", control=control_request(None, latents=np.zeros((1, 3, 8, 8))))
     with pytest.raises(ValueError, match=r"control_latents must have shape \(1 or 1 prompts, 4, h, w\)"):
         wrong.sizes(CFG, SCALE)
+
+
+def test_caption_length_is_max_sequence_length_or_the_models():
+    sigma = CFG.replace(max_tokens=300)
+    assert GenerationRequest(prompt="a").tokens(CFG) == 120 and GenerationRequest(prompt="a").tokens(sigma) == 300
+    assert GenerationRequest(prompt="a", max_sequence_length=200).tokens(sigma) == 200
+    embeds = dict(prompt_embeds=np.zeros((1, 300, 32)), prompt_attention_mask=np.ones((1, 300)))
+    GenerationRequest(**embeds, max_sequence_length=300).sizes(CFG, SCALE)
+    GenerationRequest(**embeds).sizes(sigma, SCALE)
+    with pytest.raises(ValueError, match=r"prompt_embeds must have shape \(batch, 120, 32\)"):
+        GenerationRequest(**embeds).sizes(CFG, SCALE)
