@@ -16,6 +16,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from pixart_jax import sharding
+from pixart_jax.choices import DType
 from pixart_jax.training import loop
 from pixart_jax.training.lora_step import lora_state, lora_update, split_adapted
 from pixart_jax.training.loss import diffusion_tables, draw_training_inputs, pixart_loss
@@ -70,7 +71,7 @@ class Pretraining(Program):
 
 class LoRAPretraining(Pretraining):
     """LoRA fine-tuning with PixArt's loss: new adapters (the `lora:` section) on `model.init_from`, which stays
-    frozen and out of the checkpoints."""
+    frozen (in the compute dtype) and out of the checkpoints."""
     unsaved = ("frozen",)
 
     def model(self):
@@ -82,7 +83,8 @@ class LoRAPretraining(Pretraining):
         return split_adapted(model)[1:], sharding.variable_axes(model)
 
     def initial_state(self, adapters, params, buffers):
-        return lora_state(self.optimizer.tx, self.cfg.seed, adapters, params, buffers)
+        return lora_state(self.optimizer.tx, self.cfg.seed, adapters, params, buffers,
+                          DType(self.cfg.model.compute_dtype).jax)
 
     def update(self, model):
         return lora_update(split_adapted(model)[0], self.optimizer, self.objective)
