@@ -1,7 +1,8 @@
 """A training config's real train step compiled ahead of time for a TPU slice: the program's own `abstract_state`
 and `step` build the step (the same jit, shardings and donation the run uses) over abstract parameters and
 batch on the slice's ("data", "fsdp") mesh: nothing is allocated or loaded. The model has the config's preset
-architecture (`model.init_from` is not read); latents are the preset's square size unless `latent` gives another.
+architecture (`model.init_from` is not read: a LoRA fine-tune's adapters go on the abstract preset base); latents
+are the preset's square size unless `latent` gives another.
 """
 import dataclasses
 
@@ -58,6 +59,7 @@ def plan_train_step(cfg, program, topology: Topology, latent: int | None = None)
 
 
 def describe_run(cfg, name, path):
-    m = cfg.model
-    return (f"{name} step of {path or 'the default config'} ({m.preset}, global batch {cfg.data.batch_size}, "
-            f"compute {m.compute_dtype}, activations {m.activation_dtype}, remat {m.remat})")
+    m, lora = cfg.model, getattr(cfg, "lora", None)
+    adapters = "" if lora is None else f", LoRA rank {lora.rank} on the frozen base"
+    return (f"{name} step of {path or 'the default config'} ({m.preset}{adapters}, global batch "
+            f"{cfg.data.batch_size}, compute {m.compute_dtype}, activations {m.activation_dtype}, remat {m.remat})")

@@ -1,11 +1,12 @@
 """LoRA fine-tuning's train state and update: PixArt's loss, AdamW on the adapters alone.
 
-The state is a dict of global jax.Arrays: `params` (the adapters' A and B, models.lora.LoRAParam, trained),
-`frozen` (the base model's nnx.Params, float32, never differentiated), `buffers`, `opt` (AdamW of the adapters
-only; no EMA), `step`, `rng`. The frozen base passes through every step bitwise unchanged; checkpoints leave it out
-(the loop takes it from `model.init_from` again). It runs in step.TrainStep (explicit shardings, donated state,
-`fold_in(rng, step)`). Adapters with lora_dropout drop their inputs by keys drawn from the step's key, so a step is
-deterministic for a seed and a resumed run draws what an uninterrupted one would.
+The state is a dict of global jax.Arrays: `params` (the adapters' A and B, models.lora.LoRAParam, float32,
+trained), `frozen` (the base model's nnx.Params in the compute dtype, never differentiated: the PixArt LoRA script
+casts its frozen transformer to the mixed-precision dtype too, halving the base's memory in bf16), `buffers`,
+`opt` (AdamW of the adapters only; no EMA), `step`, `rng`. The frozen base passes through every step bitwise
+unchanged; checkpoints leave it out (the loop takes it from `model.init_from` again). It runs in step.TrainStep
+(explicit shardings, donated state, `fold_in(rng, step)`). Adapters with lora_dropout drop their inputs by keys drawn
+from the step's key, so a step is deterministic for a seed and a resumed run draws what an uninterrupted one would.
 """
 import jax
 from flax import nnx
@@ -24,9 +25,10 @@ def split_adapted(model):
     return graphdef, *map(nnx.to_pure_dict, (adapters, params, buffers))
 
 
-def lora_state(tx, seed, adapters, params, buffers):
-    """The LoRA state: the adapters trained, the base frozen."""
-    return {**common_state(tx, seed, adapters, buffers), "params": adapters, "frozen": params}
+def lora_state(tx, seed, adapters, params, buffers, dtype):
+    """The LoRA state: the adapters trained, the base frozen in `dtype` (the compute dtype)."""
+    frozen = jax.tree.map(lambda p: p.astype(dtype), params)
+    return {**common_state(tx, seed, adapters, buffers), "params": adapters, "frozen": frozen}
 
 
 def lora_update(graphdef, optimizer, objective):

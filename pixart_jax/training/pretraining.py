@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pixart_jax.choices import DType
 from pixart_jax.training import loop
 from pixart_jax.training.lora_program import LoRAProgram, export_lora
 from pixart_jax.training.lora_step import lora_state, lora_update, split_adapted
@@ -73,10 +74,11 @@ class Pretraining(Program):
 
 class LoRAPretraining(Pretraining, LoRAProgram):
     """LoRA fine-tuning with PixArt's loss: new adapters (the `lora:` section) on `model.init_from`, which stays
-    frozen and out of the checkpoints."""
+    frozen (in the compute dtype) and out of the checkpoints."""
 
     def initial_state(self, adapters, params, buffers):
-        return lora_state(self.optimizer.tx, self.cfg.seed, adapters, params, buffers)
+        return lora_state(self.optimizer.tx, self.cfg.seed, adapters, params, buffers,
+                          DType(self.cfg.model.compute_dtype).jax)
 
     def update(self, model):
         return lora_update(split_adapted(model)[0], self.optimizer, self.objective)

@@ -63,6 +63,20 @@ def test_controlnet_and_pcm_steps_plan(config, program, state_prefix):
     assert any(array_name.startswith(state_prefix) for array_name, *_ in plan.largest), plan.largest
 
 
+def test_a_lora_fine_tune_plans_on_the_abstract_base():
+    """A LoRA config plans without its base (model.init_from is never read: the preset's shapes stand in for it);
+    the adapters train in float32, the base is frozen in the compute dtype, and there is no EMA."""
+    name, entry = program_for(CONFIGS / "tiny.yaml")
+    cfg = entry.load_config(CONFIGS / "tiny.yaml", ["workdir=unused", "mesh.fsdp=2", "model.init_from=/absent/base",
+                                                    "lora.rank=16", "sample.every=0", "model.compute_dtype=bfloat16"])
+    plan = plan_train_step(cfg, entry.program, parse_topology("v5e:2x2"))
+    assert plan.fits and plan.refused is None
+    dtypes = {array_name.split(".")[0]: dtype for array_name, _, dtype, *_ in plan.largest}
+    assert dtypes["frozen"] == "bfloat16" and dtypes["params"] == "float32" and "ema" not in dtypes, plan.largest
+    moments = [array_name for array_name, *_ in plan.largest if array_name.startswith("opt.")]
+    assert moments and all(".lora.adapters.default_0." in array_name for array_name in moments)  # AdamW: adapters
+
+
 def test_a_step_that_does_not_fit_exits_1():
     result = run_module("train.plan", CONFIGS / "pixart_1024_ms.yaml", "topology=v5e-4", "mesh.fsdp=4",
                         "data.batch_size=256", "model.remat=none", "model.attention=xla")

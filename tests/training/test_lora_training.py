@@ -6,6 +6,7 @@ import dataclasses
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -142,12 +143,15 @@ def test_controlnet_training_refuses_a_lora_section(base_dir):
 
 def test_the_lora_step_lowers_from_shapes_alone(base_dir):
     """What train.plan does before its TPU compile (tests/planning runs that where libtpu is): the adapted model
-    of the preset's shapes (nnx.eval_shape: nothing drawn or loaded), its abstract state, the step lowered."""
-    cfg = lora_config(base_dir, "unused", "mesh.fsdp=2")
+    of the preset's shapes (nnx.eval_shape: nothing drawn or loaded), its abstract state (the base frozen in the
+    compute dtype, the adapters float32), the step lowered."""
+    cfg = lora_config(base_dir, "unused", "mesh.fsdp=2", "model.compute_dtype=bfloat16")
     program = pretraining.program(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=None)))
     model, mesh = nnx.eval_shape(program.model), make_mesh(-1, 2)
     state, _ = program.abstract_state(model, mesh)
     assert sorted(state) == ["buffers", "frozen", "opt", "params", "rng", "step"]
+    assert {leaf.dtype for leaf in jax.tree.leaves(state["frozen"])} == {jnp.dtype(jnp.bfloat16)}
+    assert {leaf.dtype for leaf in jax.tree.leaves(state["params"])} == {jnp.dtype(jnp.float32)}
     batch = abstract_batch(program.batch_shapes(model.cfg, (16, 16)), cfg.data.batch_size, mesh)
     with jax.set_mesh(mesh):
         assert "dot_general" in program.step(model, mesh).lower(state, batch).as_text()
