@@ -26,8 +26,9 @@ from pixart_jax.training import loop
 from pixart_jax.training.data import REQUIRED_FIELDS
 from pixart_jax.training.dreambooth_data import CLASS_PREFIX, DreamBoothExamples, check_inputs, prepare
 from pixart_jax.training.lcm import export
+from pixart_jax.training.lora_program import export_lora
 from pixart_jax.training.loss import draw_training_inputs, pixart_sample_losses
-from pixart_jax.training.pretraining import LoRAPretraining, PixArtObjective, Pretraining, export_lora
+from pixart_jax.training.pretraining import LoRAPretraining, PixArtObjective, Pretraining
 
 
 @dataclasses.dataclass
