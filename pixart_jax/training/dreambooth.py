@@ -26,7 +26,6 @@ from pixart_jax.training import loop
 from pixart_jax.training.data import REQUIRED_FIELDS
 from pixart_jax.training.dreambooth_data import CLASS_PREFIX, DreamBoothExamples, check_inputs, prepare
 from pixart_jax.training.lcm import export
-from pixart_jax.training.lora_program import export_lora
 from pixart_jax.training.loss import draw_training_inputs, pixart_sample_losses
 from pixart_jax.training.pretraining import LoRAPretraining, PixArtObjective, Pretraining
 
@@ -140,11 +139,7 @@ def train(cfg, examples=None):
     result = loop.train(program(cfg), examples)
     if result.preempted:
         return result
-    workdir = os.path.abspath(cfg.workdir)
-    if cfg.lora is not None:
-        export_lora(result, os.path.join(workdir, "lora"), cfg.model.init_from)
-    else:
-        export(result.state, result.graphdef, os.path.join(workdir, "export"), "params",
-               from_scheduler_config(os.path.join(cfg.model.init_from, "scheduler")))
+    # the trained weights (LoRA: WORKDIR/lora; else WORKDIR/export/transformer) and the base's sampler config
+    export(result, cfg, "params", from_scheduler_config(os.path.join(cfg.model.init_from, "scheduler")))
     return result
 
