@@ -21,7 +21,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import print_table  # noqa: E402
-from bench.train_step import make_batch, time_steps  # noqa: E402
+from bench.train_step import make_batch, timed_program  # noqa: E402
 
 PRESET = "PixArt-XL-2-256x256"
 GIB = 2 ** 30
@@ -49,7 +49,6 @@ def run_side(args):
     """{seconds, trained, state_gib, arguments_gib, temporaries_gib} of one program's step."""
     import jax
 
-    from pixart_jax.sharding import device_batch, make_mesh
     from pixart_jax.training.config import load_config
     from pixart_jax.training.pretraining import program
 
@@ -57,24 +56,15 @@ def run_side(args):
     cfg = load_config(None, ["workdir=unused", "steps=1", "checkpoint_every=1", "seed=0", f"model.preset={PRESET}",
                              f"model.init_from={args.base}", "optimizer.warmup_steps=0",
                              f"data.batch_size={args.batch}", *lora])
-    chosen = program(cfg)
-    mesh = make_mesh(1, 1, jax.devices()[:1])
-    model = chosen.model()
-    with jax.set_mesh(mesh):
-        train_step = chosen.step(model, mesh)
-        state, _ = chosen.state(model, mesh)
-        del model
-        batch = device_batch(make_batch(args.batch, args.size), mesh)
-        memory = train_step.lower(state, batch).compile().memory_analysis()
-        out = dict(trained=sum(leaf.size for leaf in jax.tree.leaves(state["params"])),
-                   state_gib=state_bytes(state) / GIB, arguments_gib=memory.argument_size_in_bytes / GIB,
-                   temporaries_gib=memory.temp_size_in_bytes / GIB)
-        holder = [state]
 
-        def step():
-            holder[0], metrics = train_step(holder[0], batch)
-            jax.block_until_ready(metrics)
-        return dict(out, seconds=time_steps(step, args.steps))
+    def measure(train_step, state, batch):
+        memory = train_step.lower(state, batch).compile().memory_analysis()
+        return dict(trained=sum(leaf.size for leaf in jax.tree.leaves(state["params"])),
+                    state_gib=state_bytes(state) / GIB, arguments_gib=memory.argument_size_in_bytes / GIB,
+                    temporaries_gib=memory.temp_size_in_bytes / GIB)
+
+    seconds, found = timed_program(program(cfg), make_batch(args.batch, args.size), args.steps, measure)
+    return dict(found, seconds=seconds)
 
 
 def main():

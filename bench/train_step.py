@@ -45,29 +45,37 @@ def time_steps(step, steps):
     return statistics.median(times)
 
 
-def run_jax(args):
+def timed_program(chosen, batch, steps, inspect=None):
+    """(median seconds per step, inspect's result) of the training program `chosen` on one device with `batch`
+    (host arrays); `inspect(train_step, state, batch)`, if given, runs before the timed steps."""
     import jax
 
     from pixart_jax.sharding import device_batch, make_mesh
+
+    mesh = make_mesh(1, 1, jax.devices()[:1])
+    model = chosen.model()
+    with jax.set_mesh(mesh):
+        train_step = chosen.step(model, mesh)
+        state, _ = chosen.state(model, mesh)
+        del model
+        batch = device_batch(batch, mesh)
+        found = inspect(train_step, state, batch) if inspect else None
+        holder = [state]
+
+        def step():
+            holder[0], metrics = train_step(holder[0], batch)
+            jax.block_until_ready(metrics)
+        return time_steps(step, steps), found
+
+
+def run_jax(args):
     from pixart_jax.training.config import load_config
     from pixart_jax.training.pretraining import Pretraining
 
     program = Pretraining(load_config(None, ["workdir=unused", "steps=1", "checkpoint_every=1", "seed=0",
                                              f"model.preset={PRESET}", "optimizer.warmup_steps=0",
                                              f"data.batch_size={args.batch}"]))
-    mesh = make_mesh(1, 1, jax.devices()[:1])
-    model = program.model()
-    with jax.set_mesh(mesh):
-        train_step = program.step(model, mesh)
-        state, _ = program.state(model, mesh)
-        del model
-        batch = device_batch(make_batch(args.batch, args.size), mesh)
-        holder = [state]
-
-        def step():
-            holder[0], metrics = train_step(holder[0], batch)
-            jax.block_until_ready(metrics)
-        return time_steps(step, args.steps)
+    return timed_program(program, make_batch(args.batch, args.size), args.steps)[0]
 
 
 def torch_loss(model, batch, tables, null_caption, gen, dropout=0.1):

@@ -128,3 +128,24 @@ def test_from_pretrained_refuses_bad_adapters_before_loading(files, monkeypatch,
     monkeypatch.setattr("pixart_jax.torch.pipeline.transformer_config", lambda *a: pytest.fail("read before the check"))
     with pytest.raises(ValueError, match=message):
         PixArtTorchPipeline.from_pretrained(files[0], **options(files[1]))
+
+
+def test_the_readme_s_peft_snippet(files, tmp_path):
+    """The README's "load in PyTorch" snippet, as written there (paths aside): an adapter save_lora wrote (what a
+    LoRA run exports) through PeftModel.from_pretrained onto diffusers' transformer, merged, in diffusers'
+    PixArtAlphaPipeline; its images are our PyTorch pipeline's with lora= (PEFT merges in float32: rounding apart)."""
+    from pixart_jax.weights.lora import load_lora, save_lora
+    from pixart_jax.weights.transformer import load_transformer
+
+    save_lora(load_lora(load_transformer(files[0] + "/transformer"), files[1]), str(tmp_path / "lora"))
+    pipeline_dir, lora_dir = files[0], str(tmp_path / "lora")
+    # -- the snippet --
+    transformer = diffusers.PixArtTransformer2DModel.from_pretrained(pipeline_dir, subfolder="transformer")
+    transformer = peft.PeftModel.from_pretrained(transformer, lora_dir).merge_and_unload()
+    pipe = diffusers.PixArtAlphaPipeline.from_pretrained(pipeline_dir, transformer=transformer)
+    # --
+    args = {k: v for k, v in ARGS.items() if k != "progress"}
+    images = pipe(PROMPTS, **dict(args, latents=torch.from_numpy(ARGS["latents"]))).images
+    expected = PixArtTorchPipeline.from_pretrained(pipeline_dir, lora=lora_dir)(PROMPTS, **ARGS).images
+    print(f"README snippet vs PixArtTorchPipeline(lora=): max |Δ| {np.abs(images - expected).max():.2e}")
+    np.testing.assert_allclose(images, expected, atol=ROUNDING)

@@ -11,18 +11,15 @@ from flax import nnx
 from pixart_jax.models import lora
 from pixart_jax.models.transformer import PixArtTransformer
 from pixart_jax.models.transformer_config import PRESETS
-from pixart_jax.sharding import device_batch, make_mesh
-from pixart_jax.testing.random_weights import redraw_nnx
 from pixart_jax.training import lora_step
 from pixart_jax.training.config import load_config
-from pixart_jax.training.data import stack_examples
 from pixart_jax.training.lora_step import split_adapted
 from pixart_jax.training.pretraining import LoRAPretraining
-from pixart_jax.training.synthetic import synthetic_examples
 from pixart_jax.weights.lora import add_lora, save_lora
-from pixart_jax.weights.transformer import save_jax
 from tests.helpers.paths import CONFIGS
+from tests.helpers.steps import run_program_steps
 from tests.helpers.transformer_io import inputs, run_ours
+from tests.helpers.trees import save_random_tiny
 
 LORA = ["lora.rank=4", "lora.alpha=8", "sample.every=0", "logging.progress=false", "data.synthetic_buckets=[1.0]",
         "checkpoint.async_save=false", "optimizer.warmup_steps=0"]  # no warmup: the first step moves B
@@ -30,34 +27,21 @@ LORA = ["lora.rank=4", "lora.alpha=8", "sample.every=0", "logging.progress=false
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("base") / "tiny"
-    save_jax(redraw_nnx(PixArtTransformer(PRESETS["tiny"], rngs=nnx.Rngs(3)), 3), str(path))
-    return str(path)
-
-
-def lora_config(base_dir, workdir, *extra):
-    return load_config(CONFIGS / "tiny.yaml", [f"workdir={workdir}", f"model.init_from={base_dir}", *LORA, *extra])
+    return save_random_tiny(tmp_path_factory.mktemp("base") / "tiny")
 
 
 def two_steps(base_dir, *extra):
     """(losses, the adapted model after them) of two LoRA steps on one device from the program's initial state."""
-    program = LoRAPretraining(lora_config(base_dir, "unused", *extra))
-    mesh = make_mesh(1, 1, devices=jax.devices()[:1])
-    model = program.model()
-    batch = stack_examples(synthetic_examples(program.cfg.data.batch_size, seed=1, caption_channels=32))
-    losses = []
-    with jax.set_mesh(mesh):
-        state, _ = program.state(model, mesh)
-        step = program.step(model, mesh)
-        for _ in range(2):
-            state, metrics = step(state, device_batch(batch, mesh))
-            losses.append(float(metrics["loss"]))
-    return losses, nnx.merge(split_adapted(model)[0], state["params"], state["frozen"], state["buffers"])
+    program = LoRAPretraining(load_config(CONFIGS / "tiny.yaml", ["workdir=unused", f"model.init_from={base_dir}",
+                                                                  *LORA, *extra]))
+    losses, _, state = run_program_steps(program, 1, (1, 1))
+    graphdef = split_adapted(program.model())[0]
+    return losses, nnx.merge(graphdef, state["params"], state["frozen"], state["buffers"])
 
 
 @pytest.fixture(scope="module")
 def runs(base_dir):
-    """{name: (losses, adapters)}: dropout 0 with and without the dropout keys (the step before dropout existed),
+    """{name: (losses, adapted model)}: dropout 0 with and without the dropout keys (the step before dropout existed),
     dropout 0.5 twice."""
     out = {"zero": two_steps(base_dir, "lora.dropout=0")}
     with pytest.MonkeyPatch.context() as patch:
