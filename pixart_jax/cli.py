@@ -278,6 +278,10 @@ def demo(args):
     follow = report["control_follow"]
     print(f"control followed (IoU >= {follow['iou_threshold']}): ControlNet {follow['controlnet']:.1f} %, "
           f"without control {follow['no_control']:.1f} %")
+    concept = report["lora_concept"]
+    print(f"new concept {concept['token']!r} by DreamBooth-LoRA: aligned {concept['before']:.1f} % -> "
+          f"{concept['after']:.1f} %; the usual prompts {concept['others_before']:.1f} % -> "
+          f"{concept['others_after']:.1f} %")
     print(f"wrote {os.path.join(args.out, 'grid.png')} and {os.path.join(args.out, 'scores.json')} "
           f"({sum(report['seconds'].values()):.0f} s)")
 

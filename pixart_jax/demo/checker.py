@@ -34,12 +34,14 @@ def _chroma_plane(rgb):
     return (2 * r - g - b) / 2, math.sqrt(3) * (g - b) / 2
 
 
-_COLOUR_HUES = np.arctan2(*_chroma_plane(np.array(list(COLOURS.values())))[::-1])
+def _hues(colours):
+    """The hue (radians) of each colour of `colours` ({name: RGB})."""
+    return np.arctan2(*_chroma_plane(np.array(list(colours.values())))[::-1])
 
 
-def _nearest_colour(hue):
-    """Index into COLOURS of the hue nearest to each of `hue` (radians, on the circle)."""
-    distance = np.abs(hue[..., None] - _COLOUR_HUES) % (2 * math.pi)
+def _nearest_colour(hue, hues):
+    """Index into `hues` of the hue nearest to each of `hue` (radians, on the circle)."""
+    distance = np.abs(hue[..., None] - hues) % (2 * math.pi)
     return np.argmin(np.minimum(distance, 2 * math.pi - distance), axis=-1)
 
 
@@ -96,21 +98,23 @@ def _kind(weights):
     return "square" if 2 * axes / (axes + 6 * moment(2, 2)) < SQUARE_AXIS_RATIO else "circle"
 
 
-def _measure(image):
-    """(colour index, kind, half-maximum mask) of the one shape in `image`, or None when there is none."""
+def _measure(image, colours=COLOURS):
+    """(colour index into `colours`, kind, half-maximum mask) of the one shape in `image`, or None when there is
+    none."""
     image = np.asarray(image, np.float32)
     if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < 3 or not np.isfinite(image).all():
         return None
     x, y = _chroma_plane(image - np.median(image.reshape(-1, 3), axis=0))
     foreground = np.hypot(x, y) > MIN_CHROMA
-    labels = _nearest_colour(np.arctan2(y, x))
-    components = [_largest_component(foreground & (labels == c)) for c in range(len(COLOURS))]
+    hues = _hues(colours)
+    labels = _nearest_colour(np.arctan2(y, x), hues)
+    components = [_largest_component(foreground & (labels == c)) for c in range(len(colours))]
     colour = int(np.argmax([c.sum() for c in components]))
     component = components[colour]
     if component.sum() < max(MIN_PIXELS, MIN_SHARE * foreground.sum()):
         return None
     # Intensity along the shape's hue relative to its peak: linear in the image (see the module docstring).
-    along = x * math.cos(_COLOUR_HUES[colour]) + y * math.sin(_COLOUR_HUES[colour])
+    along = x * math.cos(hues[colour]) + y * math.sin(hues[colour])
     along /= np.percentile(along[component], 90)
     kind = _kind(np.where(_dilate(component), np.clip(along, 0, 1), 0))
     # Half-maximum mask: a blur moves this edge far less than the fixed foreground threshold's.
@@ -126,9 +130,10 @@ def shape_mask(image):
     return None if measured is None else measured[2]
 
 
-def detect(image):
-    """The Attributes of the one shape in `image` (H, W, 3) in [0, 1], or None when no plausible shape is there."""
-    measured = _measure(image)
+def detect(image, colours=COLOURS):
+    """The Attributes of the one shape in `image` (H, W, 3) in [0, 1], or None when no plausible shape is there;
+    its colour is the nearest in hue of `colours` ({name: RGB}: the dataset's, or more)."""
+    measured = _measure(image, colours)
     if measured is None:
         return None
     colour, kind, shape = measured
@@ -140,20 +145,21 @@ def detect(image):
     centre_y = (rows.min() + rows.max() + 1) / 2 * scale_y
     centre_x = (columns.min() + columns.max() + 1) / 2 * scale_x
     cell = 3 * np.searchsorted(_POSITION_BOUNDARIES, centre_y) + np.searchsorted(_POSITION_BOUNDARIES, centre_x)
-    return Attributes(kind=kind, colour=list(COLOURS)[colour],
+    return Attributes(kind=kind, colour=list(colours)[colour],
                       size="small" if math.sqrt(height * width) < _SIZE_BOUNDARY else "big",
                       position=POSITIONS[cell])
 
 
-def score(image, attributes):
-    """Per-attribute correctness of `image` against `attributes` (Attributes or a caption), as a dict.
+def score(image, attributes, colours=COLOURS):
+    """Per-attribute correctness of `image` against `attributes` (Attributes or a caption), as a dict; colours as
+    `detect` reads them.
 
     Keys: kind, colour, size, position (bools), aligned (all four right) and detected (what `detect` read, or
     None — then nothing is correct).
     """
     if isinstance(attributes, str):
         attributes = parse_caption(attributes)
-    detected = detect(image)
+    detected = detect(image, colours)
     result = {name: detected is not None and getattr(detected, name) == getattr(attributes, name)
               for name in Attributes._fields}
     result["aligned"] = all(result.values())
@@ -161,12 +167,13 @@ def score(image, attributes):
     return result
 
 
-def attribute_percentages(images, attributes_list):
-    """Percent of `images` right on each attribute and fully aligned: {kind, colour, size, position, aligned}."""
+def attribute_percentages(images, attributes_list, colours=COLOURS):
+    """Percent of `images` right on each attribute and fully aligned: {kind, colour, size, position, aligned};
+    colours as `detect` reads them."""
     if len(images) != len(attributes_list) or not len(images):
         raise ValueError(f"need as many attributes as images (and at least one): {len(images)} images, "
                          f"{len(attributes_list)} attributes")
-    scores = [score(image, attributes) for image, attributes in zip(images, attributes_list)]
+    scores = [score(image, attributes, colours) for image, attributes in zip(images, attributes_list)]
     return {name: 100.0 * float(np.mean([s[name] for s in scores])) for name in (*Attributes._fields, "aligned")}
 
 

@@ -25,7 +25,7 @@ from flax import nnx
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from pixart_jax.demo import checker, control, fidelity, pcm_stage, shapes
+from pixart_jax.demo import checker, control, fidelity, lora_concept, pcm_stage, shapes
 from pixart_jax.demo.patch_pca import PatchPCA
 from pixart_jax.files import atomic_file
 from pixart_jax.models.t5 import T5Config, T5Encoder
@@ -216,22 +216,62 @@ def run(out, quick=False):
     evaluation = evaluate(samples, prompts, vae)
     clock["evaluation_s"] = time.perf_counter() - start
 
-    start = time.perf_counter()  # the ControlNet stage (pixart_jax/demo/control.py), sampled as METHODS[0]
-    name, _, sampler, steps, guidance = METHODS[0]
-    control_rows, control_follow = control.stage(
-        (examples, images, captions), vae, teacher_dir, os.path.join(out, "controlnet"),
-        lambda workdir, count, lr: train_overrides(workdir, settings, count, lr, vae.scaling_factor),
-        lambda texts: caption_features(tokenizer, text_encoder, texts),
-        lambda model, **kw: sample(PixArtControlNetPipeline(model, text_encoder, tokenizer, vae, sampler), prompts,
-                                   steps, guidance, **kw), prompts, samples[name], quick)
-    write_grid({**samples, **control_rows}, os.path.join(out, "grid.png"))
-    clock["controlnet_s"] = time.perf_counter() - start
+    parts = DemoParts(settings, tokenizer, text_encoder, vae, teacher, teacher_dir)
+    rows, scores = adaptation_stages(out, parts, (examples, images, captions), prompts, samples[METHODS[0][0]],
+                                     quick, clock)
+    write_grid({**samples, **rows}, os.path.join(out, "grid.png"))
 
-    report = {**evaluation, "control_follow": control_follow, "settings": dataclasses.asdict(settings),
+    report = {**evaluation, **scores, "settings": dataclasses.asdict(settings),
               "prompts": [p.caption for p in prompts], "seconds": {k: round(v, 1) for k, v in clock.items()}}
     with atomic_file(os.path.join(out, "scores.json"), overwrite=True) as tmp, open(tmp, "w") as f:
         json.dump(report, f, indent=2)
     return report
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoParts:
+    """What the stages after the teacher share: its settings, text encoder, autoencoder and the teacher."""
+    settings: Settings
+    tokenizer: object
+    text_encoder: object
+    vae: PatchPCA
+    teacher: object
+    teacher_dir: str
+
+    def overrides(self, workdir, steps, lr):
+        return train_overrides(workdir, self.settings, steps, lr, self.vae.scaling_factor)
+
+    def encode(self, captions):
+        return caption_features(self.tokenizer, self.text_encoder, captions)
+
+    def examples(self, images, captions):
+        """Training example dicts of images (N, H, W, 3) in [0, 1] and their captions."""
+        return training_examples(self.vae.encode(shapes.to_model_input(images)), *self.encode(captions))
+
+    def sampler(self, pipeline_class, model, prompts, **control):
+        """Images of `prompts` by `model` in a `pipeline_class`, as the teacher row samples (METHODS[0])."""
+        _, _, sampler, steps, guidance = METHODS[0]
+        pipe = pipeline_class(model, self.text_encoder, self.tokenizer, self.vae, sampler)
+        return sample(pipe, prompts, steps, guidance, **control)
+
+
+def adaptation_stages(out, parts, data, prompts, teacher_samples, quick, clock):
+    """The ControlNet (pixart_jax/demo/control.py) and DreamBooth-LoRA (pixart_jax/demo/lora_concept.py) stages on
+    the teacher, given its training `data` (examples, images, captions) and `teacher_samples` of `prompts`; their
+    seconds go into `clock`. Returns ({grid block: images}, {"control_follow": ..., "lora_concept": ...})."""
+    start = time.perf_counter()
+    control_rows, control_follow = control.stage(
+        data, parts.vae, parts.teacher_dir, os.path.join(out, "controlnet"), parts.overrides, parts.encode,
+        lambda model, **kw: parts.sampler(PixArtControlNetPipeline, model, prompts, **kw), prompts,
+        teacher_samples, quick)
+    clock["controlnet_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    inputs = lora_concept.ConceptInputs(parts.teacher, parts.teacher_dir, os.path.join(out, "lora_concept"), data[2],
+                                        parts.examples, lambda model, chosen: parts.sampler(PixArtPipeline, model,
+                                                                                             chosen), parts.overrides)
+    concept_rows, concept = lora_concept.stage(inputs, prompts, teacher_samples, quick)
+    clock["lora_concept_s"] = time.perf_counter() - start
+    return {**control_rows, **concept_rows}, {"control_follow": control_follow, "lora_concept": concept}
 
 
 def evaluate(samples, prompts, vae):

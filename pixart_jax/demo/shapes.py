@@ -84,13 +84,14 @@ def _inside(kind, x, y, cx, cy, r):
     return (y >= cy - r) & (y <= cy + r) & (np.abs(x - cx) <= (y - cy + r) / 2)
 
 
-def render(attributes, jitter=(0.0, 0.0)):
-    """The (IMAGE_SIZE, IMAGE_SIZE, 3) float32 image in [0, 1] of `attributes`, shifted by `jitter` = (dx, dy) px."""
+def render(attributes, jitter=(0.0, 0.0), colours=COLOURS):
+    """The (IMAGE_SIZE, IMAGE_SIZE, 3) float32 image in [0, 1] of `attributes`, shifted by `jitter` = (dx, dy) px;
+    `colours` maps colour names to RGB."""
     row, column = divmod(POSITIONS.index(attributes.position), 3)
     cx, cy = CENTRES[column] + jitter[0], CENTRES[row] + jitter[1]
     y, x = np.mgrid[:IMAGE_SIZE, :IMAGE_SIZE] + 0.5
     inside = _inside(attributes.kind, x, y, cx, cy, SIZES[attributes.size])
-    image = np.where(inside[..., None], COLOURS[attributes.colour], BACKGROUND)
+    image = np.where(inside[..., None], colours[attributes.colour], BACKGROUND)
     return image.astype(np.float32)
 
 

@@ -1,5 +1,5 @@
 """`pixart-jax demo --quick`, as a user runs it: the whole path (data, tokenizer, T5, autoencoder, teacher training,
-LCD, PCM, sampling, scoring) in a short run."""
+LCD, PCM, sampling, scoring, ControlNet, DreamBooth-LoRA) in a short run."""
 import json
 import math
 
@@ -31,8 +31,12 @@ def test_quick_demo_writes_grid_and_finite_scores(tmp_path):
     assert scores["prompts"] == [p.caption for p in evaluation_set()]
     follow = scores["control_follow"]
     assert all(0 <= follow[k] <= 100 for k in ("controlnet", "no_control")) and "control followed" in run.stdout
+    concept = scores["lora_concept"]
+    assert all(0 <= concept[k] <= 100 for k in ("before", "after", "others_before", "others_after"))
+    assert concept["others_before"] == scores["teacher_dpm_20_cfg"] and "new concept 'sks'" in run.stdout
+    assert (tmp_path / "lora_concept" / "lora" / "adapter_config.json").is_file()
     grid = Image.open(tmp_path / "grid.png")
-    blocks = len(methods) + 2  # + the control images and the ControlNet's samples
+    blocks = len(methods) + 4  # + the control images, the ControlNet's samples and the concept before / after
     across, down = min(6, blocks), -(-blocks // 6)  # labelled 6x6 blocks, six a row
     block = 6 * IMAGE_SIZE + 5 * 2
     assert grid.size == (across * block + (across + 1) * 12, down * (16 + block) + (down + 1) * 12)
