@@ -20,7 +20,7 @@ import numpy as np
 
 from pixart_jax.demo import checker, shapes
 from pixart_jax.images import pil_images, write_png
-from pixart_jax.training import dreambooth, pretraining
+from pixart_jax.training import dreambooth, lora_program
 from pixart_jax.training.dreambooth_data import DreamBoothExamples
 
 TOKEN = "sks"
@@ -100,7 +100,7 @@ def train(inputs, pairs, settings):
         f"dreambooth.instance_prompt=a {TOKEN} shape", "dreambooth.prior_preservation=true",
         "dreambooth.class_prompt=the teacher's training captions",
         f"dreambooth.prior_loss_weight={settings.prior_loss_weight}"])
-    return pretraining.adapted_model(dreambooth.train(cfg, DreamBoothExamples(*pairs, cfg.data.batch_size)))
+    return lora_program.adapted_model(dreambooth.train(cfg, DreamBoothExamples(*pairs, cfg.data.batch_size)))
 
 
 def stage(inputs, prompts, others_before, quick=False):
