@@ -26,6 +26,7 @@ from pixart_jax.training import loop
 from pixart_jax.training.data import REQUIRED_FIELDS
 from pixart_jax.training.dreambooth_data import CLASS_PREFIX, DreamBoothExamples, check_inputs, prepare
 from pixart_jax.training.lcm import export
+from pixart_jax.training.lora_program import export_lora
 from pixart_jax.training.loss import draw_training_inputs, pixart_sample_losses
 from pixart_jax.training.pretraining import LoRAPretraining, PixArtObjective, Pretraining
 
@@ -139,7 +140,9 @@ def train(cfg, examples=None):
     result = loop.train(program(cfg), examples)
     if result.preempted:
         return result
-    # the trained weights (LoRA: WORKDIR/lora; else WORKDIR/export/transformer) and the base's sampler config
-    export(result, cfg, "params", from_scheduler_config(os.path.join(cfg.model.init_from, "scheduler")))
+    if cfg.lora is not None:  # the adapter alone: the base (any layout, maybe without a scheduler) is the user's
+        export_lora(result, os.path.join(os.path.abspath(cfg.workdir), "lora"), cfg.model.init_from)
+    else:  # the trained weights with the base's sampler config
+        export(result, cfg, "params", from_scheduler_config(os.path.join(cfg.model.init_from, "scheduler")))
     return result
 
