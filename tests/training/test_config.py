@@ -3,7 +3,7 @@ and values out of range fail early."""
 
 import pytest
 
-from pixart_jax.training import controlnet, lcm, pcm
+from pixart_jax.training import controlnet, dreambooth, lcm, pcm
 from pixart_jax.training.config import RANGES, ConfigError, LoRAConfig, _flat, load_config, to_dict
 from tests.helpers.paths import CONFIGS
 
@@ -12,8 +12,8 @@ YAMLS = sorted(CONFIGS.glob("*.yaml"))
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.name)
 def test_shipped_configs_validate(path):
-    programs = {"lcm_": lcm.load_config, "pcm_": pcm.load_config,
-                "controlnet_": controlnet.load_config}  # they add `lcm:`, `pcm:`, `controlnet:`
+    programs = {"lcm_": lcm.load_config, "pcm_": pcm.load_config, "controlnet_": controlnet.load_config,
+                "dreambooth_": dreambooth.load_config}  # they add `lcm:`, `pcm:`, `controlnet:`, `dreambooth:`
     load = next((f for prefix, f in programs.items() if path.name.startswith(prefix)), load_config)
     cfg = load(path, ["workdir=/tmp/x"])
     assert cfg.steps >= 1 and cfg.checkpoint_every >= 1 and isinstance(cfg.seed, int)
@@ -90,7 +90,8 @@ def test_program_sections_are_range_checked(load, override, message):
 
 def test_every_range_names_a_numeric_setting():
     settings = {}
-    for schema in (lcm.LCMTrainConfig, pcm.PCMTrainConfig, controlnet.ControlNetTrainConfig):
+    for schema in (lcm.LCMTrainConfig, pcm.PCMTrainConfig, controlnet.ControlNetTrainConfig,
+                   dreambooth.DreamBoothTrainConfig):
         settings.update(_flat(to_dict(schema(workdir="w", steps=1, checkpoint_every=1, seed=0, lora=LoRAConfig()))))
     assert not set(RANGES) - set(settings)
     assert all(isinstance(settings[key], (int, float)) and not isinstance(settings[key], bool) for key in RANGES)
