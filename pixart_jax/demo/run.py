@@ -14,6 +14,7 @@
    control images that put the shape elsewhere than the caption does (pixart_jax/demo/control.py).
 """
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -248,11 +249,12 @@ class DemoParts:
         """Training example dicts of images (N, H, W, 3) in [0, 1] and their captions."""
         return training_examples(self.vae.encode(shapes.to_model_input(images)), *self.encode(captions))
 
-    def sampler(self, pipeline_class, model, prompts, **control):
-        """Images of `prompts` by `model` in a `pipeline_class`, as the teacher row samples (METHODS[0])."""
-        _, _, sampler, steps, guidance = METHODS[0]
+    def sampler(self, pipeline_class, model, prompts, guidance=None, **control):
+        """Images of `prompts` by `model` in a `pipeline_class`, as the teacher row samples (METHODS[0]; `guidance`
+        replaces its CFG scale)."""
+        _, _, sampler, steps, scale = METHODS[0]
         pipe = pipeline_class(model, self.text_encoder, self.tokenizer, self.vae, sampler)
-        return sample(pipe, prompts, steps, guidance, **control)
+        return sample(pipe, prompts, steps, scale if guidance is None else guidance, **control)
 
 
 def adaptation_stages(out, parts, data, prompts, teacher_samples, quick, clock):
@@ -267,8 +269,8 @@ def adaptation_stages(out, parts, data, prompts, teacher_samples, quick, clock):
     clock["controlnet_s"] = time.perf_counter() - start
     start = time.perf_counter()
     inputs = lora_concept.ConceptInputs(parts.teacher, parts.teacher_dir, os.path.join(out, "lora_concept"), data[2],
-                                        parts.examples, lambda model, chosen: parts.sampler(PixArtPipeline, model,
-                                                                                             chosen), parts.overrides)
+                                        parts.examples, functools.partial(parts.sampler, PixArtPipeline),
+                                        parts.overrides)
     concept_rows, concept = lora_concept.stage(inputs, prompts, teacher_samples, quick)
     clock["lora_concept_s"] = time.perf_counter() - start
     return {**control_rows, **concept_rows}, {"control_follow": control_follow, "lora_concept": concept}
