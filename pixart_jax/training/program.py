@@ -6,6 +6,8 @@ A program subclasses `Program` with its state layout (`initial_state`) and its u
 holds more networks than the model widens `networks`, one with other data or batches overrides `data`,
 `batch_shapes`, `model`.
 """
+import abc
+
 from flax import nnx
 
 from pixart_jax import sharding
@@ -36,7 +38,7 @@ def build_model(model_cfg, seed):
     return PixArtTransformer(PRESETS[model_cfg.preset], dtype, **model_options(model_cfg), rngs=nnx.Rngs(seed))
 
 
-class Program:
+class Program(abc.ABC):
     """The model, data, state and step of one training config `cfg`. `optimizer` (an optimizer.Optimizer) updates
     the trained network."""
 
@@ -85,10 +87,10 @@ class Program:
         and buffers. `abstract`: shapes suffice (none is computed)."""
         return split_model(model)[1:], sharding.variable_axes(model)
 
+    @abc.abstractmethod
     def initial_state(self, params, buffers):
         """The program's train state from the model's pure-dict parameters and buffers (jitted by `state`)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def update(self, model):
         """The program's update `(state, batch, key) -> (state, metrics)` for `model`'s structure."""
-        raise NotImplementedError
