@@ -34,23 +34,19 @@ def refused(capsys, args, code=2):
     return err
 
 
-def test_sample_random_writes_a_png(tmp_path):
+def test_sample_random_writes_a_png_replacing_an_existing_file_only_with_overwrite(tmp_path):
     out = tmp_path / "sample.png"
-    run = run_cli("sample-random", "--size", "64", "--steps", "3", "--out", out)
+    out.write_bytes(b"the user's")
+    run = run_cli("sample-random", "--size", "64", "--steps", "2", "--out", out)
+    assert run.returncode == 1 and run.stderr.strip() == f"error: --out '{out}': {out} exists (pass --overwrite to " \
+                                                         "replace it)"
+    assert out.read_bytes() == b"the user's"
+    run = run_cli("sample-random", "--size", "64", "--steps", "3", "--out", out, "--overwrite")
     assert run.returncode == 0, run.stderr
     assert "compile" in run.stdout and "run" in run.stdout
     image = Image.open(out)
     assert image.size == (64, 64) and image.mode == "RGB"
     assert len(np.unique(np.asarray(image).reshape(-1, 3), axis=0)) > 100  # an image, not a constant
-    # an existing image is the user's: replaced only with --overwrite
-    before = out.read_bytes()
-    run = run_cli("sample-random", "--size", "64", "--steps", "2", "--out", out)
-    assert run.returncode == 1 and run.stderr.strip() == f"error: --out '{out}': {out} exists (pass --overwrite to " \
-                                                         "replace it)"
-    assert out.read_bytes() == before
-    run = run_cli("sample-random", "--size", "64", "--steps", "2", "--out", out, "--overwrite")
-    assert run.returncode == 0, run.stderr
-    assert out.read_bytes() != before
 
 
 def test_bad_sizes_and_outputs_are_refused_before_any_work(tmp_path, capsys):
