@@ -1,5 +1,7 @@
 """Timing helpers shared by the benchmark scripts (same process, median of several runs)."""
+import os
 import statistics
+import subprocess
 import time
 
 import jax
@@ -44,6 +46,26 @@ def matmul_gflops(n=4096, runs=5):
     ta = torch.from_numpy(a)
     flops = 2 * n ** 3 / 1e9
     return flops / median_seconds(lambda: mm(ja), runs), flops / median_seconds(lambda: ta @ ta, runs)
+
+
+VECTOR_EXTENSIONS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+                     "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_description():
+    """This machine's CPU: lscpu's model name, its logical CPUs and the SIMD extensions it reports."""
+    fields = {}
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    model = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    name = next((line.split(":", 1)[1].strip() for line in model.splitlines() if line.startswith("Model name")),
+                fields.get("model name", "unknown"))
+    family = f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
+    return (f"CPU: {name} ({family}), {os.cpu_count()} logical CPUs; vector extensions: "
+            f"{' '.join(e for e in VECTOR_EXTENSIONS if e in flags) or 'none of ' + ', '.join(VECTOR_EXTENSIONS)}")
 
 
 def print_table(header, rows):

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from diffusers import PixArtTransformer2DModel  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from bench.common import matmul_gflops, print_table, timed_pair  # noqa: E402
+from bench.common import cpu_description, matmul_gflops, print_table, timed_pair  # noqa: E402
 from pixart_jax.models.transformer_config import PRESETS  # noqa: E402
 from pixart_jax.weights.transformer import load_transformer  # noqa: E402
 
@@ -35,14 +35,9 @@ def forward_gflop(cfg, batch, h, w, tokens=120):
     return batch * (cfg.depth * block + other) / 1e9
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="image sizes (latent = /8)")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    cfg = PRESETS["PixArt-XL-2-1024-MS"]
+def random_pair(cfg):
+    """(diffusers PixArtTransformer2DModel with N(0, 0.02) weights, our jitted forward, our state): the same
+    weights on both sides."""
     config = cfg.to_diffusers()
     config.pop("_class_name")
     ref = PixArtTransformer2DModel(**config).eval()
@@ -53,34 +48,66 @@ def main():
         ref.save_pretrained(tmp)
         ours = load_transformer(tmp)
     graphdef, state = nnx.split(ours)
-    forward = jax.jit(lambda s, *a: nnx.merge(graphdef, s)(*a))
-    jax_rate, torch_rate = matmul_gflops()
-    print(f"4096^2 fp32 matmul: JAX {jax_rate:.0f} GFLOP/s, PyTorch {torch_rate:.0f} GFLOP/s "
+    return ref, jax.jit(lambda s, *a: nnx.merge(graphdef, s)(*a)), state
+
+
+def forward_calls(cfg, pair, *, size, batch):
+    """(our forward, diffusers' forward): `batch` size × size images with cfg.max_tokens caption tokens,
+    micro-conditions where the model takes them, the same inputs both sides."""
+    ref, forward, state = pair
+    rng = np.random.default_rng(size)
+    lat = size // 8
+    x = rng.standard_normal((batch, 4, lat, lat)).astype(np.float32)
+    t = np.array([999.0, 500.0] * batch, np.float32)[:batch]
+    y = rng.standard_normal((batch, cfg.max_tokens, cfg.caption_channels)).astype(np.float32)
+    mask = np.ones((batch, cfg.max_tokens), np.float32)
+    res = np.full((batch, 2), size, np.float32) if cfg.micro_conditions else None
+    ar = np.ones((batch, 1), np.float32) if cfg.micro_conditions else None
+    tt = [None if a is None else torch.from_numpy(a) for a in (x, t, y, mask, res, ar)]
+    added = {"resolution": tt[4], "aspect_ratio": tt[5]} if cfg.micro_conditions else None
+
+    def torch_forward():
+        with torch.no_grad():
+            return ref(tt[0], encoder_hidden_states=tt[2], timestep=tt[1], encoder_attention_mask=tt[3],
+                       added_cond_kwargs=added).sample
+    return (lambda: forward(state, x, t, y, mask, res, ar)), torch_forward
+
+
+def forward_row(cfg, rates, seconds, *, size, batch):
+    """One table row of (ours, diffusers) `seconds` per forward of `batch` size × size images."""
+    (ours_s, ref_s), (jax_rate, torch_rate) = seconds, rates
+    gflop = forward_gflop(cfg, batch, size // 8, size // 8, tokens=cfg.max_tokens)
+    return [f"{size}x{size} ({size // 8}x{size // 8} latent)", batch, f"{ours_s:.2f}",
+            f"{ref_s:.2f}", f"{ref_s / ours_s:.2f}x", f"{gflop / ours_s:.0f} ({gflop / ours_s / jax_rate:.0%})",
+            f"{gflop / ref_s:.0f} ({gflop / ref_s / torch_rate:.0%})"]
+
+
+HEADER = ["image", "batch", "ours s", "diffusers s", "speed-up (ref/ours)", "ours GFLOP/s (of matmul)",
+          "diffusers GFLOP/s (of matmul)"]
+
+
+def matmul_rates():
+    """(JAX, PyTorch) fp32 matmul GFLOP/s on this machine, printed with the CPU."""
+    rates = matmul_gflops()
+    print(f"{cpu_description()}\n4096^2 fp32 matmul: JAX {rates[0]:.0f} GFLOP/s, PyTorch {rates[1]:.0f} GFLOP/s "
           f"({torch.get_num_threads()} torch threads, {os.cpu_count()} cores)")
+    return rates
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="image sizes (latent = /8)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    cfg = PRESETS["PixArt-XL-2-1024-MS"]
+    pair, rates = random_pair(cfg), matmul_rates()
     rows = []
     for size in args.sizes:
-        rng = np.random.default_rng(size)
-        lat = size // 8
-        x = rng.standard_normal((args.batch, 4, lat, lat)).astype(np.float32)
-        t = np.array([999.0, 500.0] * args.batch, np.float32)[:args.batch]
-        y = rng.standard_normal((args.batch, 120, 4096)).astype(np.float32)
-        mask = np.ones((args.batch, 120), np.float32)
-        res = np.full((args.batch, 2), size, np.float32)
-        ar = np.ones((args.batch, 1), np.float32)
-        tt = [torch.from_numpy(a) for a in (x, t, y, mask, res, ar)]
-
-        def torch_forward():
-            with torch.no_grad():
-                return ref(tt[0], encoder_hidden_states=tt[2], timestep=tt[1], encoder_attention_mask=tt[3],
-                           added_cond_kwargs={"resolution": tt[4], "aspect_ratio": tt[5]}).sample
-        (_, ours_s), (_, ref_s) = timed_pair(lambda: forward(state, x, t, y, mask, res, ar), torch_forward,
-                                             args.runs)
-        gflop = forward_gflop(cfg, args.batch, lat, lat)
-        rows.append([f"{size}x{size} ({lat}x{lat} latent)", args.batch, f"{ours_s:.2f}", f"{ref_s:.2f}",
-                     f"{ref_s / ours_s:.2f}x", f"{gflop / ours_s:.0f} ({gflop / ours_s / jax_rate:.0%})",
-                     f"{gflop / ref_s:.0f} ({gflop / ref_s / torch_rate:.0%})"])
-    print_table(["image", "batch", "ours s", "diffusers s", "speed-up (ref/ours)", "ours GFLOP/s (of matmul)",
-                 "diffusers GFLOP/s (of matmul)"], rows)
+        (_, ours_s), (_, ref_s) = timed_pair(*forward_calls(cfg, pair, size=size, batch=args.batch), args.runs)
+        rows.append(forward_row(cfg, rates, (ours_s, ref_s), size=size, batch=args.batch))
+    print_table(HEADER, rows)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 pixart_jax/training/features.py for what is computed and stored).
 
     python -m train.extract_features --images DIR_OR_INDEX --text-encoder DIR --tokenizer DIR --vae DIR \\
-        --out DIR --resolution 256|512|1024 [--batch-size 32] [--shard-size 512] [--t5-dtype bfloat16]
+        --out DIR --resolution 256|512|1024|2048 [--max-length 120|300] [--batch-size 32] [--shard-size 512]
+        [--t5-dtype bfloat16]
         [--control canny|hed [--hed ControlNetHED.pth]]
 """
 import argparse
@@ -10,6 +11,7 @@ import argparse
 from pixart_jax.choices import DType
 from pixart_jax.pipelines.aspect_ratios import TRAIN_TABLES
 from pixart_jax.pipelines.control import ControlKind
+from pixart_jax.pipelines.prompts import MAX_LENGTH
 from pixart_jax.training.features import ExtractionSettings, extract
 
 
@@ -22,6 +24,8 @@ def parse_args(argv=None):
     parser.add_argument("--vae", required=True, help="diffusers AutoencoderKL folder")
     parser.add_argument("--out", required=True, help="output folder (re-running resumes)")
     parser.add_argument("--resolution", type=int, required=True, choices=sorted(TRAIN_TABLES))
+    parser.add_argument("--max-length", type=int, default=MAX_LENGTH,
+                        help="caption tokens: 120 for PixArt-α (default), 300 for PixArt-Σ")
     parser.add_argument("--batch-size", type=int, default=32, help="images per encoder call, all devices")
     parser.add_argument("--shard-size", type=int, default=512, help="records per ArrayRecord file")
     parser.add_argument("--t5-dtype", choices=list(DType), type=DType, default=DType.bfloat16,
@@ -35,8 +39,8 @@ def parse_args(argv=None):
                         help="also store ControlNet control latents of each image's edge map")
     parser.add_argument("--hed", help="ControlNetHED.pth, the HED network's weights (for --control hed)")
     args = parser.parse_args(argv)
-    if args.batch_size < 1 or args.shard_size < 1 or args.workers < 1:
-        parser.error("--batch-size, --shard-size and --workers must be positive")
+    if min(args.batch_size, args.shard_size, args.workers, args.max_length) < 1:
+        parser.error("--batch-size, --shard-size, --workers and --max-length must be positive")
     return ExtractionSettings(**vars(args))
 
 

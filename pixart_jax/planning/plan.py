@@ -28,6 +28,9 @@ class Plan:
     code: int | None = None
     largest: list = dataclasses.field(default_factory=list)   # (name, shape, dtype, spec, bytes per chip)
     refused: str | None = None
+    # per-chip bytes of the trained network's optimizer state under each optimizer (this run's and the others')
+    optimizer_state: dict = dataclasses.field(default_factory=dict)
+    optimizer: str | None = None    # this run's
 
     @property
     def capacity(self) -> int:
@@ -64,18 +67,26 @@ def compile_plan(lowered, topology, mesh, args) -> Plan:
     return memory_plan(compiled, topology, mesh, time.perf_counter() - start, args)
 
 
+def chip_bytes(leaf):
+    """Bytes per chip of a ShapeDtypeStruct with a NamedSharding."""
+    return math.prod(leaf.sharding.shard_shape(leaf.shape)) * jnp.dtype(leaf.dtype).itemsize
+
+
 def largest_arrays(tree, count=LARGEST):
     """The `count` largest leaves of `tree` (ShapeDtypeStructs with NamedShardings) by bytes per chip."""
     rows = []
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        per_chip = math.prod(leaf.sharding.shard_shape(leaf.shape)) * jnp.dtype(leaf.dtype).itemsize
         rows.append((jax.tree_util.keystr(path, simple=True, separator="."), tuple(leaf.shape),
-                     jnp.dtype(leaf.dtype).name, str(leaf.sharding.spec), per_chip))
+                     jnp.dtype(leaf.dtype).name, str(leaf.sharding.spec), chip_bytes(leaf)))
     return sorted(rows, key=lambda r: -r[-1])[:count]
 
 
 def _gib(n):
     return "-" if n is None else f"{n / GIB:.2f}"
+
+
+def _size(n):
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2 ** 20:.2f} MiB"
 
 
 def format_plan(plan: Plan, what: str) -> str:
@@ -93,6 +104,10 @@ def format_plan(plan: Plan, what: str) -> str:
               ("total", "capacity")]
     lines.append(f"  {'fits':<18} {'yes' if plan.fits else 'NO':>8}  ({100 * plan.total / plan.capacity:.0f} % of "
                  f"capacity)")
+    if plan.optimizer_state:
+        sizes = ", ".join(f"{name} {_size(size)}{' (this run)' if name == plan.optimizer else ''}"
+                          for name, size in plan.optimizer_state.items())
+        lines.append(f"optimizer state per chip (in the arguments): {sizes}")
     lines.append("largest arrays (global shape, dtype, sharding, MiB per chip):")
     lines += [f"  {name:<44} {str(shape):<22} {dtype:<9} {spec:<34} {size / 2 ** 20:9.1f}"
               for name, shape, dtype, spec, size in plan.largest]

@@ -10,8 +10,9 @@ import jax
 from flax import nnx
 
 from pixart_jax import sharding
+from pixart_jax.choices import OptimizerName
 from pixart_jax.models.transformer_config import PRESETS
-from pixart_jax.planning.plan import Plan, compile_plan
+from pixart_jax.planning.plan import Plan, chip_bytes, compile_plan
 from pixart_jax.planning.topologies import Topology
 from pixart_jax.training import config as config_lib
 
@@ -45,7 +46,7 @@ def plan_train_step(cfg, program, topology: Topology, latent: int | None = None)
         raise config_lib.ConfigError(f"data.batch_size {global_batch} is not divisible by the {mesh.size} chips of "
                                      f"{topology.name}")
     model_cfg = PRESETS[cfg.model.preset]
-    program = program(_untrained(cfg))
+    make_program, program = program, program(_untrained(cfg))
     model = nnx.eval_shape(program.model)
     side = model_cfg.sample_size if latent is None else int(latent)
     shapes = program.batch_shapes(model_cfg, (side, side))
@@ -55,7 +56,20 @@ def plan_train_step(cfg, program, topology: Topology, latent: int | None = None)
     step = program.step(model, mesh)
     batch = abstract_batch(shapes, global_batch, mesh)
     with jax.set_mesh(mesh):
-        return compile_plan(step.lower(state, batch), topology, mesh, dict(state, batch=batch))
+        plan = compile_plan(step.lower(state, batch), topology, mesh, dict(state, batch=batch))
+    return dataclasses.replace(plan, optimizer=str(cfg.optimizer.name),
+                               optimizer_state=optimizer_state_bytes(_untrained(cfg), make_program, model, mesh))
+
+
+def optimizer_state_bytes(cfg, make_program, model, mesh):
+    """{optimizer name: per-chip bytes of the trained network's optimizer state ("opt") on `mesh`} for every
+    OptimizerName: what CAME's factored second moments save over AdamW's, from the abstract states alone."""
+    sizes = {}
+    for name in OptimizerName:
+        other = make_program(dataclasses.replace(cfg, optimizer=dataclasses.replace(cfg.optimizer, name=name)))
+        state, _ = other.abstract_state(model, mesh)
+        sizes[str(name)] = sum(chip_bytes(leaf) for leaf in jax.tree.leaves(state["opt"]))
+    return sizes
 
 
 def describe_run(cfg, name, path):

@@ -41,13 +41,14 @@ def build_pipeline(directory, *, micro, scheduler, seed=0, transformer=TINY_TRAN
     return _save(PixArtAlphaPipeline, directory, scheduler, seed, dict(transformer, **size), t5, vae)
 
 
-def build_sigma_pipeline(directory, *, scheduler, seed=0, transformer=TINY_TRANSFORMER, t5=TINY_T5, vae=TINY_VAE):
-    """A diffusers PixArtSigmaPipeline with random components saved to `directory`; returns it: PixArt-Σ 256's
-    transformer settings (sample_size 32, position interpolation 0.5, no micro-conditions) and the SDXL VAE's
-    scaling factor 0.13025."""
+def build_sigma_pipeline(directory, *, scheduler, seed=0, transformer=TINY_TRANSFORMER, t5=TINY_T5, vae=TINY_VAE,
+                         sample_size=32):
+    """A diffusers PixArtSigmaPipeline with random components saved to `directory`; returns it: PixArt-Σ's
+    transformer settings at `sample_size` (32: Σ 256, position interpolation 0.5; 128: Σ 1024-MS, 2; no
+    micro-conditions) and the SDXL VAE's scaling factor 0.13025."""
     from diffusers import PixArtSigmaPipeline
 
-    size = dict(sample_size=32, interpolation_scale=0.5, use_additional_conditions=False)
+    size = dict(sample_size=sample_size, interpolation_scale=sample_size / 64, use_additional_conditions=False)
     return _save(PixArtSigmaPipeline, directory, scheduler, seed, dict(transformer, **size), t5,
                  dict(vae, scaling_factor=0.13025))
 

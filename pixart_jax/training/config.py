@@ -54,6 +54,7 @@ RANGES = {
     "optimizer.warmup_steps": "[0, inf)", "optimizer.grad_accum_steps": "[1, inf)", "optimizer.ema_rate": "[0, 1]",
     "mesh.data": "[-1, inf)", "mesh.fsdp": "[1, inf)",
     "data.batch_size": "[1, inf)", "data.synthetic_examples": "[1, inf)", "data.latent_scale": "(0, inf)",
+    "data.real_prompt_ratio": "[0, 1]",
     "logging.log_every": "[1, inf)",
     "sample.every": "[0, inf)", "sample.steps": "[1, inf)", "sample.guidance_scale": "[0, inf)",
     "sample.num_images": "[1, inf)",
@@ -122,6 +123,9 @@ class DataConfig:
     synthetic_examples: int = 16
     synthetic_buckets: List[str] = dataclasses.field(default_factory=lambda: ["1.0"])
     latent_scale: float = LATENT_SCALE      # x0 = latent_scale * posterior sample (SD VAE's scaling factor)
+    # the probability that an example trains on its real caption rather than its long one (PixArt-Σ: 0.5);
+    # below 1 the features need both (train.extract_features with the index's `sharegpt4v` captions)
+    real_prompt_ratio: float = 1.0
 
 
 @dataclasses.dataclass

@@ -10,7 +10,9 @@ Example dicts (what `read_examples(...)[i]` returns and what in-memory sources h
   posterior, unscaled (the trainer multiplies its sample by 0.18215); img_hw (2,) float32 — the original image's
   [height, width]; aspect_ratio (1,) float32 — float(bucket); bucket str — the aspect-ratio bucket key; for
   ControlNet training also control_mean, control_std (4, h, w) float32 — the VAE posterior of the image's edge map
-  (`train.extract_features --control canny|hed`), unscaled like mean/std.
+  (`train.extract_features --control canny|hed`), unscaled like mean/std; when the data gave each image a second,
+  long caption (PixArt-Σ's VLM caption, the index's `sharegpt4v` field) also vlm_caption (L, C) float32 and
+  vlm_mask (L,) int32 of it, `caption` then being the short real one (the index's `prompt`).
 A record stores only the caption's valid tokens, in bfloat16; reading pads it back to L tokens by repeating the
 last valid token with mask 0, as PixArt's InternalData loader pads short features
 (`diffusion/data/datasets/InternalData.py`). The padded
@@ -36,7 +38,15 @@ READ_THREADS = 4
 PREFETCH_BATCHES = 8
 REQUIRED_FIELDS = ("caption", "mask", "mean", "std", "img_hw", "aspect_ratio")
 CONTROL_FIELDS = ("control_mean", "control_std")  # ControlNet training only
+VLM_FIELDS = ("vlm_caption", "vlm_mask")  # the second (long) caption: read by the loader, never batched
 FLOAT_FIELDS = tuple(name for name in REQUIRED_FIELDS if name != "mask") + CONTROL_FIELDS
+# The random stream of the per-example caption choice (data.real_prompt_ratio), apart from the epoch shuffles'.
+CAPTION_CHOICE_STREAM = 1
+
+
+class CaptionError(ValueError):
+    """Features whose captions do not suit the training: another length than the model's, or no second caption
+    where data.real_prompt_ratio < 1 asks for one."""
 
 
 def shard_paths(directory, number):
@@ -60,9 +70,11 @@ def _dtype(name):
     return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
 
 
-def encode_example(*, key, caption, mean, std, img_hw, bucket, max_length, control_mean=None, control_std=None):
-    """One record: `caption` holds only the valid tokens (n, C) (stored bfloat16), mean/std (4, h, w) as given,
-    and the control image's control_mean/control_std (4, h, w) when given.
+def encode_example(*, key, caption, mean, std, img_hw, bucket, max_length, control_mean=None, control_std=None,
+                   vlm_caption=None):
+    """One record: `caption` (and the second caption `vlm_caption`, when given) holds only the valid tokens (n, C)
+    (stored bfloat16), mean/std (4, h, w) as given, and the control image's control_mean/control_std (4, h, w)
+    when given.
 
     Layout: MAGIC, little-endian uint32 header length, JSON header (scalars, and name/dtype/shape of each array),
     then the arrays' raw bytes in header order.
@@ -71,6 +83,8 @@ def encode_example(*, key, caption, mean, std, img_hw, bucket, max_length, contr
               "std": np.asarray(std)}
     if control_mean is not None:
         arrays.update(control_mean=np.asarray(control_mean), control_std=np.asarray(control_std))
+    if vlm_caption is not None:
+        arrays["vlm_caption"] = np.asarray(vlm_caption).astype(ml_dtypes.bfloat16)
     header = json.dumps({"key": key, "bucket": bucket, "img_hw": [int(v) for v in img_hw], "max_length": max_length,
                          "arrays": [[name, str(a.dtype), list(a.shape)] for name, a in arrays.items()]}).encode()
     body = b"".join(np.ascontiguousarray(a).tobytes() for a in arrays.values())
@@ -89,15 +103,21 @@ def decode_example(record):
         count = int(np.prod(shape))
         arrays[name] = np.frombuffer(record, dtype, count, offset).reshape(shape)
         offset += count * dtype.itemsize
-    valid = arrays["caption"].astype(np.float32)
-    length = header["max_length"]
-    caption = np.concatenate([valid, np.repeat(valid[-1:], length - len(valid), axis=0)])
-    mask = (np.arange(length) < len(valid)).astype(np.int32)
+    caption, mask = _padded(arrays["caption"], header["max_length"])
     example = {"caption": caption, "mask": mask, "mean": arrays["mean"].astype(np.float32),
                "std": arrays["std"].astype(np.float32), "img_hw": np.asarray(header["img_hw"], np.float32),
                "aspect_ratio": np.asarray([float(header["bucket"])], np.float32), "bucket": header["bucket"]}
     example.update({name: arrays[name].astype(np.float32) for name in CONTROL_FIELDS if name in arrays})
+    if "vlm_caption" in arrays:
+        example["vlm_caption"], example["vlm_mask"] = _padded(arrays["vlm_caption"], header["max_length"])
     return example
+
+
+def _padded(valid, length):
+    """(caption (length, C) float32, mask (length,) int32) of the valid tokens (n, C), padded as the module says."""
+    valid = valid.astype(np.float32)
+    caption = np.concatenate([valid, np.repeat(valid[-1:], length - len(valid), axis=0)])
+    return caption, (np.arange(length) < len(valid)).astype(np.int32)
 
 
 def _warn_unindexed(directory, shards):
@@ -235,6 +255,13 @@ class BucketBatchPlan(grain.MapDataset):
         epoch, position = divmod(step, self.steps_per_epoch)
         return self.epoch_plan(epoch)[position, self._host]
 
+    def real_captions(self, step, ratio):
+        """(batch_size,) bool: which of this host's examples at `step` train on their real caption rather than
+        the long one, each with probability `ratio` (PixArt-Σ's real_prompt_ratio). A function of (seed, step)
+        drawn over the global batch, so resuming and any host count give the same choices."""
+        draws = np.random.default_rng([self._seed, CAPTION_CHOICE_STREAM, step]).random(self._global)
+        return draws[self._host] < ratio
+
     def __str__(self):
         return f"BucketBatchPlan(global_batch={self._global}, host={self._host}, seed={self._seed})"
 
@@ -258,34 +285,68 @@ def stack_examples(examples):
     return batch
 
 
-class _LoadBatch(grain.transforms.Map):
-    def __init__(self, source):
-        self._source = source
+def with_caption(example, real):
+    """`example` training on its real caption (`real`, or when it has no second one), else on its long one
+    (vlm_caption / vlm_mask); without the second caption's fields either way."""
+    chosen = {k: v for k, v in example.items() if k not in VLM_FIELDS}
+    if not real and "vlm_caption" in example:
+        chosen.update(caption=example["vlm_caption"], mask=example["vlm_mask"])
+    return chosen
 
-    def map(self, indices):
-        return stack_examples([self._source[int(i)] for i in indices])
+
+class _LoadBatch(grain.transforms.MapWithIndex):
+    """Step and its example indices -> the batch, each example on the caption the plan picks for it."""
+
+    def __init__(self, source, plan, real_prompt_ratio):
+        self._source, self._plan, self._ratio = source, plan, real_prompt_ratio
+
+    def map_with_index(self, step, indices):
+        real = self._plan.real_captions(step, self._ratio)
+        return stack_examples([with_caption(self._source[int(i)], bool(r)) for i, r in zip(indices, real)])
 
 
-def feature_dataset(source, *, batch_size, seed, shard_index=0, shard_count=1):
+def check_captions(source, *, real_prompt_ratio=1.0, max_tokens=None):
+    """A CaptionError before training when example 0 of `source` has captions of another length than the model's
+    `max_tokens`, or no second caption while `real_prompt_ratio` < 1 asks for one."""
+    first = source[0]
+    length = np.shape(first["caption"])[0]
+    name = source.directory if isinstance(source, FeatureSource) else f"the {len(source)} examples"
+    if max_tokens is not None and length != max_tokens:
+        raise CaptionError(f"{name}: captions of {length} tokens, the model takes {max_tokens} (extract the "
+                         f"features with train.extract_features --max-length {max_tokens})")
+    if real_prompt_ratio < 1 and "vlm_caption" not in first:
+        raise CaptionError(f"data.real_prompt_ratio {real_prompt_ratio} < 1 trains on a second, long caption per "
+                         f"image, but example 0 of {name} has none: give the index records a `sharegpt4v` caption and "
+                         "extract again, or set data.real_prompt_ratio=1")
+
+
+def feature_dataset(source, *, batch_size, seed, shard_index=0, shard_count=1, real_prompt_ratio=1.0,
+                    max_tokens=None):
     """An infinite `grain.IterDataset` of this host's batches (dicts of stacked NumPy arrays, no `bucket`).
 
     source: a directory written by `train.extract_features`, or a sequence of example dicts (module docstring).
     Every batch comes from one bucket; the order is a function of (seed, shard_index, shard_count) only, and
-    reshuffled each epoch; leftovers of each epoch's buckets are dropped (see BucketBatchPlan). Resume with
-    `it.set_state(state)` on a fresh iterator, `state` taken with `it.get_state()`.
+    reshuffled each epoch; leftovers of each epoch's buckets are dropped (see BucketBatchPlan). Each example
+    trains on its real caption with probability `real_prompt_ratio`, else on its long one (`vlm_caption`; the
+    real one where an example has none), drawn per (seed, step, row of the global batch). `max_tokens`: the
+    model's caption length, checked against the source's. Resume with `it.set_state(state)` on a fresh
+    iterator, `state` taken with `it.get_state()`.
     """
     if batch_size < 1 or shard_count < 1 or not 0 <= shard_index < shard_count:
         raise ValueError(f"need batch_size >= 1 and 0 <= shard_index < shard_count, got batch_size {batch_size}, "
                          f"shard_index {shard_index}, shard_count {shard_count}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not 0 <= real_prompt_ratio <= 1:
+        raise ValueError(f"real_prompt_ratio must be in [0, 1], got {real_prompt_ratio!r}")
     if isinstance(source, (str, os.PathLike)):
         source = read_examples(source)
     _, ids = _bucket_ids(source)
     plan = BucketBatchPlan(ids, batch_size=batch_size, seed=int(seed), shard_index=shard_index,
                            shard_count=shard_count)
+    check_captions(source, real_prompt_ratio=real_prompt_ratio, max_tokens=max_tokens)
     options = grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=PREFETCH_BATCHES)
-    return plan.map(_LoadBatch(source)).to_iter_dataset(options)
+    return plan.map_with_index(_LoadBatch(source, plan, real_prompt_ratio)).to_iter_dataset(options)
 
 
 def feature_batch_shapes(cfg, model_cfg, latent_hw):

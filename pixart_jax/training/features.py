@@ -6,14 +6,18 @@ features in ArrayRecord shards.
 
 Input: a folder searched recursively for images (png, jpg, jpeg, webp, bmp), each captioned by a same-stem `.txt`
 sidecar; or a `.json` list / `.jsonl` file of records with `path` (relative to `--image-root`, default the index's
-folder), `prompt`, and optionally the original `height`/`width`.
+folder), `prompt`, and optionally the original `height`/`width` and a second, long caption `sharegpt4v` (the
+field of PixArt-Σ's `data_info.json`: a VLM's caption, trained on with probability 1 - `data.real_prompt_ratio`;
+empty or absent: the image has only its real caption).
 
 Per image: the aspect-ratio bucket nearest to the original height/width (from the index when given, else the
 image) in the 40-entry training table of `--resolution` (spec §3.6); the image resized DIRECTLY to the bucket's
 [height, width] with bicubic filtering, distorting its aspect ratio, as the reference multi-scale extractor does
 (spec §3.5, quirk 15) and unlike aspect-preserving resize + crop; RGB scaled to [-1, 1]; the VAE posterior
-mean/std (stored fp32); the T5 last hidden states of the twice-cleaned caption, 120 tokens, of which the valid
-ones are stored in bf16 (record format in pixart_jax/training/data.py). With `control` (canny or hed), also the
+mean/std (stored fp32); the T5 last hidden states of the twice-cleaned caption, `--max-length` tokens (120 for
+PixArt-α, 300 for PixArt-Σ), of which the valid
+ones are stored in bf16 (record format in pixart_jax/training/data.py); the same for the long caption when the
+record has one. With `control` (canny or hed), also the
 VAE posterior of the resized image's edge map ([-1, 1], 3 channels: pixart_jax/pipelines/control.py) for ControlNet
 training.
 
@@ -59,6 +63,7 @@ class Item(NamedTuple):
     caption: str | None  # None: the folder has no caption sidecar for this image
     height: int | None = None
     width: int | None = None
+    vlm_caption: str | None = None  # the long (VLM) caption, when the index gives one
 
 
 def _folder_items(folder):
@@ -92,7 +97,7 @@ def _index_items(index, image_root):
         if missing:
             raise ValueError(f"{index}: record {number} lacks {missing} (it has {sorted(record)})")
         items.append(Item(record["path"], os.path.join(root, record["path"]), str(record["prompt"]),
-                          record.get("height"), record.get("width")))
+                          record.get("height"), record.get("width"), record.get("sharegpt4v") or None))
     return items
 
 
@@ -235,7 +240,7 @@ class ExtractionSettings:
     tokenizer: str              # T5 tokenizer folder (spiece.model)
     vae: str                    # diffusers AutoencoderKL folder
     out: str                    # output folder (re-running resumes)
-    resolution: int             # 256, 512 or 1024: the training bucket table
+    resolution: int             # 256, 512, 1024 or 2048: the training bucket table
     image_root: Optional[str] = None    # folder the index's paths are relative to (default: the index's)
     batch_size: int = 32        # images per encoder call, all devices
     shard_size: int = 512       # records per ArrayRecord file
@@ -245,6 +250,7 @@ class ExtractionSettings:
     workers: int = 4            # threads decoding and resizing images
     control: Optional[ControlKind] = None   # ControlNet control latents of each image's edge map: canny or hed
     hed: Optional[str] = None   # ControlNetHED.pth, for control hed
+    max_length: int = MAX_LENGTH    # caption tokens: 120 (PixArt-α), 300 (PixArt-Σ)
 
 
 def extract(args: ExtractionSettings):
@@ -281,7 +287,9 @@ def _settings(args):
         raise ValueError("--control hed needs --hed (a ControlNetHED.pth)")
     if args.control not in (None, ControlKind.canny, ControlKind.hed):
         raise ValueError(f"--control must be canny or hed, got {args.control!r}")
-    return {"resolution": args.resolution, "max_length": MAX_LENGTH, "clean_caption": args.clean_caption,
+    if args.max_length < 1:
+        raise ValueError(f"--max-length must be positive, got {args.max_length}")
+    return {"resolution": args.resolution, "max_length": args.max_length, "clean_caption": args.clean_caption,
             "t5_dtype": args.t5_dtype, "vae_dtype": args.vae_dtype, "text_encoder": args.text_encoder,
             "tokenizer": args.tokenizer, "vae": args.vae, "images": args.images, "control": args.control,
             "hed": args.hed}
@@ -291,21 +299,30 @@ def _encode_batch(args, tokenizer, encoder, writer, batch):
     """Encodes a list of (item, image, bucket, hw) of one bucket, padded to the batch size, and writes it."""
     rows = args.batch_size - len(batch)
     texts = preprocess([item.caption for item, *_ in batch], args.clean_caption) + [""] * rows
-    ids, mask = tokenize(tokenizer, texts, MAX_LENGTH)
+    hidden, valid = _encoded_captions(args, tokenizer, encoder, texts)
+    long_hidden, long_valid = None, None
+    if any(item.vlm_caption for item, *_ in batch):
+        long_texts = preprocess([item.vlm_caption or "" for item, *_ in batch], args.clean_caption) + [""] * rows
+        long_hidden, long_valid = _encoded_captions(args, tokenizer, encoder, long_texts)
     images = np.stack([image for _, image, _, _ in batch])
     images = np.concatenate([images, np.zeros((rows, *images.shape[1:]), np.uint8)])
-    hidden = encoder.captions(ids, mask)
     mean, std = encoder.latents(vae_pixels(images))
     control = [None, None]
     if args.control:
         edges = edge_maps(images, args.control, encoder.hed if args.control == ControlKind.hed else None)
         control = encoder.latents(np.asarray(control_pixels(edges)))
     for row, (item, _, bucket, hw) in enumerate(batch):
-        valid = int(mask[row].sum())  # the mask is a prefix of ones: padding is on the right
         control_mean, control_std = (None, None) if control[0] is None else (control[0][row], control[1][row])
-        writer.write(item.key, bucket, encode_example(key=item.key, caption=hidden[row, :valid], mean=mean[row],
-                                                      std=std[row], img_hw=hw, bucket=bucket, max_length=MAX_LENGTH,
-                                                      control_mean=control_mean, control_std=control_std))
+        vlm_caption = long_hidden[row, :long_valid[row]] if item.vlm_caption else None
+        writer.write(item.key, bucket, encode_example(
+            key=item.key, caption=hidden[row, :valid[row]], mean=mean[row], std=std[row], img_hw=hw, bucket=bucket,
+            max_length=args.max_length, control_mean=control_mean, control_std=control_std, vlm_caption=vlm_caption))
+
+
+def _encoded_captions(args, tokenizer, encoder, texts):
+    """(T5 hidden states (B, max_length, C), valid token count per row) of cleaned `texts`."""
+    ids, mask = tokenize(tokenizer, texts, args.max_length)
+    return encoder.captions(ids, mask), mask.sum(axis=1)  # the mask is a prefix of ones: padding on the right
 
 
 def _encode_all(args, pending, encode, manifest):

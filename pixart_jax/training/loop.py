@@ -20,7 +20,7 @@ from tqdm import tqdm
 from pixart_jax import sharding
 from pixart_jax.training import config as config_lib
 from pixart_jax.training.checkpoints import Checkpoints, DamagedCheckpointsError, ResumeMismatchError
-from pixart_jax.training.data import feature_dataset, read_examples
+from pixart_jax.training.data import CaptionError, feature_dataset, read_examples
 from pixart_jax.training.errors import RunError
 from pixart_jax.training.metrics import MetricsWriter
 from pixart_jax.training.samples import SampleGrid, save_png
@@ -188,9 +188,13 @@ def _run(program, workdir, examples, mesh):
     cfg = program.cfg
     model = program.model()
     graphdef = split_model(model)[0]
-    dataset = feature_dataset(program.data(model.cfg) if examples is None else examples,
-                              batch_size=cfg.data.batch_size // jax.process_count(), seed=cfg.seed,
-                              shard_index=jax.process_index(), shard_count=jax.process_count())
+    try:
+        dataset = feature_dataset(program.data(model.cfg) if examples is None else examples,
+                                  batch_size=cfg.data.batch_size // jax.process_count(), seed=cfg.seed,
+                                  shard_index=jax.process_index(), shard_count=jax.process_count(),
+                                  real_prompt_ratio=cfg.data.real_prompt_ratio, max_tokens=model.cfg.max_tokens)
+    except CaptionError as e:  # features that do not fit the config: refused before anything is compiled
+        raise config_lib.ConfigError(str(e)) from None
     ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.checkpoint.max_to_keep,
                         async_save=cfg.checkpoint.async_save)
     with jax.set_mesh(mesh):

@@ -22,11 +22,11 @@ def perturbed(model):
     return nnx.merge(graphdef, jax.tree.unflatten(tree, noisy), buffers)
 
 
-def save_random_tiny(path, seed=3):
-    """Saves a tiny PixArt with every parameter drawn at random to `path` (our layout) and returns the path as a
-    str: a base to fine-tune LoRA adapters on (a fresh PixArt's zero output layer would give them zero
+def save_random_tiny(path, seed=3, config=PRESETS["tiny"]):
+    """Saves a tiny PixArt (`config`) with every parameter drawn at random to `path` (our layout) and returns the
+    path as a str: a base to fine-tune LoRA adapters on (a fresh PixArt's zero output layer would give them zero
     gradients)."""
-    save_jax(redraw_nnx(PixArtTransformer(PRESETS["tiny"], rngs=nnx.Rngs(seed)), seed), str(path))
+    save_jax(redraw_nnx(PixArtTransformer(config, rngs=nnx.Rngs(seed)), seed), str(path))
     return str(path)
 
 

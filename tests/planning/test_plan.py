@@ -5,9 +5,11 @@ import re
 import jax
 import jax.numpy as jnp
 import pytest
+from flax import nnx
 
 from pixart_jax import sharding
 from pixart_jax.models.attention import attention
+from pixart_jax.planning.plan import format_plan
 from pixart_jax.planning.topologies import GIB, TopologyError, parse_topology
 from pixart_jax.planning.training import plan_train_step
 from pixart_jax.training.registry import PROGRAMS, program_for
@@ -61,6 +63,22 @@ def test_controlnet_and_pcm_steps_plan(config, program, state_prefix):
     plan = plan_train_step(cfg, entry.program, parse_topology("v5e:2x2"))
     assert plan.fits and plan.refused is None and plan.temporaries > 0
     assert any(array_name.startswith(state_prefix) for array_name, *_ in plan.largest), plan.largest
+
+
+def test_the_plan_shows_what_came_saves_over_adamw():
+    """Every plan lists the optimizer state per chip under each optimizer: CAME keeps one parameter-sized
+    momentum and factored second moments where AdamW keeps two parameter-sized moments."""
+    name, entry = program_for(CONFIGS / "tiny.yaml")
+    cfg = entry.load_config(CONFIGS / "tiny.yaml", ["workdir=unused", "mesh.fsdp=1", "optimizer.name=came"])
+    plan = plan_train_step(cfg, entry.program, parse_topology("v5e:1x1"))
+    params = sum(leaf.size for leaf in jax.tree.leaves(nnx.state(nnx.eval_shape(entry.program(cfg).model),
+                                                                 nnx.Param)))
+    sizes = plan.optimizer_state
+    assert plan.optimizer == "came" and sizes["adamw"] == pytest.approx(8 * params, abs=64)  # two fp32 moments
+    assert 4 * params < sizes["came"] < 0.6 * sizes["adamw"], sizes
+    line = next(line for line in format_plan(plan, "tiny").splitlines() if line.startswith("optimizer state"))
+    assert re.fullmatch(r"optimizer state per chip \(in the arguments\): adamw [\d.]+ MiB, came [\d.]+ MiB "
+                        r"\(this run\)", line)
 
 
 def test_a_lora_fine_tune_plans_on_the_abstract_base():

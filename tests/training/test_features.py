@@ -215,3 +215,30 @@ def test_control_latents_of_the_edge_maps(models, tmp_path, kind):
         assert rel_error(example["control_mean"], mean[0]) <= 1e-5 and rel_error(example["control_std"], std[0]) <= 1e-5
     with pytest.raises(ValueError, match="written with control="):
         extract(models, images, tmp_path / "out")
+
+
+def test_index_long_captions_at_sigma_length(models, tmp_path):
+    """PixArt-Σ data: 300 tokens, and the index's `sharegpt4v` caption stored beside `prompt` where given."""
+    images = tmp_path / "images"
+    for seed, name in enumerate(("square.png", "wide.png")):
+        write_image(images, name, *IMAGES[name], seed=seed)
+    long = "a very long description of a photo: " + ", ".join(f"object number {i} in red" for i in range(12))
+    records = [{"path": "square.png", "prompt": IMAGES["square.png"][2], "sharegpt4v": long},
+               {"path": "wide.png", "prompt": IMAGES["wide.png"][2], "sharegpt4v": ""}]
+    index = images / "data_info.json"
+    index.write_text(json.dumps(records))
+    extract(models, index, tmp_path / "out", "--max-length", "300")
+    source = read_examples(tmp_path / "out")
+    examples = {key: source[i] for i, key in enumerate(source.keys)}
+    assert "vlm_caption" not in examples["wide.png"]
+    ids, mask = tokenize(load_tokenizer(models["tokenizer"]), preprocess([records[0]["prompt"], long]), 300)
+    hidden = np.asarray(load_text_encoder(models["t5"])(ids, mask))
+    for row, (caption, caption_mask) in enumerate([("caption", "mask"), ("vlm_caption", "vlm_mask")]):
+        example, valid = examples["square.png"], int(mask[row].sum())
+        assert example[caption].shape == (300, hidden.shape[-1])
+        np.testing.assert_array_equal(example[caption_mask], mask[row])
+        stored = hidden[row, :valid].astype(ml_dtypes.bfloat16).astype(np.float32)
+        np.testing.assert_allclose(example[caption][:valid], stored, rtol=2 ** -7, atol=1e-6)
+    assert 120 < int(mask[1].sum()) < 300  # the long caption needs Σ's length
+    with pytest.raises(ValueError, match="written with max_length=300"):
+        extract(models, index, tmp_path / "out")
