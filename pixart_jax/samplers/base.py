@@ -29,6 +29,16 @@ def table_row(tables, i):
     return jax.tree.map(lambda column: column[i], tables)
 
 
+def step_keys(key, steps):
+    """The per-step keys of a sampler key: step i injects `step_noise(step_keys(key, steps)[i], shape)`."""
+    return jax.random.split(key, steps)
+
+
+def step_noise(step_key, shape):
+    """float32 N(0, 1) noise of `shape` from one of `step_keys`."""
+    return jax.random.normal(step_key, shape, jnp.float32)
+
+
 def f32(a):
     """`a` as a float32 array: every step computes in float32 whatever the sample dtype."""
     return jnp.asarray(a).astype(jnp.float32)
@@ -80,7 +90,7 @@ class Sampler:
                 raise ValueError(f"{type(self).__name__}: model_fn returned shape {tuple(out.shape)}, expected "
                                  f"{expected} for a sample of shape {tuple(x.shape)}")
             if draw:
-                source = jax.random.normal(source, x.shape, jnp.float32)
+                source = step_noise(source, x.shape)
             x, denoised, state = self.step(row, x, out, state, source)
             return (x, denoised, state), None
 
@@ -102,4 +112,4 @@ class Sampler:
             return None
         if key is None:
             raise ValueError(f"{type(self).__name__} injects fresh noise with {steps} steps: pass key= or noise=")
-        return jax.random.split(key, steps)
+        return step_keys(key, steps)
