@@ -1,7 +1,8 @@
 """Dynamic batching: queued jobs with the same signature (binned size, steps, sampler, guidance, η, adapter weights)
-are gathered for up to `wait_s` after the oldest arrived, up to `max_batch` images, and run as one forward in the
-one worker thread (JAX and torch calls block; the event loop stays free). A bounded queue (429 when full); a dropped
-ticket (its client left, or timed out) leaves the queue before it runs."""
+are gathered for up to `wait_s` after the oldest arrived, up to `max_batch` images (cut to a power of two: few
+compiled shapes), and run as one forward in the one worker thread (JAX and torch calls block; the event loop
+stays free). A bounded queue (429 when full); a dropped ticket (its client left, or timed out) leaves the queue
+before it runs."""
 import asyncio
 import dataclasses
 import time
@@ -84,7 +85,7 @@ class Batcher:
                     images += ticket.job.images
             remaining = deadline - time.monotonic()
             if images >= self.max_batch or remaining <= 0:
-                return batch
+                return compiled_batch(batch)
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), remaining)
@@ -122,3 +123,21 @@ class Batcher:
                 ticket.future.set_exception(result)
             else:
                 ticket.future.set_result(result)
+
+
+def batch_sizes(max_batch) -> tuple[int, ...]:
+    """The image counts a batch of several requests is cut to: the powers of two up to max_batch (each compiles
+    the loop once; the server warms them at start)."""
+    return tuple(2**i for i in range(max_batch.bit_length()) if 2**i <= max_batch)
+
+
+def compiled_batch(batch):
+    """The longest prefix of `batch` (oldest first) whose images are a power of two (the first job alone
+    otherwise), its jobs ordered by image count (so a mix of counts meets few compiled programs); the rest wait
+    for the next forward."""
+    images = [ticket.job.images for ticket in batch]
+    for end in range(len(batch), 1, -1):
+        total = sum(images[:end])
+        if total & (total - 1) == 0:
+            return sorted(batch[:end], key=lambda ticket: -ticket.job.images)
+    return batch[:1]

@@ -35,6 +35,7 @@ class Engine:
 
 
 class JaxEngine(Engine):
+    batched = True  # a batch of jobs is one forward
     def __init__(self, settings):
         from pixart_jax.pipelines.controlnet import PixArtControlNetPipeline
         from pixart_jax.pipelines.text_to_image import PixArtPipeline
@@ -70,6 +71,7 @@ class JaxEngine(Engine):
 
 
 class TorchEngine(Engine):
+    batched = False  # its jobs run one after the other
     def __init__(self, settings):
         from pixart_jax.torch import PixArtTorchPipeline
         from pixart_jax.torch.pipeline import diffusers_scheduler

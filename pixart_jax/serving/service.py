@@ -6,7 +6,7 @@ import json
 import logging
 import time
 
-from pixart_jax.serving.batcher import Batcher
+from pixart_jax.serving.batcher import Batcher, batch_sizes
 from pixart_jax.serving.errors import APIError
 from pixart_jax.serving.images import png_base64
 from pixart_jax.serving.metrics import Metrics
@@ -45,17 +45,23 @@ class Service:
             self.batcher.run_batch = self.engine.run
             warmup = self.settings.warmup
             for size in (self.engine.info.defaults["size"],) if warmup is None else warmup:
-                job = parse_generation(GenerationBody(prompt="warm-up", size=size, seed=0), self.info,
-                                       self.settings.limits)
-                started = time.perf_counter()
-                await self.batcher.in_worker(self.engine.run, [job], lambda jobs: None)
-                logger.info("warmed %s in %.1f s", size, time.perf_counter() - started)
+                await self._warm(size)
         except Exception as e:  # noqa: BLE001 - reported by /health and the log, then the server stops
             self.failed = f"{type(e).__name__}: {e}"
             logger.error("loading %s failed: %s", self.settings.model, self.failed)
             self.on_failure()
             return
         self.ready = True
+
+    async def _warm(self, size):
+        """Compiles the loop at `size` with the default settings, for each batch size the batcher cuts to."""
+        counts = batch_sizes(self.settings.max_batch) if self.engine.batched else (1,)
+        for count in counts:
+            jobs = [parse_generation(GenerationBody(prompt="warm-up", size=size, seed=i), self.info,
+                                     self.settings.limits) for i in range(count)]
+            started = time.perf_counter()
+            await self.batcher.in_worker(self.engine.run, jobs, lambda jobs: None)
+            logger.info("warmed %s x %d in %.1f s", size, count, time.perf_counter() - started)
 
     @property
     def info(self):

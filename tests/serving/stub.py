@@ -11,6 +11,8 @@ CFG = PRESETS["tiny"].replace(sample_size=32)
 
 
 class StubEngine:
+    batched = False  # warmed for one image only
+
     def __init__(self, settings, loras=None):
         self.info = ModelInfo("stub", "jax", bucket_sizes(CFG, 8), ("dpm", "ddim"), "dpm", (),
                               dict(loras or {}), CFG, 8)

@@ -5,6 +5,7 @@ import socket
 import threading
 
 from pixart_jax.serving.app import create_app
+from pixart_jax.serving.batcher import Ticket, batch_sizes, compiled_batch
 from pixart_jax.serving.settings import Limits, ServerSettings
 from tests.serving.client import generate, metric, png_b64, request, running, wait_for
 from tests.serving.stub import StubEngine
@@ -116,14 +117,14 @@ def test_only_compatible_requests_share_a_forward():
         blocker.start()
         wait_for(lambda: metric(port, "pixart_running_requests") == 1)
         threads = [threading.Thread(target=generate, args=(port,), kwargs=body) for body in bodies]
-        for thread in threads:
+        for i, thread in enumerate(threads):  # queued in this order
             thread.start()
-        wait_for(lambda: metric(port, "pixart_queue_depth") == len(bodies))
+            wait_for(lambda: metric(port, "pixart_queue_depth") == i + 1)
         engine.gate.set()
         for thread in threads + [blocker]:
             thread.join(30)
         batches = sorted(sorted(batch) for batch in engine.batches[2:])  # after warm-up and the blocker
-        # a, b, c fill 4 images; d waits for the next forward
+        # a, b, c fill 4 images; d waits for the next forward; e to i differ from them in one setting each
         assert batches == [["a", "b", "c"], ["d"], ["e"], ["f"], ["g"], ["h"], ["i"]]
         assert metric(port, 'pixart_batch_requests_bucket{le="1"}') == 7  # the blocker, d to i (warm-up: not queued)
 
@@ -163,3 +164,15 @@ def test_health_says_loading_until_the_model_is_warm():
         assert models["data"][0]["id"] == "stub" and models["data"][0]["owned_by"] == "pixart-jax"
         schema = request(port, "GET", "/openapi.json")[1]["components"]["schemas"]["GenerationBody"]["properties"]
         assert "max_steps" in schema["num_inference_steps"]["description"]
+
+
+def test_a_batch_is_cut_to_a_power_of_two_images_and_ordered_by_images():
+    tickets = [Ticket(Job(images), None, None, 0.0) for images in (1, 2, 1, 1, 2, 3)]
+    assert [t.job.images for t in compiled_batch(tickets[:5])] == [2, 1, 1]  # 1 + 2 + 1 = 4 (5, 7: not)
+    assert compiled_batch([tickets[5], tickets[4]]) == [tickets[5]]  # 3 + 2 = 5: the first alone
+    assert batch_sizes(16) == (1, 2, 4, 8, 16) and batch_sizes(6) == (1, 2, 4)
+
+
+class Job:
+    def __init__(self, images):
+        self.images = images
