@@ -1,8 +1,8 @@
 """Dynamic batching: queued jobs with the same signature (binned size, steps, sampler, guidance, η, adapter weights)
-are gathered for up to `wait_s` after the oldest arrived, up to `max_batch` images (cut to a power of two: few
-compiled shapes), and run as one forward in the one worker thread (JAX and torch calls block; the event loop
-stays free). A bounded queue (429 when full); a dropped ticket (its client left, or timed out) leaves the queue
-before it runs."""
+are gathered for up to `wait_s` (after the oldest arrived or the worker became free), up to `max_batch` images
+(cut to a power of two: few compiled shapes), and run as one forward in the one worker thread (JAX and torch calls
+block; the event loop stays free). A bounded queue (429 when full); a dropped ticket (its client left, or timed
+out) leaves the queue before it runs."""
 import asyncio
 import dataclasses
 import time
@@ -71,9 +71,11 @@ class Batcher:
                 await self._run(batch)
 
     async def _gather(self) -> list[Ticket]:
-        """The oldest ticket and the compatible ones queued by its deadline (or until max_batch images)."""
+        """The oldest ticket and the compatible ones queued by its deadline (or until max_batch images): wait_s after
+        it arrived or after the worker became free, whichever is later (clients answered by the last forward
+        come back within it)."""
         first = self.pending[0]
-        deadline = first.arrived + self.wait_s
+        deadline = max(first.arrived, time.monotonic()) + self.wait_s
         while True:
             if first not in self.pending:  # dropped while waiting
                 return []
