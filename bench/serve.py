@@ -5,8 +5,9 @@ server warms every batch size it cuts to at start; each client count first runs 
 
   python bench/serve.py [--model DIR] [--requests 200] [--clients 1 4 16] [--max-batch 16]
 
-Without --model: a tiny random 256-px PixArt (tests' stand-ins) with an LCM scheduler (4 steps, no CFG by default)
-written to a temporary folder. Bounded: every request times out after --timeout-s; the server binds 127.0.0.1.
+Without --model: a tiny random PixArt (tests' stand-ins; 128 px, or 256 px with --sample-size 32) with an LCM
+scheduler (4 steps, no CFG by default) written to a temporary folder. Bounded: every request times out after
+--timeout-s; the server binds 127.0.0.1.
 """
 import argparse
 import http.client
@@ -34,7 +35,7 @@ def cpu_name() -> str:
     return f"{fields.get('Model name', '?').strip()} ({os.cpu_count()} CPUs; {' '.join(vector)})"
 
 
-def tiny_model(directory) -> str:
+def tiny_model(directory, sample_size) -> str:
     from flax import nnx
 
     from pixart_jax.models.transformer import PixArtTransformer
@@ -43,7 +44,7 @@ def tiny_model(directory) -> str:
     from pixart_jax.testing.random_weights import redraw_nnx
     from pixart_jax.testing.stand_ins import save_pipeline
 
-    transformer = redraw_nnx(PixArtTransformer(PRESETS["tiny"].replace(sample_size=32), rngs=nnx.Rngs(0)), 0)
+    transformer = redraw_nnx(PixArtTransformer(PRESETS["tiny"].replace(sample_size=sample_size), rngs=nnx.Rngs(0)), 0)
     return save_pipeline(os.path.join(directory, "tiny"), transformer, LCM())
 
 
@@ -121,6 +122,8 @@ def _row(r, requests):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="pipeline folder (default: a tiny random one)")
+    parser.add_argument("--sample-size", type=int, default=16,
+                        help="latent side of the random model without --model (16: 128 px images, 32: 256 px)")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--max-batch", type=int, default=16)
@@ -128,7 +131,7 @@ def main():
     parser.add_argument("--timeout-s", type=float, default=300.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        model = args.model or tiny_model(scratch)
+        model = args.model or tiny_model(scratch, args.sample_size)
         print(f"{model}: its default settings and size; {cpu_name()}")
         print("| batching (max images) | clients | requests | failed | images/s | p50 s | p99 s | mean batch |")
         print("|---|---|---|---|---|---|---|---|")

@@ -115,5 +115,5 @@ def _add_generation_route(app, service):
         if not body.stream:
             return await service.generate(job, request)
         ticket, steps = service.submit_stream(job)
-        return StreamingResponse(service.events(job, ticket, steps), media_type="text/event-stream",
+        return StreamingResponse(service.events(job, ticket, steps, request), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})

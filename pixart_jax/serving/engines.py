@@ -46,13 +46,7 @@ class JaxEngine(Engine):
             modes = tuple(m.value for m in ControlKind if m != ControlKind.hed or settings.hed)
         else:
             pipe, modes = PixArtPipeline.from_pretrained(settings.model), ()
-        samplers = {}
-        for name in SamplerName:
-            try:
-                samplers[name.value] = from_scheduler_config(scheduler, sampler=name)
-            except ValueError:  # a scheduler config this sampler cannot take
-                continue
-        super().__init__(settings, pipe, samplers, modes)
+        super().__init__(settings, pipe, servable(lambda name: from_scheduler_config(scheduler, sampler=name)), modes)
 
     @property
     def cfg(self):
@@ -79,14 +73,8 @@ class TorchEngine(Engine):
         scheduler = os.path.join(settings.model, "scheduler")
         pipe = PixArtTorchPipeline.from_pretrained(settings.model, device=settings.device or "cpu",
                                                    controlnet=settings.controlnet)
-        samplers = {}
-        for name in SamplerName:
-            try:
-                samplers[name.value] = diffusers_scheduler(scheduler, name)
-            except ValueError:  # no diffusers scheduler for it
-                continue
         modes = (ControlKind.canny.value, ControlKind.none.value) if settings.controlnet else ()
-        super().__init__(settings, pipe, samplers, modes)
+        super().__init__(settings, pipe, servable(lambda name: diffusers_scheduler(scheduler, name)), modes)
         self._on_step = None
         pipe.transformer.register_forward_hook(self._forward_done)  # one transformer forward per step
 
@@ -118,6 +106,18 @@ class TorchEngine(Engine):
 
 
 ENGINES = {Backend.jax: JaxEngine, Backend.torch: TorchEngine}
+
+
+def servable(build) -> dict:
+    """{name: build(name)} of every SamplerName the model's scheduler config and the backend can take (build
+    raises a ValueError for the others)."""
+    samplers = {}
+    for name in SamplerName:
+        try:
+            samplers[name.value] = build(name)
+        except ValueError:
+            continue
+    return samplers
 
 
 def load_engine(settings):

@@ -93,21 +93,26 @@ class Service:
         steps = asyncio.Queue()
         return self.batcher.submit(job, steps.put_nowait), steps
 
-    async def events(self, job, ticket, steps):
-        """Server-sent events of a streamed job: progress per step, then the result or an error."""
+    async def events(self, job, ticket, steps, request):
+        """Server-sent events of a streamed job: progress per step, then the result or an error; nothing more once
+        the client has gone (its job leaves the queue)."""
         started, total = time.monotonic(), job.request.num_inference_steps
         deadline = started + self.settings.timeout_s
+        watch = asyncio.create_task(_disconnected(request))
         try:
             while not ticket.future.done():
                 get = asyncio.ensure_future(steps.get())
-                await asyncio.wait({ticket.future, get}, timeout=max(0.0, deadline - time.monotonic()),
+                await asyncio.wait({ticket.future, get, watch}, timeout=max(0.0, deadline - time.monotonic()),
                                    return_when=asyncio.FIRST_COMPLETED)
-                if not get.done():
-                    get.cancel()
-                    if not ticket.future.done():
-                        raise APIError(504, f"the request took longer than {self.settings.timeout_s:g} s")
-                else:
+                if get.done():
                     yield _event("progress", {"step": get.result(), "steps": total})
+                    continue
+                get.cancel()
+                if watch.done():
+                    self.metrics.requests[499] += 1
+                    return
+                if not ticket.future.done():
+                    raise APIError(504, f"the request took longer than {self.settings.timeout_s:g} s")
             while not steps.empty():
                 yield _event("progress", {"step": steps.get_nowait(), "steps": total})
             yield _event("result", await self._answer(job, ticket.future.result(), started))
@@ -115,6 +120,7 @@ class Service:
             self.metrics.requests[e.status] += 1
             yield _event("error", e.body())
         finally:
+            watch.cancel()
             self.batcher.drop(ticket)
 
     async def _answer(self, job, images, started) -> dict:

@@ -2,32 +2,18 @@
 prompts, negative prompts, image counts and seeds, the sampler's per-step noise included)."""
 import numpy as np
 import pytest
-from flax import nnx
 
-from pixart_jax.models.t5 import T5Config, T5Encoder
-from pixart_jax.models.transformer import PixArtTransformer
-from pixart_jax.models.transformer_config import PRESETS
-from pixart_jax.models.vae import AutoencoderKL, VAEConfig
-from pixart_jax.pipelines.prompts import load_tokenizer
 from pixart_jax.pipelines.request import GenerationRequest
 from pixart_jax.pipelines.text_to_image import PixArtPipeline
-from pixart_jax.samplers import make_sampler
+from pixart_jax.samplers import DDIM
 
 pytest.importorskip("sentencepiece")
-from pixart_jax.testing.random_weights import redraw_nnx  # noqa: E402
-from pixart_jax.testing.reference_pipeline import TINY_T5, write_tokenizer  # noqa: E402
+from pixart_jax.testing.stand_ins import save_pipeline  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
-    tokenizer_dir = tmp_path_factory.mktemp("tokenizer")
-    write_tokenizer(tokenizer_dir)
-    t5 = {k: v for k, v in TINY_T5.items() if k in T5Config.__dataclass_fields__}
-    return PixArtPipeline(
-        transformer=redraw_nnx(PixArtTransformer(PRESETS["tiny"], rngs=nnx.Rngs(0)), 0),
-        text_encoder=T5Encoder(T5Config(**t5), rngs=nnx.Rngs(1)), tokenizer=load_tokenizer(str(tokenizer_dir)),
-        vae=AutoencoderKL(VAEConfig(block_out_channels=(16, 16, 16, 16), norm_num_groups=8), rngs=nnx.Rngs(2)),
-        sampler=make_sampler("ddim"))
+    return PixArtPipeline.from_pretrained(save_pipeline(tmp_path_factory.mktemp("batching") / "tiny", sampler=DDIM()))
 
 
 def requests(**settings):

@@ -1,6 +1,7 @@
 """The server's queue, batching rules, limits and api key on a stand-in engine (no model: these are the server's own
 rules): each bad field gets its 4xx naming it and the server keeps serving, a full queue answers 429, a client that
 leaves frees its slot, a slow request gets 504, only compatible requests share a forward."""
+import json
 import socket
 import threading
 
@@ -63,7 +64,7 @@ def test_each_bad_field_gets_its_4xx_naming_it_and_the_server_keeps_serving():
 
 def test_a_full_queue_answers_429_and_a_client_that_leaves_frees_its_slot():
     engines = []
-    with serve(engines, max_queue=2) as port:
+    with serve(engines, max_queue=3) as port:
         engine = engines[0]
         engine.gate.clear()
         answers = []
@@ -73,21 +74,24 @@ def test_a_full_queue_answers_429_and_a_client_that_leaves_frees_its_slot():
         queued = threading.Thread(target=lambda: answers.append(generate(port, prompt="queued")))
         queued.start()
         leaving = _send_and_leave_open(port, "leaving")
-        wait_for(lambda: metric(port, "pixart_queue_depth") == 2)
+        streaming = _send_and_leave_open(port, "streaming", stream=True)
+        wait_for(lambda: metric(port, "pixart_queue_depth") == 3)
         code, body = generate(port, prompt="one too many")
         assert code == 429 and body["error"]["type"] == "rate_limit_error"
-        leaving.close()  # the client goes away: its slot is free before the forward it waited for
+        leaving.close()  # the clients go away: their slots are free before the forward they waited for
+        wait_for(lambda: metric(port, "pixart_queue_depth") == 2)
+        streaming.close()
         wait_for(lambda: metric(port, "pixart_queue_depth") == 1)
         engine.gate.set()
         first.join(30), queued.join(30)
         assert sorted(code for code, _ in answers) == [200, 200]
-        assert ["leaving"] not in engine.batches
+        assert not {"leaving", "streaming"} & {prompt for batch in engine.batches for prompt in batch}
         assert generate(port, prompt="after")[0] == 200
 
 
-def _send_and_leave_open(port, prompt):
+def _send_and_leave_open(port, prompt, stream=False):
     """A socket that sent a generation request (and is not reading the answer)."""
-    body = f'{{"prompt": "{prompt}"}}'.encode()
+    body = json.dumps({"prompt": prompt, "stream": stream}).encode()
     connection = socket.create_connection(("127.0.0.1", port))
     connection.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body))

@@ -1,4 +1,5 @@
-"""--backend torch: the PyTorch path serves the JAX backend's images (one seed, one image: it draws the JAX noise)."""
+"""--backend torch: the PyTorch path serves the JAX backend's images (one seed, one image: it draws the JAX noise);
+and a PixArt-Σ folder (diffusers' PixArtSigmaPipeline layout, built with diffusers) served as it is."""
 import os
 
 import numpy as np
@@ -35,3 +36,20 @@ def test_the_torch_backend_serves_the_jax_backend_s_images(model_dir):
         assert len(answer["data"]) == len(jax_images)
         for item, image in zip(answer["data"], jax_images):
             assert np.abs(pixels(item["b64_json"]) - np.asarray(image, np.int16)).max() <= 1  # 1/255
+
+
+def test_a_sigma_folder_is_served(tmp_path):
+    import diffusers
+
+    from pixart_jax.testing.reference_pipeline import build_sigma_pipeline
+
+    build_sigma_pipeline(tmp_path / "sigma", scheduler=diffusers.DPMSolverMultistepScheduler())
+    model = str(tmp_path / "sigma")
+    with running(create_app(ServerSettings(model, warmup=()))) as port:
+        code, config = request(port, "GET", "/v1/config")
+        assert config["model"] == "sigma" and config["sizes"][0] == [256, 256]
+        code, answer = generate(port, prompt="a small red circle", seed=3, num_inference_steps=2)
+    assert code == 200, answer
+    alone = PixArtPipeline.from_pretrained(model)("a small red circle", seed=3, num_inference_steps=2,
+                                                  progress=False).images[0]
+    assert np.abs(pixels(answer["data"][0]["b64_json"]) - np.asarray(alone, np.int16)).max() <= 1  # 1/255
