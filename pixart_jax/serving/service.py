@@ -6,6 +6,8 @@ import json
 import logging
 import time
 
+from PIL import Image
+
 from pixart_jax.serving.batcher import Batcher, batch_sizes
 from pixart_jax.serving.errors import APIError
 from pixart_jax.serving.images import png_base64
@@ -56,8 +58,12 @@ class Service:
     async def _warm(self, size):
         """Compiles the loop at `size` with the default settings, for each batch size the batcher cuts to."""
         counts = batch_sizes(self.settings.max_batch) if self.engine.batched else (1,)
+        control = {}
+        if self.info.controlnet:  # a blank edge map (the control's kind changes nothing compiled)
+            width, height = (int(side) for side in size.split("x"))
+            control = dict(control_image=png_base64(Image.new("RGB", (width, height))), control="none")
         for count in counts:
-            jobs = [parse_generation(GenerationBody(prompt="warm-up", size=size, seed=i), self.info,
+            jobs = [parse_generation(GenerationBody(prompt="warm-up", size=size, seed=i, **control), self.info,
                                      self.settings.limits) for i in range(count)]
             started = time.perf_counter()
             await self.batcher.in_worker(self.engine.run, jobs, lambda jobs: None)

@@ -23,7 +23,8 @@ def server(model_dir, tmp_path_factory):
         redraw_nnx(module, 1, scale=0.1)
     path = str(tmp_path_factory.mktemp("controlnet") / "controlnet")
     save_controlnet(controlnet, path)
-    settings = ServerSettings(model_dir, controlnet=path, warmup=(), limits=Limits(max_upload_bytes=20_000))
+    settings = ServerSettings(model_dir, controlnet=path, max_batch=1, warmup=("256x256",),
+                              limits=Limits(max_upload_bytes=20_000))
     app = create_app(settings)
     with running(app) as port:
         yield port, app.state.service.engine.pipe
