@@ -34,9 +34,11 @@ def serve(settings: ServerSettings, host: str, port: int):
 
     if not jax.config.jax_compilation_cache_dir:  # a restart reuses the compiled loops
         jax.config.update("jax_compilation_cache_dir", os.environ.get("PIXART_JAX_CACHE", DEFAULT_CACHE))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", timeout_keep_alive=5))
+    # after uvicorn's logging config, which clears the root logger's handlers: the server's own lines (loading,
+    # warm-up, a failed load)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s", force=True)
 
     def stop():
         server.should_exit = True

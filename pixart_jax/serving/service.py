@@ -43,7 +43,10 @@ class Service:
 
     async def _load(self):
         try:
+            started = time.perf_counter()
             self.engine = await self.batcher.in_worker(self._load_engine, self.settings)
+            logger.info("loaded %s (%s backend) in %.1f s", self.settings.model, self.settings.backend,
+                        time.perf_counter() - started)
             self.batcher.run_batch = self.engine.run
             warmup = self.settings.warmup
             for size in (self.engine.info.defaults["size"],) if warmup is None else warmup:
