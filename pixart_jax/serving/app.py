@@ -10,6 +10,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Str
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
+from pixart_jax.seeds import MAX_SEED
 from pixart_jax.serving.engines import load_engine
 from pixart_jax.serving.errors import APIError
 from pixart_jax.serving.guard import Guard
@@ -38,7 +39,27 @@ def create_app(settings, engine_loader=load_engine) -> FastAPI:
     _add_guards(app, settings)
     _add_info_routes(app, service)
     _add_generation_route(app, service)
+    _document_limits(app, settings.limits)
     return app
+
+
+def _document_limits(app, limits):
+    """FastAPI's OpenAPI schema with this server's limits on the generation body's fields (JSON Schema bounds)."""
+    bounds = {"n": {"minimum": 1, "maximum": limits.max_images},
+              "num_inference_steps": {"minimum": 1, "maximum": limits.max_steps},
+              "prompt": {"minLength": 1, "maxLength": limits.max_prompt_chars},
+              "negative_prompt": {"maxLength": limits.max_prompt_chars}, "seed": {"minimum": 0, "maximum": MAX_SEED},
+              "guidance_scale": {"minimum": 0}, "eta": {"minimum": 0, "maximum": 1}}
+    schema_of = app.openapi
+
+    def openapi():
+        if app.openapi_schema is None:
+            fields = schema_of()["components"]["schemas"]["GenerationBody"]["properties"]
+            for name, bound in bounds.items():
+                fields[name].update(bound)
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def _add_guards(app, settings):

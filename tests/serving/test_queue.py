@@ -168,6 +168,8 @@ def test_health_says_loading_until_the_model_is_warm():
         assert models["data"][0]["id"] == "stub" and models["data"][0]["owned_by"] == "pixart-jax"
         schema = request(port, "GET", "/openapi.json")[1]["components"]["schemas"]["GenerationBody"]["properties"]
         assert "max_steps" in schema["num_inference_steps"]["description"]
+        assert schema["num_inference_steps"]["maximum"] == 50 and schema["n"]["maximum"] == 4
+        assert schema["prompt"]["maxLength"] == 2000
 
 
 def test_a_batch_is_cut_to_a_power_of_two_images_and_ordered_by_images():
