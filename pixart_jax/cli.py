@@ -1,6 +1,6 @@
 """The `pixart-jax` command line: `demo` (train, distil and score a small PixArt offline), `generate` from a PixArt
-pipeline directory (JAX, or `--backend torch`), `convert` / `inspect` checkpoints, `quantize-t5` (the int8 T5
-folder), `plan` a training config on a TPU slice, `sample-random` as an install check."""
+pipeline directory (JAX, or `--backend torch`), `serve` one over HTTP, `convert` / `inspect` checkpoints,
+`quantize-t5` (the int8 T5 folder), `plan` a training config on a TPU slice, `sample-random` as an install check."""
 import argparse
 import math
 import os
@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pixart_jax.choices import DType, Int8Backend, TorchDType, choose
+from pixart_jax.choices import DType, Int8Backend, NoiseSource, TorchDType, choose
 from pixart_jax.files import check_writable
 from pixart_jax.images import grid, write_png
 from pixart_jax.models.transformer import PixArtTransformer
@@ -23,6 +23,9 @@ from pixart_jax.pipelines.request import GenerationRequest
 from pixart_jax.pipelines.text_to_image import PixArtPipeline, check_pipeline_directory
 from pixart_jax.samplers import DDIM, SamplerName
 from pixart_jax.seeds import check_seed
+from pixart_jax.serving.command import add_parser as add_serve_parser
+from pixart_jax.serving.command import serve as run_server
+from pixart_jax.serving.command import settings_of
 from pixart_jax.training.errors import RunError
 from pixart_jax.weights.controlnet import base_config
 from pixart_jax.weights.controlnet import detect_format as controlnet_format
@@ -188,7 +191,7 @@ def _torch_pipeline(args, device):
 def _check_jax_options(args):
     """The JAX backend's compute DType; a UsageError for a torch-only option."""
     for flag, value in (("--device", args.device), ("--low-memory", args.low_memory),
-                        ("--memory-report", args.memory_report)):
+                        ("--memory-report", args.memory_report), ("--noise torch", args.noise == NoiseSource.torch)):
         if value:
             raise UsageError(f"{flag} is for --backend torch")
     try:
@@ -221,7 +224,7 @@ def generate(args):
         pipe.load_lora_weights(path, scale=scale)
     print(f"loaded {args.model}{''.join(f' + LoRA {p} ({s:g})' for p, s in loras)} in "
           f"{time.perf_counter() - start:.1f} s ({sampler})")
-    extra = {"memory_report": True} if args.memory_report else {}
+    extra = {"memory_report": args.memory_report, "noise": args.noise} if torch_backend else {}
     images, compile_s, run_s, output = timed_call(lambda: pipe.generate(request, **extra))
     for path in save_images(images, args.out):
         print(f"wrote {path}")
@@ -304,6 +307,15 @@ def inspect(args):
     print("\n".join(describe(args.path)))
 
 
+def serve(args):
+    """An HTTP server for a pipeline directory: the OpenAI images API with progress events, dynamic batching, a page."""
+    try:
+        settings = settings_of(args, _loras(args))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return run_server(settings, args.host, args.port)
+
+
 def _add_generate(commands):
     """The parser of `generate`."""
     p = commands.add_parser("generate", help=generate.__doc__)
@@ -331,6 +343,9 @@ def _add_generate(commands):
     p.add_argument("--low-memory", action="store_true",
                    help="--backend torch: load T5, the transformer and the VAE one at a time, freeing each")
     p.add_argument("--memory-report", action="store_true", help="--backend torch: print each stage's peak memory")
+    p.add_argument("--noise", choices=list(NoiseSource), type=NoiseSource, default=NoiseSource.jax,
+                   help="--backend torch: jax draws the JAX backend's noise for --seed (the same image), torch a "
+                        "torch.Generator's (diffusers' image)")
     p.add_argument("--out", default="out/image.png")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--controlnet", help="a PixArt ControlNet checkpoint (original .pth, official or pixart-jax "
@@ -354,6 +369,7 @@ def _add_commands(commands):
     p.add_argument("--out", default="out/demo", help="output directory (grid.png, scores.json, models)")
     p.set_defaults(run=demo)
     _add_generate(commands)
+    add_serve_parser(commands, serve)
     p = commands.add_parser("quantize-t5", help=quantize_t5.__doc__)
     p.add_argument("--src", required=True, help="a Hugging Face T5 folder (a pipeline's text_encoder/)")
     p.add_argument("--dst", required=True, help="output folder: use it as a pipeline's text_encoder/ with --int8")
