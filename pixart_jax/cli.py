@@ -1,6 +1,6 @@
 """The `pixart-jax` command line: `demo` (train, distil and score a small PixArt offline), `generate` from a PixArt
-pipeline directory (JAX, or `--backend torch`), `convert` / `inspect` checkpoints, `quantize-t5` (the int8 T5
-folder), `plan` a training config on a TPU slice, `sample-random` as an install check."""
+pipeline directory (JAX, or `--backend torch`), `serve` one over HTTP, `convert` / `inspect` checkpoints,
+`quantize-t5` (the int8 T5 folder), `plan` a training config on a TPU slice, `sample-random` as an install check."""
 import argparse
 import math
 import os
@@ -23,6 +23,9 @@ from pixart_jax.pipelines.request import GenerationRequest
 from pixart_jax.pipelines.text_to_image import PixArtPipeline, check_pipeline_directory
 from pixart_jax.samplers import DDIM, SamplerName
 from pixart_jax.seeds import check_seed
+from pixart_jax.serving.command import add_parser as add_serve_parser
+from pixart_jax.serving.command import serve as run_server
+from pixart_jax.serving.command import settings_of
 from pixart_jax.training.errors import RunError
 from pixart_jax.weights.controlnet import base_config
 from pixart_jax.weights.controlnet import detect_format as controlnet_format
@@ -304,6 +307,15 @@ def inspect(args):
     print("\n".join(describe(args.path)))
 
 
+def serve(args):
+    """An HTTP server for a pipeline directory: the OpenAI images API with progress events, dynamic batching, a page."""
+    try:
+        settings = settings_of(args, _loras(args))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return run_server(settings, args.host, args.port)
+
+
 def _add_generate(commands):
     """The parser of `generate`."""
     p = commands.add_parser("generate", help=generate.__doc__)
@@ -354,6 +366,7 @@ def _add_commands(commands):
     p.add_argument("--out", default="out/demo", help="output directory (grid.png, scores.json, models)")
     p.set_defaults(run=demo)
     _add_generate(commands)
+    add_serve_parser(commands, serve)
     p = commands.add_parser("quantize-t5", help=quantize_t5.__doc__)
     p.add_argument("--src", required=True, help="a Hugging Face T5 folder (a pipeline's text_encoder/)")
     p.add_argument("--dst", required=True, help="output folder: use it as a pipeline's text_encoder/ with --int8")

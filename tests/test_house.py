@@ -15,7 +15,7 @@ FLOORS = [
     ["weights"],
     ["pipelines"],
     ["training", "torch", "testing"],
-    ["planning", "demo"],
+    ["planning", "demo", "serving"],
     ["cli", "__init__"],
 ]
 FLOOR = {group: level for level, groups in enumerate(FLOORS) for group in groups}

@@ -13,7 +13,8 @@ from pixart_jax.pipelines.guidance import Caption, guide, guided_forward
 
 class LoopInputs(NamedTuple):
     """latents (N, C, h, w); cond and uncond Captions (N, L, C) / (N, L); resolution (N, 2) and aspect_ratio (N, 1)
-    of a micro-conditioned transformer (else None); guidance_scale (); key, the sampler's noise; shared, extra
+    of a micro-conditioned transformer (else None); guidance_scale (); key, the sampler's noise (one key per
+    request with LoopSpec.groups); shared, extra
     model inputs the same in both guidance halves ({name: (N, ...)}, e.g. a ControlNet's control latents)."""
     latents: Any
     cond: Caption
@@ -29,7 +30,8 @@ class LoopInputs(NamedTuple):
 class LoopSpec:
     """steps of `sampler` (one step returns its denoised estimate); `guided`: classifier-free guidance, on
     `guidance_channels` channels (None: every ε channel); `decode`: through the VAE and resized to `out_size`
-    (height, width), else the latents; `progress`: a host callback per model call."""
+    (height, width), else the latents; `progress`: a host callback per model call; `groups`: the row counts of
+    independent requests batched together, each with its own sampler key (None: one request, one key)."""
     steps: int
     sampler: Any
     guided: bool
@@ -37,6 +39,7 @@ class LoopSpec:
     guidance_channels: int | None = None
     decode: bool = True
     progress: bool = False
+    groups: tuple[int, ...] | None = None
 
 
 def run_loop(transformer, vae, inputs: LoopInputs, spec: LoopSpec, tick=None):
@@ -59,7 +62,8 @@ def run_loop(transformer, vae, inputs: LoopInputs, spec: LoopSpec, tick=None):
                      spec.guidance_channels or latents.shape[1])[:, :channels]
 
     noise_key = inputs.key if sampler.needs_noise(spec.steps) else None
-    latents = sampler.sample(model_fn, latents, spec.steps, key=noise_key, return_denoised=spec.steps == 1)
+    latents = sampler.sample(model_fn, latents, spec.steps, key=noise_key, return_denoised=spec.steps == 1,
+                             groups=spec.groups)
     if not spec.decode:
         return latents
     images = vae.decode(latents / vae.scaling_factor)

@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
@@ -24,6 +25,7 @@ from pixart_jax import sharding
 from pixart_jax.files import read_json
 from pixart_jax.images import to_numpy, to_pil
 from pixart_jax.models.transformer_config import PIPELINE_TOKENS
+from pixart_jax.pipelines.batching import check_batchable
 from pixart_jax.pipelines.control import ControlKind
 from pixart_jax.pipelines.guidance import Caption
 from pixart_jax.pipelines.loop import LoopInputs, LoopSpec, run_loop
@@ -71,7 +73,7 @@ class PixArtPipeline(LoRAMethods):
     fsdp: int = 1
 
     def __post_init__(self):
-        self._bar = None  # this pipeline's progress bar while a call runs
+        self._bar = self._on_step = None  # this pipeline's progress bar and step callback while a call runs
         self._loop = jax.jit(self._generate_fn, static_argnames=("graphdef", "spec"))
 
     @classmethod
@@ -92,6 +94,8 @@ class PixArtPipeline(LoRAMethods):
     def _tick(self):
         if self._bar is not None:
             self._bar.update()
+        if self._on_step is not None:
+            self._on_step()
 
     def _generate_fn(self, state, inputs, *, graphdef, spec):
         transformer, vae = nnx.merge(graphdef, state)
@@ -131,23 +135,34 @@ class PixArtPipeline(LoRAMethods):
     def generate(self, request: GenerationRequest, *, progress: bool = True, return_dict: bool = True):
         """Runs one GenerationRequest (what __call__ does with its arguments); a ValueError before any compute for
         a request this pipeline cannot run."""
-        sizes = self._sizes(request)
-        spec = LoopSpec(request.num_inference_steps, self.sampler.with_eta(request.eta), request.guided,
-                        sizes.out_size, request.guidance_channels, request.decoded, progress)
-        inputs, mesh = self._inputs(request, sizes)
+        images = self.generate_batch([request], progress=progress)[0]
+        return ImagePipelineOutput(images) if return_dict else (images,)
+
+    def generate_batch(self, requests: list[GenerationRequest], *, progress: bool = False, on_step=None) -> list:
+        """Requests that can share one forward (pixart_jax.pipelines.batching: same binned size, steps, guidance, η)
+        run as one batch, each with its own prompts, images and seed: the list of each request's images (as
+        `generate(request).images`), each what the request gives run alone. `on_step()` is called after each
+        model call of the loop (from the runtime's thread); a ValueError before any compute for a bad request."""
+        sizes = [self._sizes(request) for request in requests]
+        check_batchable(requests, sizes)
+        first, groups = requests[0], tuple(size.latent_shape[0] for size in sizes)
+        spec = LoopSpec(first.num_inference_steps, self.sampler.with_eta(first.eta), first.guided, sizes[0].out_size,
+                        first.guidance_channels, first.decoded, progress or on_step is not None,
+                        groups if len(groups) > 1 else None)
+        inputs, mesh = self._inputs(requests, sizes)
         with jax.set_mesh(mesh):
             # compiled ahead (jit's caches make a second call with the same shapes reuse it) to check its memory
             compiled = self.lower(inputs, spec).compile()
-        n = sizes.latent_shape[0]
-        check_fits(compiled_bytes(compiled), f"generating {n} image(s) of {sizes.out_size[0]}x{sizes.out_size[1]}")
+        out_height, out_width = sizes[0].out_size
+        check_fits(compiled_bytes(compiled), f"generating {sum(groups)} image(s) of {out_height}x{out_width}")
+        self._on_step = on_step
         with tqdm(total=spec.steps, desc="denoising", disable=not progress) as self._bar, jax.set_mesh(mesh):
             try:
                 result = jax.block_until_ready(compiled(nnx.state((self.transformer, self.vae)), inputs))
             finally:
-                self._bar = None
-        if request.decoded:
-            result = to_numpy(result) if request.output_type == OutputType.np else to_pil(result)
-        return ImagePipelineOutput(result) if return_dict else (result,)
+                self._bar = self._on_step = None
+        parts = jnp.split(result, np.cumsum(groups)[:-1]) if len(groups) > 1 else [result]
+        return [_output(part, request.output_type) for part, request in zip(parts, requests)]
 
     def _sizes(self, request):
         """request.sizes for this pipeline's transformer and VAE, after its control is checked, with the host memory
@@ -166,8 +181,21 @@ class PixArtPipeline(LoRAMethods):
         if control is not None:
             raise ValueError(PLAIN_CONTROL)
 
-    def _inputs(self, request, sizes):
-        """(LoopInputs placed on the batch's mesh, that mesh): T5 runs here, the noise is drawn here."""
+    def _inputs(self, requests, sizes):
+        """(LoopInputs of the requests' rows placed on the batch's mesh, that mesh): T5 runs here, the noise is
+        drawn here, each request's from its own seed; one sampler key, or one per request when batched."""
+        parts = [self._request_inputs(request, size) for request, size in zip(requests, sizes)]
+        if len(parts) == 1:
+            rows, key, shared = parts[0]
+        else:
+            rows, shared = (jax.tree.map(lambda *a: jnp.concatenate(a), *[p[i] for p in parts]) for i in (0, 2))
+            key = jnp.stack([p[1] for p in parts])
+        mesh = self.mesh(rows[0].shape[0])
+        rows, shared = jax.device_put((rows, shared), sharding.batch_sharding(mesh))
+        return LoopInputs(*rows, jnp.float32(requests[0].guidance_scale), key, shared), mesh
+
+    def _request_inputs(self, request, sizes):
+        """One request's ((latents, cond, uncond, resolution, aspect_ratio) rows, sampler key, shared inputs)."""
         cond, uncond = self._embeddings(request)
         per_prompt = request.num_images_per_prompt
         cond, uncond = (Caption(*(jnp.repeat(a, per_prompt, axis=0) for a in c)) for c in (cond, uncond))
@@ -182,11 +210,8 @@ class PixArtPipeline(LoRAMethods):
             resolution = jnp.tile(jnp.array([[sizes.height, sizes.width]], jnp.float32), (n, 1))
             aspect_ratio = jnp.full((n, 1), sizes.height / sizes.width, jnp.float32)
         shared = self._shared_inputs(request, sizes, shared_inputs_key(root))
-        mesh = self.mesh(n)
-        rows = jax.device_put((jnp.asarray(latents, jnp.float32), cond, uncond, resolution, aspect_ratio),
-                              sharding.batch_sharding(mesh))
-        shared = jax.device_put(shared, sharding.batch_sharding(mesh))
-        return LoopInputs(*rows, jnp.float32(request.guidance_scale), key_sampler, shared), mesh
+        rows = (jnp.asarray(latents, jnp.float32), cond, uncond, resolution, aspect_ratio)
+        return rows, key_sampler, shared
 
     def mesh(self, batch):
         """The ("data", "fsdp") mesh a batch of `batch` images runs on, with the weights placed on it (once: placed
@@ -244,6 +269,13 @@ def load_components(directory, dtype=jnp.float32, sampler=None, int8=False, **sa
                 text_encoder=load_text_encoder(path("text_encoder"), dtype, int8=int8),
                 vae=load_vae(path("vae"), dtype),
                 sampler=from_scheduler_config(path("scheduler"), sampler=sampler, **sampler_options))
+
+
+def _output(images, output_type):
+    """Decoded images (N, 3, H, W) in [-1, 1] as `output_type` asks (PIL or NumPy); latents as they are."""
+    if output_type == OutputType.latent:
+        return images
+    return to_numpy(images) if output_type == OutputType.np else to_pil(images)
 
 
 def _caption(embeds, mask):

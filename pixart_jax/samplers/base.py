@@ -57,18 +57,22 @@ class Sampler:
 
     def sample(self, model_fn: Callable[[jax.Array, jax.Array], jax.Array], x_T: jax.Array, steps: int, *,
                key: jax.Array | None = None, noise: jax.Array | None = None,
-               return_denoised: bool = False) -> jax.Array:
+               return_denoised: bool = False, groups: tuple[int, ...] | None = None) -> jax.Array:
         """Runs the whole denoising loop from `x_T`; jit-compatible (call it inside `jax.jit`).
 
         model_fn(x, t) -> model output, with `t` the (B,) float32 timesteps the model is conditioned on (already
         classifier-free guided by the caller). Fresh noise, where the sampler injects any, comes from `key` or from
         `noise` of shape (steps, *x_T.shape) (row i used at step i). Returns the final sample, or with
         `return_denoised` the last step's denoised estimate (x̂_0 / LCM's denoised), in x_T's dtype.
+
+        `groups` (static row counts summing to the batch) with `key` an array of one key per group: each group's
+        rows draw their noise from their own key as a batch of that many rows alone would, so independent calls
+        batched together keep their samples (a dynamically batched server).
         """
         steps = check_steps(steps)
         x_T = jnp.asarray(x_T)
         tables = self.tables(steps)
-        per_step = self._noise_source(x_T, steps, key, noise)
+        per_step = self._noise_source(x_T, steps, key, noise, groups)
         draw = key is not None and per_step is not None  # per_step holds keys, not noise
         expected = self.model_output_shape(x_T.shape)
 
@@ -80,7 +84,7 @@ class Sampler:
                 raise ValueError(f"{type(self).__name__}: model_fn returned shape {tuple(out.shape)}, expected "
                                  f"{expected} for a sample of shape {tuple(x.shape)}")
             if draw:
-                source = jax.random.normal(source, x.shape, jnp.float32)
+                source = _normal(source, x.shape, groups)
             x, denoised, state = self.step(row, x, out, state, source)
             return (x, denoised, state), None
 
@@ -88,8 +92,9 @@ class Sampler:
         (x, denoised, _), _ = jax.lax.scan(body, init, (tables, per_step))
         return denoised.astype(x_T.dtype) if return_denoised else x
 
-    def _noise_source(self, x_T, steps, key, noise):
-        """Per-step keys, given noise (steps, *shape), or None when nothing is injected."""
+    def _noise_source(self, x_T, steps, key, noise, groups):
+        """Per-step keys ((steps,) or (steps, groups)), given noise (steps, *shape), or None when nothing is
+        injected."""
         if key is not None and noise is not None:
             raise ValueError("pass either key or noise, not both")
         if noise is not None:
@@ -102,4 +107,17 @@ class Sampler:
             return None
         if key is None:
             raise ValueError(f"{type(self).__name__} injects fresh noise with {steps} steps: pass key= or noise=")
-        return jax.random.split(key, steps)
+        if groups is None:
+            return jax.random.split(key, steps)
+        if sum(groups) != x_T.shape[0] or key.shape != (len(groups),):
+            raise ValueError(f"groups {groups} need one key each (got keys of shape {key.shape}) and must sum to "
+                             f"the batch {x_T.shape[0]}")
+        return jax.vmap(lambda k: jax.random.split(k, steps), out_axes=1)(key)
+
+
+def _normal(keys, shape, groups):
+    """Standard normal noise of `shape` from one key, or from one key per group of rows (concatenated)."""
+    if groups is None:
+        return jax.random.normal(keys, shape, jnp.float32)
+    return jnp.concatenate([jax.random.normal(keys[i], (rows, *shape[1:]), jnp.float32)
+                            for i, rows in enumerate(groups)])
