@@ -3,7 +3,6 @@
 OpenAI-shaped errors; a bearer api key for everything but the page and /health."""
 import contextlib
 import pathlib
-import secrets
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,12 +12,12 @@ from starlette.exceptions import HTTPException
 
 from pixart_jax.serving.engines import load_engine
 from pixart_jax.serving.errors import APIError
+from pixart_jax.serving.guard import Guard
 from pixart_jax.serving.parsing import parse_generation
 from pixart_jax.serving.schema import GenerationBody
 from pixart_jax.serving.service import Service
 
 STATIC = pathlib.Path(__file__).parent / "static"
-PUBLIC = ("/", "/health", "/favicon.ico")  # and /static/: the page asks for the key itself
 BODY_OVERHEAD = 2**20  # JSON beyond the control image's base64
 
 
@@ -43,21 +42,10 @@ def create_app(settings, engine_loader=load_engine) -> FastAPI:
 
 
 def _add_guards(app, settings):
-    """The api key, the body size limit and the error shapes."""
+    """The api key and the body size limit (Guard), and the error shapes."""
     max_body = settings.limits.max_upload_bytes * 4 // 3 + BODY_OVERHEAD
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        path = request.url.path
-        if settings.api_key and path not in PUBLIC and not path.startswith("/static/"):
-            given = request.headers.get("authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode()):
-                return APIError(401, "a valid api key is needed: Authorization: Bearer <key>").response(
-                    {"WWW-Authenticate": "Bearer"})
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body):
-            return APIError(413, f"the request body is larger than {max_body} bytes").response()
-        return await call_next(request)
+    app.add_middleware(Guard, api_key=settings.api_key, max_body=max_body)
 
     @app.exception_handler(APIError)
     async def api_error(request, error: APIError):

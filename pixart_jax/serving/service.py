@@ -43,7 +43,8 @@ class Service:
         try:
             self.engine = await self.batcher.in_worker(self._load_engine, self.settings)
             self.batcher.run_batch = self.engine.run
-            for size in self.settings.warmup or (self.engine.info.defaults["size"],):
+            warmup = self.settings.warmup
+            for size in (self.engine.info.defaults["size"],) if warmup is None else warmup:
                 job = parse_generation(GenerationBody(prompt="warm-up", size=size, seed=0), self.info,
                                        self.settings.limits)
                 started = time.perf_counter()

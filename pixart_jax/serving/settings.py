@@ -24,7 +24,8 @@ class Limits:
 @dataclasses.dataclass(frozen=True)
 class ServerSettings:
     """The server's options (`pixart-jax serve --help` documents each). `loras`: [(path, scale)];
-    `warmup`: sizes "WxH" compiled before /health says ok (default: the native square)."""
+    `warmup`: sizes "WxH" compiled (at the default settings) before /health says ok (None: the native square;
+    (): none)."""
     model: str
     backend: Backend = Backend.jax
     loras: tuple[tuple[str, float], ...] = ()
