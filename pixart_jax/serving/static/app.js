@@ -221,7 +221,9 @@ function resultFigure(item, index, answer) {
   seed.className = "result-seed";
   seed.textContent = `Seed ${item.seed}`;
   const link = document.createElement("a");
-  Object.assign(link, {href: url, download: `pixart-seed-${item.seed}.png`, textContent: "Download PNG"});
+  // n images of one request share its seed: the index tells them apart
+  const suffix = answer.data.length > 1 ? `-${index + 1}` : "";
+  Object.assign(link, {href: url, download: `pixart-seed-${item.seed}${suffix}.png`, textContent: "Download PNG"});
   link.className = "download";
   caption.append(seed, link, settingsList(answer.settings));
   figure.append(image, caption);
