@@ -4,6 +4,7 @@ as the page sets them), the image appears with its seed and a download link, and
 server takes a control image uploaded through the form."""
 import base64
 import io
+import os
 import shutil
 
 import numpy as np
@@ -12,6 +13,8 @@ from PIL import Image
 
 from pixart_jax.serving.app import create_app
 from pixart_jax.serving.settings import ServerSettings
+from pixart_jax.weights.lora import add_lora, save_lora
+from pixart_jax.weights.transformer import load_transformer
 from tests.serving.client import running
 
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -46,9 +49,13 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def text_server(model_dir):
-    """No warm-up: the test's one request compiles its own loop."""
-    with running(create_app(ServerSettings(model_dir, api_key=API_KEY, warmup=()))) as port:
+def text_server(model_dir, tmp_path_factory):
+    """With an api key and a LoRA adapter "style" (B zero: only the page's scale input matters here); no warm-up:
+    the test's one request compiles its own loop."""
+    adapter = str(tmp_path_factory.mktemp("page-lora") / "style")
+    save_lora(add_lora(load_transformer(os.path.join(model_dir, "transformer")), rank=2), adapter)
+    settings = ServerSettings(model_dir, loras=((adapter, 0.8),), api_key=API_KEY, warmup=())
+    with running(create_app(settings)) as port:
         yield f"http://127.0.0.1:{port}"
 
 
@@ -107,12 +114,13 @@ def save_screenshot(driver, path):
 
 def test_page_generates_with_progress_and_a_download(browser, text_server, tmp_path):
     """Asks for the api key (the config answers 401 without it), then generates one image of a non-square bucket
-    with a fixed seed."""
+    with a fixed seed and an adapter scale."""
     open_page(browser, text_server)
     assert by_id(browser, "api-key-row").is_displayed() and "api key" in by_id(browser, "error").text
     type_into(browser, "api-key", API_KEY + "\t")  # the change event reloads the config with the key
     WebDriverWait(browser, 30).until(lambda d: by_id(d, "generate").is_enabled())
-    assert not by_id(browser, "control-section").is_displayed() and not by_id(browser, "lora-section").is_displayed()
+    assert not by_id(browser, "control-section").is_displayed()
+    assert by_id(browser, "lora-scale-0").get_attribute("value") == "0.8"  # the adapter's load scale
     sizes = [o.get_attribute("value") for o in Select(by_id(browser, "size")).options]
     assert sizes[0] == "256x256" and "192x320" in sizes  # the 256-px buckets, native square first
     type_into(browser, "prompt", "a small red circle")
@@ -123,6 +131,7 @@ def test_page_generates_with_progress_and_a_download(browser, text_server, tmp_p
     type_into(browser, "guidance", 3)
     by_id(browser, "random-seed").click()
     type_into(browser, "seed", 1234)
+    type_into(browser, "lora-scale-0", 0.5)
     progress = generate_and_wait(browser)
     values = [value for value, _ in progress]
     assert values == sorted(values) and progress[-1] == [4, 4], progress
@@ -131,7 +140,7 @@ def test_page_generates_with_progress_and_a_download(browser, text_server, tmp_p
     assert size == (320, 192) and name == "pixart-seed-1234.png"
     assert Image.open(io.BytesIO(png)).size == (320, 192)
     caption = browser.find_element(By.CSS_SELECTOR, "#result-0 figcaption").text
-    assert "Seed 1234" in caption and "ddim" in caption and "blurry" in caption
+    assert "Seed 1234" in caption and "ddim" in caption and "blurry" in caption and '{"style":0.5}' in caption
     assert browser.execute_script(f"return sessionStorage.getItem('{KEY_STORAGE}')") == API_KEY
     save_screenshot(browser, tmp_path / "page.png")
 
