@@ -6,6 +6,7 @@ import base64
 import io
 import os
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ from pixart_jax.serving.app import create_app
 from pixart_jax.serving.settings import ServerSettings
 from pixart_jax.weights.lora import add_lora, save_lora
 from pixart_jax.weights.transformer import load_transformer
-from tests.serving.client import running
+from tests.serving.client import running, wait_for
+from tests.serving.stub import StubEngine
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -164,3 +166,29 @@ def test_page_uploads_a_control_image(browser, control_server, tmp_path):
     assert size == (256, 256) and name.startswith("pixart-seed-")
     assert "canny" in browser.find_element(By.CSS_SELECTOR, "#result-0 figcaption").text
     save_screenshot(browser, tmp_path / "control-page.png")
+
+
+def test_page_waits_for_a_loading_server_and_cancels(browser):
+    """On a stand-in engine: the form stays disabled while the model loads and fills in once it is up; Cancel ends
+    a generation the engine has not finished."""
+    loaded, engines = threading.Event(), []
+
+    def load(settings):
+        loaded.wait(30)
+        engines.append(StubEngine(settings))
+        engines[0].gate.clear()  # its forwards block until the test lets them go
+        return engines[0]
+
+    with running(create_app(ServerSettings("stub", warmup=()), load), ready=False) as port:
+        browser.get(f"http://127.0.0.1:{port}")
+        WebDriverWait(browser, 10).until(lambda d: "loading" in by_id(d, "server-info").text)
+        assert not by_id(browser, "generate").is_enabled()
+        loaded.set()
+        WebDriverWait(browser, 30).until(lambda d: by_id(d, "generate").is_enabled())
+        type_into(browser, "prompt", "a cat")
+        by_id(browser, "generate").click()
+        wait_for(lambda: engines[0].batches == [["a cat"]])
+        by_id(browser, "cancel").click()
+        WebDriverWait(browser, 10).until(lambda d: by_id(d, "error").text == "Cancelled")
+        assert by_id(browser, "generate").is_enabled() and not by_id(browser, "cancel").is_displayed()
+        engines[0].gate.set()

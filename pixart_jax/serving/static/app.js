@@ -3,6 +3,7 @@
 "use strict";
 
 const KEY_STORAGE = "pixart-jax-api-key";  // sessionStorage: the key lives as long as the tab, never on disk
+const RETRY_MS = 2000;  // how often the page asks a server that is still loading for its config
 const $ = (id) => document.getElementById(id);
 let config = null;
 let running = null;     // the AbortController of the generation in flight
@@ -46,6 +47,11 @@ async function loadConfig() {
   const response = await fetch("/v1/config", {headers: authHeaders()});
   if (response.status === 401) {
     askForKey(await errorMessage(response));
+    return;
+  }
+  if (response.status === 503) {  // loading or warming up: the form waits for it
+    $("server-info").textContent = `${await errorMessage(response)}; trying again…`;
+    setTimeout(() => loadConfig().catch(showConfigError), RETRY_MS);
     return;
   }
   if (!response.ok) throw new Error(await errorMessage(response));
@@ -291,12 +297,16 @@ function init() {
   $("api-key").value = sessionStorage.getItem(KEY_STORAGE) || "";
   $("api-key").addEventListener("change", () => {
     sessionStorage.setItem(KEY_STORAGE, $("api-key").value.trim());
-    loadConfig().catch((error) => showError(error.message));
+    loadConfig().catch(showConfigError);
   });
   $("random-seed").addEventListener("change", () => { $("seed").disabled = $("random-seed").checked; });
   $("generate-form").addEventListener("submit", generate);
   $("cancel").addEventListener("click", () => running && running.abort());
-  loadConfig().catch((error) => showError(`Could not read the server's configuration: ${error.message}`));
+  loadConfig().catch(showConfigError);
+}
+
+function showConfigError(error) {
+  showError(`Could not read the server's configuration: ${error.message}`);
 }
 
 document.addEventListener("DOMContentLoaded", init);
