@@ -237,7 +237,7 @@ function resultFigure(item, index, answer) {
 }
 
 function showResult(answer) {
-  objectUrls.forEach(URL.revokeObjectURL);
+  objectUrls.forEach((url) => URL.revokeObjectURL(url));
   objectUrls = [];
   $("results").replaceChildren(...answer.data.map((item, i) => resultFigure(item, i, answer)));
   $("progress").value = $("progress").max;
