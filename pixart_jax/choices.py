@@ -49,6 +49,12 @@ class Int8Backend(enum.StrEnum):
     bitsandbytes = "bitsandbytes"  # transformers' LLM.int8 (the reference recipe; `wo` stays float)
 
 
+class NoiseSource(enum.StrEnum):
+    """Where the PyTorch path draws a seeded call's initial latents and sampler noise."""
+    jax = "jax"      # jax.random, exactly the JAX pipeline's draws: one seed gives one image on both backends
+    torch = "torch"  # a torch.Generator("cpu") seeded with it, as diffusers' pipelines draw (to compare with them)
+
+
 class LoRAInit(enum.StrEnum):
     """How a new LoRA adapter's A starts (B starts at zero, so it changes nothing yet), as PEFT's init_lora_weights:
     True = "kaiming" (kaiming-uniform with a=√5, torch nn.Linear's default: U(±1/√fan_in)), "gaussian" N(0, 1/r²)."""

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pixart_jax.choices import DType, Int8Backend, TorchDType, choose
+from pixart_jax.choices import DType, Int8Backend, NoiseSource, TorchDType, choose
 from pixart_jax.files import check_writable
 from pixart_jax.images import grid, write_png
 from pixart_jax.models.transformer import PixArtTransformer
@@ -191,7 +191,7 @@ def _torch_pipeline(args, device):
 def _check_jax_options(args):
     """The JAX backend's compute DType; a UsageError for a torch-only option."""
     for flag, value in (("--device", args.device), ("--low-memory", args.low_memory),
-                        ("--memory-report", args.memory_report)):
+                        ("--memory-report", args.memory_report), ("--noise torch", args.noise == NoiseSource.torch)):
         if value:
             raise UsageError(f"{flag} is for --backend torch")
     try:
@@ -224,7 +224,7 @@ def generate(args):
         pipe.load_lora_weights(path, scale=scale)
     print(f"loaded {args.model}{''.join(f' + LoRA {p} ({s:g})' for p, s in loras)} in "
           f"{time.perf_counter() - start:.1f} s ({sampler})")
-    extra = {"memory_report": True} if args.memory_report else {}
+    extra = {"memory_report": args.memory_report, "noise": args.noise} if torch_backend else {}
     images, compile_s, run_s, output = timed_call(lambda: pipe.generate(request, **extra))
     for path in save_images(images, args.out):
         print(f"wrote {path}")
@@ -343,6 +343,9 @@ def _add_generate(commands):
     p.add_argument("--low-memory", action="store_true",
                    help="--backend torch: load T5, the transformer and the VAE one at a time, freeing each")
     p.add_argument("--memory-report", action="store_true", help="--backend torch: print each stage's peak memory")
+    p.add_argument("--noise", choices=list(NoiseSource), type=NoiseSource, default=NoiseSource.jax,
+                   help="--backend torch: jax draws the JAX backend's noise for --seed (the same image), torch a "
+                        "torch.Generator's (diffusers' image)")
     p.add_argument("--out", default="out/image.png")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--controlnet", help="a PixArt ControlNet checkpoint (original .pth, official or pixart-jax "

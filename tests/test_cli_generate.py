@@ -1,5 +1,6 @@
 """`pixart-jax generate` on a tiny pipeline directory in the diffusers layout, as a user runs it."""
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -93,12 +94,16 @@ def test_quantize_t5_then_generate_from_the_int8_folder(model_dir, tmp_path):
     run = run_cli("quantize-t5", "--src", f"{model_dir}/text_encoder", "--dst", pipe / "text_encoder", "--dtype",
                   "float16")
     assert run.returncode == 0, run.stderr
+    images = {}
     for backend in ("jax", "torch"):
         out = tmp_path / f"{backend}.png"
         run = generate("--model", pipe, "--prompt", "a red circle", "--steps", "2", "--height", "64", "--width",
-                       "64", "--int8", "--backend", backend, "--out", out)
+                       "64", "--int8", "--seed", "0", "--backend", backend, "--out", out)
         assert run.returncode == 0, run.stderr
-        assert Image.open(out).size == (64, 64)
+        images[backend] = np.asarray(Image.open(out), np.int16)
+        assert images[backend].shape == (64, 64, 3)
+    # one seed, one image: the torch backend draws the JAX backend's noise by default
+    assert np.abs(images["torch"] - images["jax"]).max() <= 1
     run = generate("--model", pipe, "--prompt", "a red circle", "--backend", "torch", "--out", tmp_path / "x.png")
     assert run.returncode == 1 and run.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "holds an int8 T5" in run.stderr and "int8=True" in run.stderr
@@ -109,6 +114,7 @@ def test_backend_options_are_checked(model_dir, tmp_path, capsys):
 
     for args, message, code in ((("--dtype", "float16"), "--dtype of the JAX backend must be one of", 2),
                                 (("--low-memory",), "--low-memory is for --backend torch", 2),
+                                (("--noise", "torch"), "--noise torch is for --backend torch", 2),
                                 (("--backend", "torch", "--scheduler", "ddpm"), "has no diffusers scheduler class", 1)):
         out = str(tmp_path / "x.png")
         assert main(["generate", "--model", model_dir, "--prompt", "x", *args, "--out", out]) == code

@@ -31,6 +31,7 @@ from pixart_jax.pipelines.guidance import Caption
 from pixart_jax.pipelines.loop import LoopInputs, LoopSpec, run_loop
 from pixart_jax.pipelines.lora import LoRAMethods
 from pixart_jax.pipelines.memory import check_fits, compiled_bytes
+from pixart_jax.pipelines.noise import call_keys, initial_latents
 from pixart_jax.pipelines.prompts import encode_prompt, load_tokenizer
 from pixart_jax.pipelines.request import GenerationRequest, NullCaption, OutputType
 from pixart_jax.samplers import from_scheduler_config
@@ -199,19 +200,18 @@ class PixArtPipeline(LoRAMethods):
         cond, uncond = self._embeddings(request)
         per_prompt = request.num_images_per_prompt
         cond, uncond = (Caption(*(jnp.repeat(a, per_prompt, axis=0) for a in c)) for c in (cond, uncond))
-        root = jax.random.key(random_seed() if request.seed is None else request.seed)
-        key_latents, key_sampler = jax.random.split(root)
+        keys = call_keys(random_seed() if request.seed is None else request.seed)
         latents = request.latents
         if latents is None:
-            latents = jax.random.normal(key_latents, sizes.latent_shape, jnp.float32)
+            latents = initial_latents(keys.latents, sizes.latent_shape)
         n = sizes.latent_shape[0]
         resolution = aspect_ratio = None
         if self.transformer.cfg.micro_conditions:
             resolution = jnp.tile(jnp.array([[sizes.height, sizes.width]], jnp.float32), (n, 1))
             aspect_ratio = jnp.full((n, 1), sizes.height / sizes.width, jnp.float32)
-        shared = self._shared_inputs(request, sizes, shared_inputs_key(root))
+        shared = self._shared_inputs(request, sizes, shared_inputs_key(keys.root))
         rows = (jnp.asarray(latents, jnp.float32), cond, uncond, resolution, aspect_ratio)
-        return rows, key_sampler, shared
+        return rows, keys.sampler, shared
 
     def mesh(self, batch):
         """The ("data", "fsdp") mesh a batch of `batch` images runs on, with the weights placed on it (once: placed

@@ -29,6 +29,16 @@ def table_row(tables, i):
     return jax.tree.map(lambda column: column[i], tables)
 
 
+def step_keys(key, steps):
+    """The per-step keys of a sampler key: step i injects `step_noise(step_keys(key, steps)[i], shape)`."""
+    return jax.random.split(key, steps)
+
+
+def step_noise(step_key, shape):
+    """float32 N(0, 1) noise of `shape` from one of `step_keys`."""
+    return jax.random.normal(step_key, shape, jnp.float32)
+
+
 def f32(a):
     """`a` as a float32 array: every step computes in float32 whatever the sample dtype."""
     return jnp.asarray(a).astype(jnp.float32)
@@ -84,7 +94,7 @@ class Sampler:
                 raise ValueError(f"{type(self).__name__}: model_fn returned shape {tuple(out.shape)}, expected "
                                  f"{expected} for a sample of shape {tuple(x.shape)}")
             if draw:
-                source = _normal(source, x.shape, groups)
+                source = _group_noise(source, x.shape, groups)
             x, denoised, state = self.step(row, x, out, state, source)
             return (x, denoised, state), None
 
@@ -108,16 +118,16 @@ class Sampler:
         if key is None:
             raise ValueError(f"{type(self).__name__} injects fresh noise with {steps} steps: pass key= or noise=")
         if groups is None:
-            return jax.random.split(key, steps)
+            return step_keys(key, steps)
         if sum(groups) != x_T.shape[0] or key.shape != (len(groups),):
             raise ValueError(f"groups {groups} need one key each (got keys of shape {key.shape}) and must sum to "
                              f"the batch {x_T.shape[0]}")
-        return jax.vmap(lambda k: jax.random.split(k, steps), out_axes=1)(key)
+        return jax.vmap(lambda k: step_keys(k, steps), out_axes=1)(key)
 
 
-def _normal(keys, shape, groups):
-    """Standard normal noise of `shape` from one key, or from one key per group of rows (concatenated)."""
+def _group_noise(keys, shape, groups):
+    """step_noise of `shape` from one step key, or from one step key per group of rows (concatenated): each group's
+    rows as that group alone draws them."""
     if groups is None:
-        return jax.random.normal(keys, shape, jnp.float32)
-    return jnp.concatenate([jax.random.normal(keys[i], (rows, *shape[1:]), jnp.float32)
-                            for i, rows in enumerate(groups)])
+        return step_noise(keys, shape)
+    return jnp.concatenate([step_noise(keys[i], (rows, *shape[1:])) for i, rows in enumerate(groups)])

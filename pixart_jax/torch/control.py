@@ -7,14 +7,16 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+from pixart_jax.pipelines.noise import call_keys
 from pixart_jax.pipelines.text_to_image import shared_inputs_key
 from pixart_jax.torch.loading import to_torch
+from pixart_jax.torch.noise import jax_on_cpu
 
 
 def posterior_noise(seed: int, shape) -> np.ndarray:
     """float32 N(0, 1) noise of `shape`, as the JAX pipeline draws its control posterior noise for `seed`."""
-    with jax.default_device(jax.local_devices(backend="cpu")[0]):
-        return np.asarray(jax.random.normal(shared_inputs_key(jax.random.key(seed)), shape, jnp.float32))
+    with jax_on_cpu():
+        return np.asarray(jax.random.normal(shared_inputs_key(call_keys(seed).root), shape, jnp.float32))
 
 
 @torch.inference_mode()

@@ -11,7 +11,6 @@ and its sizes (pixart_jax.pipelines.request), aspect-ratio bins, caption cleanin
 """
 import dataclasses
 import functools
-import inspect
 import os
 
 import diffusers
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from pixart_jax.choices import Int8Backend, TorchDType, choose
+from pixart_jax.choices import Int8Backend, NoiseSource, TorchDType, choose
 from pixart_jax.images import cover_and_crop, pil_images
 from pixart_jax.models.transformer_config import PixArtConfig
 from pixart_jax.models.vae import VAEConfig
@@ -37,6 +36,7 @@ from pixart_jax.torch.devices import check_device
 from pixart_jax.torch.loading import release, to_torch
 from pixart_jax.torch.lora import TORCH_LORA
 from pixart_jax.torch.memory import MemoryStages
+from pixart_jax.torch.noise import call_noise
 from pixart_jax.torch.text_encoder import load_text_encoder
 from pixart_jax.torch.transformer import load_transformer
 from pixart_jax.weights.controlnet import base_config
@@ -54,8 +54,13 @@ def diffusers_scheduler(path_or_dict, sampler=None, **options):
     """The diffusers scheduler equal to `from_scheduler_config(path_or_dict, sampler, **options)` (the same checks,
     defaults and overrides; η / γ are not part of a scheduler but of each call, as in diffusers). ValueError for a
     sampler diffusers has no scheduler for (the repo's IDDPM sampler, the repo conventions)."""
-    config = to_scheduler_config(from_scheduler_config(path_or_dict, sampler=sampler, **options).with_eta(0.0))
+    chosen = from_scheduler_config(path_or_dict, sampler=sampler, **options)
+    per_call = {f.name: f.default for f in dataclasses.fields(chosen) if f.name in PER_CALL_FIELDS}
+    config = to_scheduler_config(dataclasses.replace(chosen, **per_call))
     return getattr(diffusers, config["_class_name"]).from_config(config)
+
+
+PER_CALL_FIELDS = ("eta", "gamma")  # DDIM's η, TCD's and PCM's γ: arguments of each step, not scheduler config
 
 
 def guide(out_uncond, out_cond, scale, channels=None):
@@ -207,34 +212,38 @@ class PixArtTorchPipeline(LoRAMethods):
                  negative_prompt_attention_mask=None, null_caption: str = "negative_prompt",
                  guidance_channels: int | None = None, eta: float = 0.0, progress: bool = True,
                  return_dict: bool = True, memory_report: bool = False, control_image=None,
-                 control: str = ControlKind.canny, control_latents=None, max_sequence_length: int | None = None):
-        """Generates images; arguments and results as PixArtPipeline.__call__, except: `seed` seeds a
-        torch.Generator("cpu") that draws the initial noise and any sampler noise, as diffusers does with that
-        generator (the JAX pipeline draws from jax.random: pass `latents` to compare the two); "latent" output is
-        a float32 tensor on the device; `memory_report` puts each stage's peak memory in the output's `memory`.
+                 control: str = ControlKind.canny, control_latents=None, max_sequence_length: int | None = None,
+                 noise: NoiseSource | str = NoiseSource.jax):
+        """Generates images; arguments and results as PixArtPipeline.__call__, except: `noise` "jax" (default)
+        draws the initial latents and any sampler noise of `seed` exactly as the JAX pipeline does (one seed, one
+        image on both backends), "torch" from a torch.Generator("cpu") seeded with `seed`, as diffusers does with
+        that generator; "latent" output is a float32 tensor on the device; `memory_report` puts each stage's peak
+        memory in the output's `memory`.
         With a ControlNet-Transformer: `control_image`, `control` ("canny" or "none"; "hed" is JAX-only) or
         `control_latents`, as PixArtControlNetPipeline.__call__ (the posterior noise of the control image's VAE
         encoding as the JAX pipeline draws it from `seed`)."""
         request = GenerationRequest.from_call(locals())
-        return self.generate(request, progress=progress, return_dict=return_dict, memory_report=memory_report)
+        return self.generate(request, progress=progress, return_dict=return_dict, memory_report=memory_report,
+                             noise=noise)
 
     def generate(self, request: GenerationRequest, *, progress: bool = True, return_dict: bool = True,
-                 memory_report: bool = False):
+                 memory_report: bool = False, noise: NoiseSource | str = NoiseSource.jax):
         """Runs one GenerationRequest (what __call__ does with its arguments); a ValueError before anything is
         loaded for a request this pipeline cannot run."""
+        noise = choose(NoiseSource, noise, "noise")
         sizes = self._sizes(request)
         stages = MemoryStages(self.device, memory_report)
         captions = self._captions(request, stages)
         seed = random_seed() if request.seed is None else request.seed
-        generator = torch.Generator("cpu").manual_seed(seed)
+        draws = call_noise(noise, seed, self.device)
         latents = request.latents
         if latents is None:
-            latents = torch.randn(sizes.latent_shape, generator=generator, dtype=torch.float32)
+            latents = draws.latents(sizes.latent_shape)
         latents = self._tensor(latents)
         control = None if request.control is None else self._control(request, sizes, seed, stages)
         with stages.stage("denoise"):
             result = self._use("transformer", lambda transformer: self._denoise(
-                transformer, latents, captions, request, (sizes.height, sizes.width), generator, control, progress))
+                transformer, latents, captions, request, (sizes.height, sizes.width), draws, control, progress))
         if request.decoded:
             with stages.stage("decode"):
                 result = self._use("vae", lambda vae: self._decode(vae, result, sizes.out_size))
@@ -316,28 +325,26 @@ class PixArtTorchPipeline(LoRAMethods):
         return to_torch(self._default_null, self.device)
 
     @torch.inference_mode()
-    def _denoise(self, transformer, latents, captions, request, size, generator, control, progress):
+    def _denoise(self, transformer, latents, captions, request, size, draws, control, progress):
         """The denoising loop: the final latents (float32) of `latents` under request's steps, guidance and η, at
-        the binned (height, width) `size`; `control` the control latents per image (None: no ControlNet)."""
+        the binned (height, width) `size`, the sampler noise from `draws` (a torch.noise source); `control` the
+        control latents per image (None: no ControlNet)."""
         steps, guided, scale = request.num_inference_steps, request.guided, request.guidance_scale
         inputs = self._model_inputs(transformer, captions, guided, size, control)
         rows = inputs["encoder_hidden_states"].shape[0]
         scheduler = self.scheduler
-        # diffusers' pipeline passes its eta to every scheduler whose step takes one (DDIM's η, TCD's γ)
-        step_options = {"eta": request.eta} if "eta" in inspect.signature(scheduler.step).parameters else {}
         scheduler.set_timesteps(steps, device=self.device)
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(0)
         x = latents
-        for t in tqdm(scheduler.timesteps, desc="denoising", disable=not progress):
+        for i, t in enumerate(tqdm(scheduler.timesteps, desc="denoising", disable=not progress)):
             model_in = scheduler.scale_model_input(x, t)
             model_in = torch.cat([model_in, model_in]) if guided else model_in
             out = transformer(model_in.to(self.dtype), timestep=t.expand(rows).to(self.device), return_dict=False,
                               **inputs)[0].float()
             if guided:
                 out = guide(*out.chunk(2), scale, request.guidance_channels)
-            step = scheduler.step(out[:, :x.shape[1]], t, x, **step_options, generator=generator,
-                                  return_dict=False)
+            step = draws.step(scheduler, out[:, :x.shape[1]], t, x, index=i, steps=steps, eta=request.eta)
             # one step returns its denoised estimate, as diffusers' pipeline (and ours) do
             x = step[1] if steps == 1 and len(step) > 1 else step[0]
         return x.float()

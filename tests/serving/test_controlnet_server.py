@@ -5,7 +5,6 @@ import io
 
 import numpy as np
 import pytest
-from flax import nnx
 from PIL import Image
 
 from pixart_jax.models.controlnet import PixArtControlNet

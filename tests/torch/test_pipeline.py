@@ -70,16 +70,35 @@ def test_same_images_as_diffusers_and_the_jax_pipeline(pipelines, name, size, st
     assert max_diff(ours, jax) <= 1 / 255
 
 
-def test_seed_draws_the_noise_diffusers_draws_with_that_generator(pipelines):
-    """LCM with 4 steps injects fresh noise between steps: the same seed gives diffusers' images exactly."""
+def test_torch_noise_draws_what_diffusers_draws_with_that_generator(pipelines):
+    """LCM with 4 steps injects fresh noise between steps: with noise="torch" the same seed gives diffusers' images
+    exactly."""
     directory, reference = pipelines["lcm"]
     args = dict(num_inference_steps=4, guidance_scale=0.0, height=64, width=64, output_type="np",
                 use_resolution_binning=False)
     expected = reference(PROMPTS, generator=torch.Generator().manual_seed(7), **args).images
     pipe = PixArtTorchPipeline.from_pretrained(directory)
-    got = pipe(PROMPTS, seed=7, progress=False, **args).images
+    got = pipe(PROMPTS, seed=7, noise="torch", progress=False, **args).images
     np.testing.assert_array_equal(got, expected)
-    assert not np.array_equal(pipe(PROMPTS, seed=8, progress=False, **args).images, got)
+    assert not np.array_equal(pipe(PROMPTS, seed=8, noise="torch", progress=False, **args).images, got)
+
+
+@pytest.mark.parametrize("name, sampler, steps, guidance, eta", [
+    ("ddim", None, 3, 4.5, 0.7),     # DDIM's σ·z every step
+    ("lcm", None, 4, 0.0, 0.0),      # LCM's re-noising between steps
+    ("lcm", "tcd", 3, 0.0, 0.3),     # TCD's γ > 0
+    ("ddim", "sa", 4, 4.5, 0.0),     # SA-Solver's predictor noise, reused by the next corrector
+])
+def test_seed_gives_the_jax_pipelines_image(pipelines, name, sampler, steps, guidance, eta):
+    """By default the torch path draws the JAX pipeline's initial latents and sampler noise for a seed: one seed,
+    one image on both backends, for every kind of stochastic sampler (tests/torch/test_scheduler_noise.py: the
+    steps' noise is what we give them)."""
+    directory, _ = pipelines[name]
+    args = dict(num_inference_steps=steps, guidance_scale=guidance, height=64, width=64, output_type="np",
+                use_resolution_binning=False, eta=eta, seed=3, progress=False)
+    ours = PixArtTorchPipeline.from_pretrained(directory, sampler=sampler)(PROMPTS, **args).images
+    jax = PixArtPipeline.from_pretrained(directory, sampler=sampler)(PROMPTS, **args).images
+    assert max_diff(ours, jax) <= 1 / 255
 
 
 def test_null_caption_y_embedding_from_a_pixart_jax_transformer(pipelines, tmp_path):
