@@ -7,23 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixart_jax.models.controlnet import PixArtControlNet
-from pixart_jax.pipelines.text_to_image import PixArtPipeline
 from pixart_jax.serving.app import create_app
 from pixart_jax.serving.settings import Limits, ServerSettings
-from pixart_jax.testing.random_weights import redraw_nnx
-from pixart_jax.weights.controlnet import save_controlnet
 from tests.serving.client import generate, pixels, png_b64, request, running
 
 
 @pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
-    controlnet = PixArtControlNet(PixArtPipeline.from_pretrained(model_dir).transformer, 1)
-    for module in (controlnet.before_proj, controlnet.after_proj):
-        redraw_nnx(module, 1, scale=0.1)
-    path = str(tmp_path_factory.mktemp("controlnet") / "controlnet")
-    save_controlnet(controlnet, path)
-    settings = ServerSettings(model_dir, controlnet=path, max_batch=1, warmup=("256x256",),
+def server(model_dir, controlnet_dir):
+    settings = ServerSettings(model_dir, controlnet=controlnet_dir, max_batch=1, warmup=("256x256",),
                               limits=Limits(max_upload_bytes=20_000))
     app = create_app(settings)
     with running(app) as port:
