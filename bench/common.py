@@ -1,10 +1,26 @@
 """Timing helpers shared by the benchmark scripts (same process, median of several runs)."""
+import os
 import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+VECTOR_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "amx_int8")
+
+
+def cpu_description():
+    """`lscpu`'s model name, the CPU count and the vector extensions among VECTOR_FLAGS (from /proc/cpuinfo): every
+    speed figure depends on them (e.g. torch's oneDNN uses AMX where XLA:CPU does not)."""
+    info = {}
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    flags = set(info.get("flags", "").split())
+    vector = [flag for flag in VECTOR_FLAGS if flag in flags]
+    return f"{info.get('model name', 'unknown CPU')}, {os.cpu_count()} CPUs, {' '.join(vector) or 'no AVX2'}"
 
 
 def median_seconds(fn, runs):

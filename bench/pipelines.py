@@ -8,6 +8,7 @@ stages, a second table times each stage alone: tokenize + T5, the denoising loop
 the host.
 """
 import argparse
+import os
 import pathlib
 import tempfile
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from flax import nnx
 
-from bench.common import print_table, timed_pair
+from bench.common import cpu_description, print_table, timed_pair
 from pixart_jax.images import resize_and_crop, to_numpy
 from pixart_jax.models.transformer_config import PixArtConfig
 from pixart_jax.pipelines.request import GenerationRequest
@@ -72,7 +73,8 @@ def time_samplers(args, samplers, stages=False):
                            for i, (stage, (o, r)) in enumerate(timings.items())]
             rows.append([name, ours_s, ref_s])
     print(f"{args.size}x{args.size}, transformer {layers} layers at XL/2 width, T5 {args.t5_layers} layers at XXL "
-          f"width, SD VAE, fp32, batch 1, median of {args.runs} (compilation excluded)")
+          f"width, SD VAE, fp32, batch 1, median of {args.runs} (compilation excluded); {cpu_description()}, load "
+          f"average {os.getloadavg()[0]:.1f}")
     print_table(["sampler", "ours s/image", "diffusers s/image", "diffusers / ours"],
                 [[name, f"{o:.2f}", f"{r:.2f}", f"{r / o:.2f}x"] for name, o, r in rows])
     if stages:

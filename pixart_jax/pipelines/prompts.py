@@ -18,6 +18,7 @@ import numpy as np
 from bs4 import BeautifulSoup
 from flax import nnx
 
+from pixart_jax.models.inference_jit import inference_jit
 from pixart_jax.weights import WeightsError
 
 MAX_LENGTH = 120
@@ -174,7 +175,7 @@ class PromptEmbeddings(NamedTuple):
     negative_mask: jnp.ndarray
 
 
-@nnx.jit
+@inference_jit
 def _run_module(text_encoder, input_ids, attention_mask):
     return text_encoder(input_ids, attention_mask)
 
