@@ -8,6 +8,7 @@ stages, a second table times each stage alone: tokenize + T5, the denoising loop
 the host.
 """
 import argparse
+import os
 import pathlib
 import tempfile
 
@@ -18,9 +19,10 @@ import numpy as np
 import torch
 from flax import nnx
 
-from bench.common import print_table, timed_pair
+from bench.common import cpu_description, print_table, timed_pair
 from pixart_jax.images import resize_and_crop, to_numpy
 from pixart_jax.models.transformer_config import MAX_TOKENS_KEY, PixArtConfig
+from pixart_jax.pipelines.request import GenerationRequest
 from pixart_jax.pipelines.text_to_image import PixArtPipeline
 from pixart_jax.testing.reference_pipeline import TINY_T5, build_pipeline, build_sigma_pipeline
 
@@ -78,7 +80,8 @@ def time_samplers(args, samplers, stages=False, sigma=False):
             rows.append([name, ours_s, ref_s])
     what = "PixArt-Σ 1024-MS settings, to the latents" if sigma else "SD VAE"
     print(f"{args.size}x{args.size}, transformer {layers} layers at XL/2 width, T5 {args.t5_layers} layers at XXL "
-          f"width, {what}, fp32, batch 1, median of {args.runs} (compilation excluded)")
+          f"width, {what}, fp32, batch 1, median of {args.runs} (compilation excluded); {cpu_description()}, load "
+          f"average {os.getloadavg()[0]:.1f}")
     print_table(["sampler", "ours s/image", "diffusers s/image", "diffusers / ours"],
                 [[name, f"{o:.2f}", f"{r:.2f}", f"{r / o:.2f}x"] for name, o, r in rows])
     if stages:
@@ -92,7 +95,8 @@ def stage_seconds(ours, ref, prompt, latents, kwargs, runs):
     timed alone (median of `runs` after a warm-up) on the same inputs as the end-to-end call."""
     guided = kwargs["guidance_scale"] > 1
     loop_kwargs = dict(kwargs, output_type="latent")
-    cond, uncond = ours._embeddings(guided, prompt, "", True, "negative_prompt", None, None, None, None)
+    request = GenerationRequest(prompt=tuple(prompt), guidance_scale=kwargs["guidance_scale"])
+    cond, uncond = ours._embeddings(request)
     embeds = dict(prompt_embeds=cond.embeds, prompt_attention_mask=cond.mask, negative_prompt_embeds=uncond.embeds,
                   negative_prompt_attention_mask=uncond.mask)
     ref_embeds = [torch.from_numpy(np.array(a)) for a in (cond.embeds, cond.mask, uncond.embeds, uncond.mask)]
@@ -104,8 +108,7 @@ def stage_seconds(ours, ref, prompt, latents, kwargs, runs):
     ref_images = ref.vae.decode(ref_z / ref.vae.config.scaling_factor).sample
     stages = {
         "tokenize + T5": (
-            lambda: jnp.asarray(ours._embeddings(guided, prompt, "", True, "negative_prompt", None, None, None,
-                                                 None)[0].embeds),
+            lambda: jnp.asarray(ours._embeddings(request)[0].embeds),
             lambda: ref.encode_prompt(prompt, do_classifier_free_guidance=guided, device="cpu")),
         "denoising loop": (
             lambda: ours(latents=latents, progress=False, **embeds, **loop_kwargs).images,

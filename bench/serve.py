@@ -22,17 +22,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.common import cpu_description  # noqa: E402
 from tests.helpers.commands import SCRIPT, command_env  # noqa: E402
 from tests.serving.client import free_port, metric, wait_for  # noqa: E402
-
-
-def cpu_name() -> str:
-    """lscpu's model name and the vector extensions among its flags (the ratios depend on them)."""
-    fields = dict(line.split(":", 1) for line in subprocess.run(["lscpu"], capture_output=True, text=True)
-                  .stdout.splitlines() if ":" in line)
-    flags = fields.get("Flags", "").split()
-    vector = sorted({f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "sse4_2")})
-    return f"{fields.get('Model name', '?').strip()} ({os.cpu_count()} CPUs; {' '.join(vector)})"
 
 
 def tiny_model(directory, sample_size) -> str:
@@ -132,7 +124,7 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model or tiny_model(scratch, args.sample_size)
-        print(f"{model}: its default settings and size; {cpu_name()}")
+        print(f"{model}: its default settings and size; {cpu_description()}")
         print("| batching (max images) | clients | requests | failed | images/s | p50 s | p99 s | mean batch |")
         print("|---|---|---|---|---|---|---|---|")
         off = run_mode(model, 1, args)

@@ -15,6 +15,7 @@ from pixart_jax.models.lora import LoRAParam, fuse_lora, merge_and_unload, set_a
 from pixart_jax.models.transformer import PixArtTransformer
 from pixart_jax.models.transformer_config import PRESETS, PixArtConfig
 from pixart_jax.pipelines.controlnet import PixArtControlNetPipeline
+from pixart_jax.pipelines.prompt_cache import PromptCache
 from pixart_jax.pipelines.prompts import encode_prompt
 from pixart_jax.pipelines.request import GenerationRequest
 from pixart_jax.pipelines.text_to_image import PixArtPipeline
@@ -29,8 +30,9 @@ from pixart_jax.weights.transformer import load_transformer, save_diffusers, sav
 from pixart_jax.weights.vae import load_vae
 
 __all__ = ["PRESETS", "ControlNetConfig", "FileError", "GenerationRequest", "LoRAParam", "PixArtConfig",
-           "PixArtControlNet", "PixArtControlNetPipeline", "PixArtPipeline", "PixArtTransformer", "WeightsError",
-           "add_lora", "encode_prompt", "export_int8_t5", "from_scheduler_config", "fuse_lora", "load_controlnet",
-           "load_hed", "load_lora", "load_text_encoder", "load_transformer", "load_vae", "make_sampler",
-           "merge_and_unload", "save_controlnet", "save_controlnet_jax", "save_diffusers", "save_jax", "save_lora",
-           "save_merged", "save_original", "set_adapters", "to_scheduler_config", "unfuse_lora", "unload_lora"]
+           "PixArtControlNet", "PixArtControlNetPipeline", "PixArtPipeline", "PixArtTransformer", "PromptCache",
+           "WeightsError", "add_lora", "encode_prompt", "export_int8_t5", "from_scheduler_config", "fuse_lora",
+           "load_controlnet", "load_hed", "load_lora", "load_text_encoder", "load_transformer", "load_vae",
+           "make_sampler", "merge_and_unload", "save_controlnet", "save_controlnet_jax", "save_diffusers", "save_jax",
+           "save_lora", "save_merged", "save_original", "set_adapters", "to_scheduler_config", "unfuse_lora",
+           "unload_lora"]

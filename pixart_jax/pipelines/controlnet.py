@@ -19,9 +19,9 @@ halves of classifier-free guidance; the denoising loop is PixArtPipeline's one j
 import dataclasses
 
 import jax.numpy as jnp
-from flax import nnx
 
 from pixart_jax.models.controlnet import PixArtControlNet
+from pixart_jax.models.inference_jit import inference_jit
 from pixart_jax.pipelines.control import ControlKind, check_control, control_latents, control_rows
 from pixart_jax.pipelines.text_to_image import PixArtPipeline, check_pipeline_directory, load_components
 from pixart_jax.weights.controlnet import load_controlnet
@@ -39,8 +39,8 @@ class PixArtControlNetPipeline(PixArtPipeline):
 
     def __post_init__(self):
         super().__post_init__()
-        self._edges = nnx.jit(lambda hed, pixels: hed(pixels))
-        self._encode = nnx.jit(control_latents)
+        self._edges = inference_jit(lambda hed, pixels: hed(pixels))
+        self._encode = inference_jit(control_latents)
 
     @classmethod
     def from_pretrained(cls, directory: str, controlnet: str, hed: str | None = None, dtype=jnp.float32,

@@ -18,9 +18,11 @@ import numpy as np
 from bs4 import BeautifulSoup
 from flax import nnx
 
+from pixart_jax.models.inference_jit import inference_jit
 from pixart_jax.weights import WeightsError
 
 MAX_LENGTH = 120
+SHORTEST_RUN = 16  # trimmed T5 runs: the longest prompt's tokens rounded up to a power of two from this
 TOKENIZER_FILES = ("spiece.model", "tokenizer.json")
 logger = logging.getLogger(__name__)
 
@@ -173,15 +175,33 @@ class PromptEmbeddings(NamedTuple):
     negative_mask: jnp.ndarray
 
 
-@nnx.jit
+@inference_jit
 def _run_module(text_encoder, input_ids, attention_mask):
     return text_encoder(input_ids, attention_mask)
 
 
-def _encode(text_encoder, input_ids, attention_mask):
+def trimmed_length(attention_mask, max_length):
+    """The tokens a trimmed T5 run covers: the longest row's (the mask's last 1) rounded up to a power of two, at
+    least SHORTEST_RUN, at most max_length (few lengths: few compilations)."""
+    used = np.asarray(attention_mask).any(axis=0).nonzero()[0]
+    longest = int(used[-1]) + 1 if used.size else 1
+    return min(max_length, max(SHORTEST_RUN, 1 << (longest - 1).bit_length()))
+
+
+def _encode(text_encoder, input_ids, attention_mask, trim=False):
+    """(B, L, D) embeddings of (B, L) tokens. With `trim`, T5 runs on the first trimmed_length(mask, L) tokens
+    only and the positions past them are zero: a T5 encoder's output at a position depends on that position's
+    token and the unmasked keys alone, so every position it runs on is as in the full run, and the models mask
+    the positions past the prompt out of their cross-attention (the same images for a fraction of the T5 work:
+    PixArt pads every prompt to 120 or 300 tokens)."""
+    length = input_ids.shape[1]
+    run = trimmed_length(attention_mask, length) if trim else length
+    ids, mask = input_ids[:, :run], attention_mask[:, :run]
     if isinstance(text_encoder, nnx.Module):
-        return _run_module(text_encoder, input_ids, attention_mask)
-    return jnp.asarray(text_encoder(input_ids, attention_mask))
+        out = _run_module(text_encoder, ids, mask)
+    else:
+        out = jnp.asarray(text_encoder(ids, mask))
+    return out if run == length else jnp.pad(out, ((0, 0), (0, length - run), (0, 0)))
 
 
 class PromptTokens(NamedTuple):
@@ -210,14 +230,16 @@ def prompt_tokens(prompts, negative_prompt="", *, tokenizer, max_length=MAX_LENG
 
 
 def encode_prompt(prompts, negative_prompt="", *, tokenizer, text_encoder, max_length=MAX_LENGTH,
-                  clean_caption=True, null_embedding=None, do_classifier_free_guidance=True):
+                  clean_caption=True, null_embedding=None, do_classifier_free_guidance=True, trim=False):
     """T5 embeddings and masks of `prompts` and of the unconditional branch of classifier-free guidance.
 
     prompts: a string or a list of B strings; negative_prompt: a string (used for every prompt) or B strings.
     Unconditional branch (spec §2.8): with `null_embedding` (the checkpoint's `y_embedding`, (max_length, D)),
     that embedding for every prompt with the prompt's own mask, as the original repo does; otherwise the T5
     encoding of `negative_prompt` with its own mask, as the diffusers pipeline does. Without guidance only the
-    prompts are encoded (half the T5 work) and the unconditional fields are None.
+    prompts are encoded (half the T5 work) and the unconditional fields are None. `trim`: T5 runs only as far as
+    the longest prompt needs and the embeddings past that are zero (see `_encode`; the pipelines' default: the
+    same images, a fraction of the T5 work); off, every position is diffusers' `encode_prompt`'s.
     """
     if null_embedding is not None and null_embedding.shape[0] != max_length:
         raise ValueError(f"null_embedding has {null_embedding.shape[0]} tokens, prompts have {max_length}")
@@ -227,12 +249,13 @@ def encode_prompt(prompts, negative_prompt="", *, tokenizer, text_encoder, max_l
     batch = tokens.ids.shape[0]
     if null_embedding is not None:
         null_embedding = jnp.asarray(null_embedding)
-        embeds = _encode(text_encoder, tokens.ids, tokens.mask)
+        embeds = _encode(text_encoder, tokens.ids, tokens.mask, trim)
         negative = jnp.broadcast_to(null_embedding.astype(embeds.dtype), (batch, *null_embedding.shape))
         return PromptEmbeddings(embeds, jnp.asarray(tokens.mask), negative, jnp.asarray(tokens.mask))
     if not do_classifier_free_guidance:
-        return PromptEmbeddings(_encode(text_encoder, tokens.ids, tokens.mask), jnp.asarray(tokens.mask), None, None)
+        return PromptEmbeddings(_encode(text_encoder, tokens.ids, tokens.mask, trim), jnp.asarray(tokens.mask), None,
+                                None)
     # One encoder call for both branches: rows do not interact, and it is one compilation per batch size.
     both = _encode(text_encoder, np.concatenate([tokens.ids, tokens.negative_ids]),
-                   np.concatenate([tokens.mask, tokens.negative_mask]))
+                   np.concatenate([tokens.mask, tokens.negative_mask]), trim)
     return PromptEmbeddings(both[:batch], jnp.asarray(tokens.mask), both[batch:], jnp.asarray(tokens.negative_mask))

@@ -32,6 +32,7 @@ from pixart_jax.pipelines.loop import LoopInputs, LoopSpec, run_loop
 from pixart_jax.pipelines.lora import LoRAMethods
 from pixart_jax.pipelines.memory import check_fits, compiled_bytes
 from pixart_jax.pipelines.noise import call_keys, initial_latents
+from pixart_jax.pipelines.prompt_cache import PromptCache, prompt_key
 from pixart_jax.pipelines.prompts import encode_prompt, load_tokenizer
 from pixart_jax.pipelines.request import GenerationRequest, NullCaption, OutputType
 from pixart_jax.samplers import from_scheduler_config
@@ -62,8 +63,10 @@ class PixArtPipeline(LoRAMethods):
     """transformer, text_encoder (callable (ids, mask) -> embeddings), tokenizer, vae (anything with `decode`,
     `scaling_factor` and `spatial_factor`, e.g. an AutoencoderKL) and sampler, as components; `devices` to split
     a batch over (default: every local device) and `fsdp`, the number of devices one copy of the transformer's
-    weights is sharded over (1: replicated). diffusers' LoRA methods (load_lora_weights, set_adapters, fuse_lora,
-    ...: pixart_jax.pipelines.lora) act on the transformer; a changed adapter set retraces the loop."""
+    weights is sharded over (1: replicated); `prompt_cache`, an LRU cache of prompt embeddings (default
+    PromptCache(0): off; a server sets e.g. PromptCache(256)). diffusers' LoRA methods (load_lora_weights,
+    set_adapters, fuse_lora, ...: pixart_jax.pipelines.lora) act on the transformer; a changed adapter set retraces
+    the loop."""
 
     transformer: nnx.Module
     text_encoder: object
@@ -72,6 +75,7 @@ class PixArtPipeline(LoRAMethods):
     sampler: object
     devices: list | None = None
     fsdp: int = 1
+    prompt_cache: PromptCache = dataclasses.field(default_factory=PromptCache)
 
     def __post_init__(self):
         self._bar = self._on_step = None  # this pipeline's progress bar and step callback while a call runs
@@ -230,19 +234,33 @@ class PixArtPipeline(LoRAMethods):
     def _embeddings(self, request):
         """(cond, uncond) Captions: encoded prompts, or the given embeddings (checked by request.sizes). Without
         guidance the negative prompt is not encoded (uncond is cond: the loop never reads it)."""
-        transformer = self.transformer
         if request.prompt_embeds is None:
-            null = transformer.y_embedding[...] if request.null_caption == NullCaption.y_embedding else None
-            embeds, mask, neg_embeds, neg_mask = encode_prompt(
-                request.prompt, request.negative_prompt, tokenizer=self.tokenizer, text_encoder=self.text_encoder,
-                max_length=request.tokens(transformer.cfg), clean_caption=request.clean_caption, null_embedding=null,
-                do_classifier_free_guidance=request.guided)
-            cond = Caption(embeds, mask)
-            return cond, (Caption(neg_embeds, neg_mask) if request.guided else cond)
-        cond = _caption(request.prompt_embeds, request.prompt_attention_mask)
-        if request.negative_prompt_embeds is None:
-            return cond, Caption(jnp.broadcast_to(transformer.y_embedding[...], cond.embeds.shape), cond.mask)
-        return cond, _caption(request.negative_prompt_embeds, request.negative_prompt_attention_mask)
+            cond, uncond = self._encoded(request)
+        else:
+            cond = _caption(request.prompt_embeds, request.prompt_attention_mask)
+            uncond = None if request.negative_prompt_embeds is None else _caption(
+                request.negative_prompt_embeds, request.negative_prompt_attention_mask)
+        if uncond is None:  # the checkpoint's null caption, with the prompts' mask
+            null = self.transformer.y_embedding[...].astype(cond.embeds.dtype)
+            uncond = Caption(jnp.broadcast_to(null, cond.embeds.shape), cond.mask)
+        return cond, uncond
+
+    def _encoded(self, request):
+        """(cond, uncond) Captions of the prompts through T5 (trimmed to the prompts' tokens), from the prompt
+        cache when it holds them; uncond None for the null caption."""
+        max_length = request.tokens(self.transformer.cfg)
+        negatives = request.guided and request.null_caption != NullCaption.y_embedding
+
+        def encode():
+            out = encode_prompt(request.prompt, request.negative_prompt, tokenizer=self.tokenizer,
+                                text_encoder=self.text_encoder, max_length=max_length,
+                                clean_caption=request.clean_caption, do_classifier_free_guidance=negatives, trim=True)
+            cond = Caption(out.embeds, out.mask)
+            if not request.guided:
+                return cond, cond
+            return cond, Caption(out.negative_embeds, out.negative_mask) if negatives else None
+
+        return self.prompt_cache.get(prompt_key(request, max_length), (self.text_encoder, self.tokenizer), encode)
 
 
 def shared_inputs_key(root):

@@ -25,7 +25,8 @@ from pixart_jax.models.transformer_config import PixArtConfig
 from pixart_jax.models.vae import VAEConfig
 from pixart_jax.pipelines.control import ControlKind, check_control, control_rows
 from pixart_jax.pipelines.lora import LoRAMethods, lora_adapters
-from pixart_jax.pipelines.prompts import load_tokenizer, prompt_tokens
+from pixart_jax.pipelines.prompt_cache import PromptCache, prompt_key
+from pixart_jax.pipelines.prompts import load_tokenizer, prompt_tokens, trimmed_length
 from pixart_jax.pipelines.request import GenerationRequest, NullCaption, OutputType
 from pixart_jax.pipelines.text_to_image import ImagePipelineOutput, check_pipeline_directory
 from pixart_jax.samplers import from_scheduler_config, to_scheduler_config
@@ -115,6 +116,7 @@ class PixArtTorchPipeline(LoRAMethods):
         self.device, self.dtype = check_device(device), dtype
         self.loaders = dict(loaders or {})
         self.configs = configs
+        self.prompt_cache = PromptCache()  # off; e.g. PromptCache(256) keeps that many prompts' embeddings
         self._default_null = None
 
     @classmethod
@@ -265,8 +267,10 @@ class PixArtTorchPipeline(LoRAMethods):
         """(cond, uncond) as (embeds, mask) per image (uncond None: the transformer's null caption): the prompts
         encoded in an "encode" stage, or the given embeddings."""
         if request.prompt_embeds is None:
+            max_length = request.tokens(self.cfg)
             with stages.stage("encode"):
-                cond, uncond = self._encode(request)
+                cond, uncond = self.prompt_cache.get(prompt_key(request, max_length), self._encoder_owners(),
+                                                     lambda: self._encode(request, max_length))
         else:
             cond = (self._tensor(request.prompt_embeds), self._tensor(request.prompt_attention_mask))
             uncond = None if request.negative_prompt_embeds is None else (
@@ -293,21 +297,27 @@ class PixArtTorchPipeline(LoRAMethods):
         return torch.as_tensor(np.asarray(value) if not torch.is_tensor(value) else value,
                                dtype=torch.float32).to(self.device)
 
-    def _encode(self, request):
+    def _encoder_owners(self):
+        """What cached embeddings belong to: the tokenizer and the resident T5 (low_memory: its loader)."""
+        return self.tokenizer, self.text_encoder if self.text_encoder is not None else self.loaders.get("text_encoder")
+
+    def _encode(self, request, max_length):
         """(cond, uncond) as (embeds float32 (B, L, C), mask (B, L)); uncond None: the null caption with the
-        prompts' mask (resolved with the transformer, which holds it)."""
+        prompts' mask (resolved with the transformer, which holds it). T5 runs as far as the longest prompt needs
+        (pixart_jax.pipelines.prompts._encode's trim: the same images)."""
         tokens = prompt_tokens(request.prompt, request.negative_prompt, tokenizer=self.tokenizer,
-                               max_length=request.tokens(self.cfg), clean_caption=request.clean_caption,
+                               max_length=max_length, clean_caption=request.clean_caption,
                                negatives=request.null_caption != NullCaption.y_embedding)
         ids, mask = tokens.ids, tokens.mask
         if tokens.negative_ids is not None:  # one encoder call for both branches, as the JAX pipeline
             ids, mask = np.concatenate([ids, tokens.negative_ids]), np.concatenate([mask, tokens.negative_mask])
+        run = trimmed_length(mask, max_length)
 
         def encode(encoder):
             with torch.inference_mode():
-                out = encoder(input_ids=torch.from_numpy(ids).long().to(self.device),
-                              attention_mask=torch.from_numpy(mask).long().to(self.device))
-            return out.last_hidden_state.float()
+                out = encoder(input_ids=torch.from_numpy(ids[:, :run]).long().to(self.device),
+                              attention_mask=torch.from_numpy(mask[:, :run]).long().to(self.device))
+            return F.pad(out.last_hidden_state.float(), (0, 0, 0, max_length - run))
 
         embeds = self._use("text_encoder", encode)
         mask = torch.from_numpy(mask).float().to(self.device)

@@ -15,6 +15,7 @@ from pixart_jax.pipelines.prompts import (
     preprocess,
     tokenize,
     train_tokenizer,
+    trimmed_length,
 )
 from pixart_jax.testing.random_weights import redraw
 from pixart_jax.weights import WeightsError
@@ -160,6 +161,32 @@ def test_encode_prompt_matches_diffusers_pipeline(tokenizer, tmp_path):
         errors = rel_error(got.embeds, expected[0]), rel_error(got.negative_embeds, expected[2])
         print(f"encode_prompt (clean_caption={clean}) rel_error cond {errors[0]:.2e} uncond {errors[1]:.2e}")
         assert max(errors) <= 1e-5
+
+
+def test_trimmed_t5_runs_on_the_prompts_tokens_and_equals_the_full_run_there(tokenizer, tmp_path):
+    """trim=True: T5 runs on the longest prompt's tokens rounded up to a power of two (16 at least); every position
+    it ran on equals the full 120-token run (T5's output at a position sees only its token and the unmasked keys),
+    the rest is zero. A prompt that fills the 120 tokens runs them all."""
+    transformers = pytest.importorskip("transformers")
+    from pixart_jax.weights.t5 import load_text_encoder
+
+    config = transformers.T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, num_heads=4, d_ff=48,
+                                   num_layers=2, feed_forward_proj="gated-gelu")
+    redraw(transformers.T5EncoderModel(config), 5).save_pretrained(tmp_path)
+    t5 = load_text_encoder(str(tmp_path))
+    short = [PROMPTS[0], PROMPTS[3]]
+    full = encode_prompt(short, "a dog", tokenizer=tokenizer, text_encoder=t5)
+    trimmed = encode_prompt(short, "a dog", tokenizer=tokenizer, text_encoder=t5, trim=True)
+    longest = int(np.asarray(full.mask).sum(axis=1).max())
+    run = trimmed_length(full.mask, MAX_LENGTH)
+    assert 16 <= longest <= run < MAX_LENGTH and run & (run - 1) == 0
+    for got, expected in ((trimmed.embeds, full.embeds), (trimmed.negative_embeds, full.negative_embeds)):
+        assert rel_error(got[:, :run], expected[:, :run]) <= 1e-6
+        assert not np.asarray(got[:, run:]).any()
+    np.testing.assert_array_equal(trimmed.mask, full.mask)
+    assert trimmed_length(tokenize(tokenizer, ["a"])[1], MAX_LENGTH) == 16
+    assert trimmed_length(tokenize(tokenizer, preprocess([LONG]))[1], MAX_LENGTH) == MAX_LENGTH
+    assert trimmed_length(tokenize(tokenizer, preprocess([LONG]), 300)[1], 300) == 256
 
 
 def test_tokenizers_load_from_local_files_only(tmp_path, monkeypatch):

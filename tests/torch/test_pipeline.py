@@ -10,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
+from pixart_jax.pipelines.prompt_cache import PromptCache  # noqa: E402
 from pixart_jax.pipelines.text_to_image import PixArtPipeline  # noqa: E402
 from pixart_jax.testing.reference_pipeline import build_pipeline, initial_latents  # noqa: E402
 from pixart_jax.torch import PixArtTorchPipeline, format_report  # noqa: E402
@@ -142,6 +143,23 @@ def test_low_memory_gives_the_same_images_and_reports_each_stage(pipelines):
     assert all(s.peak_bytes > 2**20 and s.measure == "peak RSS" for s in staged.memory)
     print(format_report(staged.memory))
     assert pipe.transformer is None  # nothing stays loaded
+
+
+def test_prompt_cache_skips_loading_t5(pipelines):
+    """With a prompt cache, a repeated prompt is not encoded again (low_memory: T5 is not even loaded), and the
+    images are the uncached ones."""
+    directory, _ = pipelines["dpm"]
+    pipe = PixArtTorchPipeline.from_pretrained(directory, low_memory=True)
+    load_t5, loads = pipe.loaders["text_encoder"], []
+    pipe.loaders["text_encoder"] = lambda: loads.append(1) or load_t5()
+    args = dict(num_inference_steps=2, height=64, width=64, use_resolution_binning=False, seed=0, output_type="np",
+                progress=False)
+    uncached = pipe(PROMPTS, **args).images
+    pipe.prompt_cache = PromptCache(2)
+    first, second = (pipe(PROMPTS, **args).images for _ in range(2))
+    assert len(loads) == 2 and (pipe.prompt_cache.hits, pipe.prompt_cache.misses) == (1, 1)
+    np.testing.assert_array_equal(first, uncached)
+    np.testing.assert_array_equal(second, uncached)
 
 
 def test_output_types_batches_and_return_dict(pipelines):
