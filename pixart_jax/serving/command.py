@@ -22,7 +22,7 @@ def settings_of(args, loras) -> ServerSettings:
     limits = Limits(args.max_steps, args.max_images, args.max_pixels, args.max_prompt_chars, args.max_upload_bytes)
     return ServerSettings(args.model, Backend(args.backend), tuple(loras), args.controlnet, args.hed, args.device,
                           args.max_batch, args.batch_wait_ms, args.max_queue, args.timeout_s, args.api_key,
-                          None if args.warmup is None else tuple(args.warmup), limits)
+                          None if args.warmup is None else tuple(args.warmup), limits, args.prompt_cache)
 
 
 def serve(settings: ServerSettings, host: str, port: int):
@@ -73,6 +73,8 @@ def add_parser(commands, run):
     p.add_argument("--timeout-s", type=float, default=300.0, help="a request not answered by then gets 504")
     p.add_argument("--api-key", default=os.environ.get("PIXART_API_KEY"),
                    help="bearer token every request but the page and /health needs (default $PIXART_API_KEY)")
+    p.add_argument("--prompt-cache", type=int, default=ServerSettings.prompt_cache,
+                   help="prompts whose T5 embeddings are kept, least recently used dropped (0: none)")
     p.add_argument("--warmup", nargs="*", metavar="WxH",
                    help="sizes compiled at start at the default settings (default the native square; none: no sizes)")
     p.set_defaults(run=run, low_memory=False)

@@ -5,6 +5,7 @@ other (PixArtTorchPipeline)."""
 import os
 
 from pixart_jax.pipelines.control import ControlKind
+from pixart_jax.pipelines.prompt_cache import PromptCache
 from pixart_jax.samplers.registry import SamplerName, from_scheduler_config, sampler_name
 from pixart_jax.serving.model_info import ModelInfo, adapter_name, bucket_sizes, model_name
 from pixart_jax.serving.settings import Backend
@@ -15,6 +16,7 @@ class Engine:
 
     def __init__(self, settings, pipe, samplers, control_modes):
         self.pipe, self.samplers = pipe, samplers
+        pipe.prompt_cache = PromptCache(settings.prompt_cache)  # repeated prompts skip T5
         self.loras = {}
         for path, scale in settings.loras:
             name = adapter_name(path, self.loras)

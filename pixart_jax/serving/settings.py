@@ -39,8 +39,11 @@ class ServerSettings:
     api_key: str | None = None
     warmup: tuple[str, ...] | None = None
     limits: Limits = Limits()
+    prompt_cache: int = 256
 
     def __post_init__(self):
+        if self.prompt_cache < 0:
+            raise ValueError(f"--prompt-cache must be >= 0, got {self.prompt_cache}")
         for name in ("max_batch", "max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")

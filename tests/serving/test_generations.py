@@ -62,16 +62,18 @@ def test_concurrent_requests_are_batched_and_each_equals_its_call_alone(server):
 
 
 def test_streamed_progress_then_the_result_and_a_drawn_seed_reproduces(server):
-    server, _ = server
+    server, pipe = server
     events = stream(server, prompt="a small red circle", num_inference_steps=3, scheduler="ddim")
     assert [e for e, _ in events] == ["progress"] * 3 + ["result"]
     assert [d["step"] for _, d in events[:3]] == [1, 2, 3] and events[0][1]["steps"] == 3
     result = events[-1][1]
     settings = result["settings"]
     assert settings["scheduler"] == "ddim" and settings["size"] == "256x256" and settings["guidance_scale"] == 4.5
+    hits = pipe.prompt_cache.hits
     status, again = generate(server, prompt="a small red circle", num_inference_steps=3, scheduler="ddim",
                              seed=result["seed"])
     assert status == 200 and again["data"][0]["b64_json"] == result["data"][0]["b64_json"]
+    assert pipe.prompt_cache.hits == hits + 1  # the repeated prompt skipped T5
     assert request(server, "GET", "/health") == (200, {"status": "ok"})
 
 
