@@ -25,7 +25,8 @@ class Engine:
         self._active = tuple(self.loras.items())
         default = sampler_name(from_scheduler_config(os.path.join(settings.model, "scheduler")))
         self.info = ModelInfo(model_name(settings.model), settings.backend, bucket_sizes(self.cfg, self.vae_scale),
-                              tuple(samplers), default, control_modes, dict(self.loras), self.cfg, self.vae_scale)
+                              tuple(samplers), default, control_modes, dict(self.loras), self.cfg, self.vae_scale,
+                              settings.limits.max_steps)
 
     def _prepare(self, job):
         """The batch's sampler and adapter weights (a batch shares them: they are in the job's signature)."""

@@ -16,7 +16,7 @@ class ModelInfo:
     """`sizes`: the (width, height) buckets, the native square first; `samplers`: the SamplerNames the backend
     serves, `sampler` the model's own; `control_modes`: ControlKinds the ControlNet serves (empty without one);
     `loras`: {adapter name: default scale}; `cfg` and `vae_scale`: the transformer config and the VAE factor
-    requests are sized with."""
+    requests are sized with; `max_steps`: the server's limit, which caps the default step count."""
     name: str
     backend: str
     sizes: tuple[tuple[int, int], ...]
@@ -26,14 +26,16 @@ class ModelInfo:
     loras: dict
     cfg: object
     vae_scale: int
+    max_steps: int
 
     @property
     def defaults(self) -> dict:
         few = self.sampler in FEW_STEP_SAMPLERS
         width, height = self.sizes[0]
-        return {"size": f"{width}x{height}", "num_inference_steps": 4 if few else REQUEST_DEFAULTS[
-            "num_inference_steps"], "guidance_scale": 0.0 if few else REQUEST_DEFAULTS["guidance_scale"],
-            "scheduler": self.sampler}
+        steps = 4 if few else REQUEST_DEFAULTS["num_inference_steps"]
+        return {"size": f"{width}x{height}", "num_inference_steps": min(steps, self.max_steps),
+                "guidance_scale": 0.0 if few else REQUEST_DEFAULTS["guidance_scale"],
+                "scheduler": self.sampler}
 
     @property
     def controlnet(self) -> bool:

@@ -15,7 +15,7 @@ class StubEngine:
 
     def __init__(self, settings, loras=None):
         self.info = ModelInfo("stub", "jax", bucket_sizes(CFG, 8), ("dpm", "ddim"), "dpm", (),
-                              dict(loras or {}), CFG, 8)
+                              dict(loras or {}), CFG, 8, settings.limits.max_steps)
         self.gate = threading.Event()
         self.gate.set()
         self.batches = []

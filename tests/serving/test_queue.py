@@ -172,6 +172,14 @@ def test_health_says_loading_until_the_model_is_warm():
         assert schema["prompt"]["maxLength"] == 2000
 
 
+def test_a_step_limit_below_the_model_s_default_caps_the_default():
+    """--max-steps 5 on a model whose default is 20 steps: the server warms up and serves at 5 steps."""
+    with serve(limits=Limits(max_steps=5)) as port:
+        assert request(port, "GET", "/v1/config")[1]["defaults"]["num_inference_steps"] == 5
+        code, answer = generate(port, prompt="a cat")
+        assert code == 200 and answer["settings"]["num_inference_steps"] == 5, answer
+
+
 def test_a_batch_is_cut_to_a_power_of_two_images_and_ordered_by_images():
     tickets = [Ticket(Job(images), None, None, 0.0) for images in (1, 2, 1, 1, 2, 3)]
     assert [t.job.images for t in compiled_batch(tickets[:5])] == [2, 1, 1]  # 1 + 2 + 1 = 4 (5, 7: not)
