@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from pixart_jax.demo import checker, control, fidelity, lora_concept, pcm_stage, shapes
 from pixart_jax.demo.patch_pca import PatchPCA
 from pixart_jax.files import atomic_file
+from pixart_jax.models.inference_jit import inference_jit
 from pixart_jax.models.t5 import T5Config, T5Encoder
 from pixart_jax.models.transformer_config import PRESETS
 from pixart_jax.pipelines.controlnet import PixArtControlNetPipeline
@@ -90,7 +91,7 @@ def build_text_encoder(captions, directory, seed):
 def caption_features(tokenizer, text_encoder, captions, batch=512):
     """(features (N, L, C) float32, mask (N, L) int32) of `captions`, L = the model's max_tokens."""
     ids, mask = tokenize(tokenizer, captions, MODEL.max_tokens)
-    encode = nnx.jit(lambda model, i, m: model(i, m))
+    encode = inference_jit(lambda model, i, m: model(i, m))
     features = [np.asarray(encode(text_encoder, ids[i:i + batch], mask[i:i + batch]))
                 for i in range(0, len(ids), batch)]
     return np.concatenate(features).astype(np.float32), mask

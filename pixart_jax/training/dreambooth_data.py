@@ -21,12 +21,12 @@ import os
 
 import jax
 import numpy as np
-from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from pixart_jax.choices import DType
 from pixart_jax.images import write_png
+from pixart_jax.models.inference_jit import inference_jit
 from pixart_jax.pipelines.control import fit, read_image
 from pixart_jax.pipelines.prompts import encode_prompt
 from pixart_jax.pipelines.text_to_image import PixArtPipeline, check_pipeline_directory, load_components
@@ -161,7 +161,7 @@ def encode_set(base, prompt, paths, resolution, directory):
     embeds = encode_prompt(prompt, tokenizer=components["tokenizer"], text_encoder=components["text_encoder"],
                            max_length=base.max_tokens, do_classifier_free_guidance=False)
     caption, valid = np.asarray(embeds.embeds[0], np.float32), int(np.asarray(embeds.mask[0]).sum())
-    encode = nnx.jit(lambda vae, pixels: vae.encode(pixels))
+    encode = inference_jit(lambda vae, pixels: vae.encode(pixels))
     os.makedirs(directory, exist_ok=True)
     writer = ShardWriter(directory, 0, len(paths), lambda count: None)
     for start in range(0, len(paths), ENCODE_BATCH):
