@@ -50,7 +50,7 @@ def time_samplers(args, samplers, stages=False, sigma=False):
     with `stages`, each stage timed alone too (a second table). `sigma`: diffusers' PixArtSigmaPipeline of the
     Σ 1024-MS transformer (300 tokens, pe interpolation 2, no micro-conditions) and the SDXL VAE's scale, timed
     to the latents (T5 and the loop) with a narrow 4-level VAE (SD_VAE's shape at 32 channels, decode not timed):
-    the SD VAE and its decode on both sides do not fit this machine's 4 GiB per process."""
+    the SD VAE and its decode on both sides would not fit beside the rest at Σ's sizes."""
     layers = 28 if args.full else args.layers
     transformer = PixArtConfig(depth=layers).to_diffusers()
     for key in ("_class_name", "sample_size", "interpolation_scale", "use_additional_conditions", MAX_TOKENS_KEY):

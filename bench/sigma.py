@@ -1,15 +1,14 @@
 """PixArt-Σ 1024-MS on this CPU, ours vs diffusers on the same random weights in the same process: the Σ
 XL/2-1024-MS transformer forward (300 caption tokens, position interpolation 2, no micro-conditions) at a reduced
 depth, then the pipeline (diffusers' PixArtSigmaPipeline vs our PixArtPipeline on its folder: T5 at XXL width,
-DPM-Solver++ 4 steps with CFG 4.5, at 512²) to the latents. Prints the CPU (model, vector extensions) first.
+DPM-Solver++ 4 steps with CFG 4.5, at the same size) to the latents. Prints the CPU (model, vector extensions)
+first.
 
-The default size is 768²: at 1024² (4096 tokens) XLA:CPU materialises the self-attention scores (1 GiB per copy
-for 16 heads in fp32) and our forward alone passes 4.2 GB of RSS at 2 blocks, over the 4 GiB a process may take
-on this shared machine; `--size 1024` runs it where memory allows.
+The default size is 768²; at 1024² (4096 tokens) XLA:CPU materialises the self-attention scores (1 GiB per copy
+for 16 heads in fp32): the run's peak RSS is about 10 GB at 2 blocks.
 
   python bench/sigma.py [--size 768] [--layers 2] [--t5-layers 1] [--runs 2] [--full]
 """
-import argparse
 import os
 import sys
 
@@ -23,8 +22,6 @@ from bench.forward import HEADER, forward_calls, forward_row, matmul_rates, rand
 from bench.pipelines import arguments, time_samplers  # noqa: E402
 from pixart_jax.models.transformer_config import PRESETS  # noqa: E402
 from pixart_jax.samplers import from_scheduler_config  # noqa: E402
-
-PIPELINE_SIZE = 512  # CFG doubles the batch: at 768² the pipeline passes 4.2 GB of RSS with both sides loaded
 
 
 def dpm(config):
@@ -42,8 +39,7 @@ def main():
     (_, ours_s), (_, ref_s) = timed_pair(*calls, args.runs)
     del calls  # both models: the pipeline below needs the memory
     print_table(HEADER, [forward_row(cfg, rates, (ours_s, ref_s), size=args.size, batch=1)])
-    time_samplers(argparse.Namespace(**dict(vars(args), size=PIPELINE_SIZE)),
-                  (("DPM-Solver++ 4 steps, CFG 4.5", 4, 4.5, dpm),), sigma=True)
+    time_samplers(args, (("DPM-Solver++ 4 steps, CFG 4.5", 4, 4.5, dpm),), sigma=True)
 
 
 if __name__ == "__main__":
