@@ -11,7 +11,7 @@ else  # pyenv installs it without putting it on PATH
   python=$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3.12 2>/dev/null | tail -n 1)
 fi
 [ -n "$python" ] || { echo "python3.12 not found" >&2; exit 1; }
-bash scripts/venv.sh .venv312 "$python" test-core
+bash scripts/venv.sh .venv312 "$python" test-core,serve  # serve: tests/test_imports.py imports pixart_jax.serving
 if [ "$#" -eq 0 ]; then
   set -- tests/test_sharding.py tests/training/test_multihost.py tests/training/test_checkpoints.py \
     tests/samplers/test_base.py tests/test_imports.py
