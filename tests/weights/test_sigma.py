@@ -76,3 +76,15 @@ def test_variant_from_the_released_file_name(tmp_path, name, variant):
     path = tmp_path / name
     path.write_bytes(b"")  # only the name is read
     assert transformer_weights.transformer_config(str(path)) == preset(name) == PRESETS[variant]
+
+
+def test_inspect_reads_both_sigma_layouts(sigma, capsys):
+    """`pixart-jax inspect` on the Σ .pth (300-token y_embedding) and on its PixArtSigmaPipeline folder."""
+    from pixart_jax.cli import main
+
+    _, pipe, pth, _ = sigma
+    assert main(["inspect", pth]) == 0
+    out = capsys.readouterr().out
+    assert "original layout, 47 tensors" in out and "(300, 32)" in out
+    assert main(["inspect", pipe]) == 0
+    assert "diffusers layout, 57 tensors" in capsys.readouterr().out
