@@ -28,6 +28,10 @@ class Engine:
                               tuple(samplers), default, control_modes, dict(self.loras), self.cfg, self.vae_scale,
                               settings.limits.max_steps)
 
+    @property
+    def vae_scale(self):
+        return self.pipe.vae_scale_factor  # both pipelines name it as diffusers does
+
     def _prepare(self, job):
         """The batch's sampler and adapter weights (a batch shares them: they are in the job's signature)."""
         self._set_sampler(self.samplers[job.scheduler])
@@ -39,6 +43,7 @@ class Engine:
 
 class JaxEngine(Engine):
     batched = True  # a batch of jobs is one forward
+
     def __init__(self, settings):
         from pixart_jax.pipelines.controlnet import PixArtControlNetPipeline
         from pixart_jax.pipelines.text_to_image import PixArtPipeline
@@ -55,10 +60,6 @@ class JaxEngine(Engine):
     def cfg(self):
         return self.pipe.transformer.cfg
 
-    @property
-    def vae_scale(self):
-        return self.pipe.vae_scale_factor
-
     def _set_sampler(self, sampler):
         self.pipe.sampler = sampler
 
@@ -69,6 +70,7 @@ class JaxEngine(Engine):
 
 class TorchEngine(Engine):
     batched = False  # its jobs run one after the other
+
     def __init__(self, settings):
         from pixart_jax.torch import PixArtTorchPipeline
         from pixart_jax.torch.pipeline import diffusers_scheduler
@@ -88,10 +90,6 @@ class TorchEngine(Engine):
     @property
     def cfg(self):
         return self.pipe.cfg
-
-    @property
-    def vae_scale(self):
-        return self.pipe.vae_scale_factor
 
     def _set_sampler(self, scheduler):
         self.pipe.scheduler = scheduler
