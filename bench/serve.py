@@ -20,11 +20,11 @@ import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 from bench.common import cpu_description  # noqa: E402
-from tests.helpers.commands import SCRIPT, command_env  # noqa: E402
-from tests.serving.client import free_port, metric, wait_for  # noqa: E402
+from pixart_jax.testing.server_client import free_port, metric, request, wait_for  # noqa: E402
 
 
 def tiny_model(directory, sample_size) -> str:
@@ -73,9 +73,10 @@ def run_mode(model, max_batch, args) -> list[dict]:
     """One server (max_batch images per forward); a row per client count."""
     port = free_port()
     with tempfile.TemporaryFile("w+") as log:
-        server = subprocess.Popen([SCRIPT, "serve", "--model", model, "--port", str(port), "--max-batch",
-                                   str(max_batch), "--batch-wait-ms", str(args.batch_wait_ms), "--max-queue", "256",
-                                   "--timeout-s", str(args.timeout_s)], env=command_env(), stdout=log, stderr=log)
+        command = [sys.executable, "-m", "pixart_jax.cli", "serve", "--model", model, "--port", str(port),
+                   "--max-batch", str(max_batch), "--batch-wait-ms", str(args.batch_wait_ms), "--max-queue", "256",
+                   "--timeout-s", str(args.timeout_s)]
+        server = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log)  # this checkout's pixart_jax
         try:
             wait_for(lambda: _healthy(port) or server.poll() is not None, timeout=600)
             rows = []
@@ -96,9 +97,7 @@ def run_mode(model, max_batch, args) -> list[dict]:
 
 def _healthy(port):
     try:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        connection.request("GET", "/health")
-        return connection.getresponse().status == 200
+        return request(port, "GET", "/health", timeout=5)[0] == 200
     except OSError:
         return False
 

@@ -9,7 +9,8 @@ from PIL import Image
 
 from pixart_jax.serving.app import create_app
 from pixart_jax.serving.settings import Limits, ServerSettings
-from tests.serving.client import generate, pixels, png_b64, request, running
+from pixart_jax.testing.server_client import request
+from tests.serving.client import generate, pixels, png_b64, running
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import pytest
 from pixart_jax.pipelines.text_to_image import PixArtPipeline
 from pixart_jax.serving.app import create_app
 from pixart_jax.serving.settings import ServerSettings
-from tests.serving.client import generate, metric, pixels, request, running, stream
+from pixart_jax.testing.server_client import metric, request
+from tests.serving.client import generate, pixels, running, stream
 
 COMMON = dict(num_inference_steps=3, scheduler="ddim", eta=1.0)  # DDIM with η: fresh noise at every step
 BODIES = [dict(prompt="a small red circle", seed=0), dict(prompt="a big blue square", seed=7, negative_prompt="a cat"),

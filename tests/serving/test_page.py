@@ -14,9 +14,10 @@ from PIL import Image
 
 from pixart_jax.serving.app import create_app
 from pixart_jax.serving.settings import ServerSettings
+from pixart_jax.testing.server_client import wait_for
 from pixart_jax.weights.lora import add_lora, save_lora
 from pixart_jax.weights.transformer import load_transformer
-from tests.serving.client import running, wait_for
+from tests.serving.client import running
 from tests.serving.stub import StubEngine
 
 webdriver = pytest.importorskip("selenium.webdriver")

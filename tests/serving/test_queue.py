@@ -8,7 +8,8 @@ import threading
 from pixart_jax.serving.app import create_app
 from pixart_jax.serving.batcher import Ticket, batch_sizes, compiled_batch
 from pixart_jax.serving.settings import Limits, ServerSettings
-from tests.serving.client import generate, metric, png_b64, request, running, wait_for
+from pixart_jax.testing.server_client import metric, request, wait_for
+from tests.serving.client import generate, png_b64, running
 from tests.serving.stub import StubEngine
 
 

@@ -7,8 +7,8 @@ import signal
 import subprocess
 import threading
 
+from pixart_jax.testing.server_client import free_port, request, wait_for
 from tests.helpers.commands import SCRIPT, command_env
-from tests.serving.client import free_port, request, wait_for
 
 
 def test_sigterm_finishes_the_requests_in_and_exits(model_dir):

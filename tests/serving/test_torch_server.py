@@ -9,7 +9,8 @@ from pixart_jax.pipelines.text_to_image import PixArtPipeline
 from pixart_jax.samplers import from_scheduler_config
 from pixart_jax.serving.app import create_app
 from pixart_jax.serving.settings import Backend, ServerSettings
-from tests.serving.client import generate, pixels, request, running, stream
+from pixart_jax.testing.server_client import request
+from tests.serving.client import generate, pixels, running, stream
 
 pytest.importorskip("diffusers")
 
